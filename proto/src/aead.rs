@@ -1,0 +1,253 @@
+//! AEAD algorithms negotiated by NTS-KE (RFC 8915, section 5.1; RFC 5297).
+//!
+//! Both supported algorithms are AES-SIV, used with the associated data and
+//! then the nonce as S2V headers, as RFC 5297 section 3 specifies for
+//! nonce-based use. The output of sealing is the 16-byte SIV tag followed by
+//! the ciphertext, which is what NTS carries on the wire.
+
+use aes_siv::siv::{Aes128Siv, Aes256Siv};
+use aes_siv::KeyInit;
+
+/// Length of the SIV tag that prefixes every ciphertext.
+pub const TAG_LEN: usize = 16;
+/// Longest key among the supported algorithms.
+pub const MAX_KEY_LEN: usize = 64;
+
+/// AEAD algorithm identifiers from the IANA AEAD registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AeadAlgorithm {
+    /// AEAD_AES_SIV_CMAC_256 (id 15), mandatory to implement.
+    AesSivCmac256,
+    /// AEAD_AES_SIV_CMAC_512 (id 17).
+    AesSivCmac512,
+}
+
+impl AeadAlgorithm {
+    /// Every supported algorithm, in the server's order of preference when a
+    /// client expresses none.
+    pub const ALL: [AeadAlgorithm; 2] =
+        [AeadAlgorithm::AesSivCmac256, AeadAlgorithm::AesSivCmac512];
+
+    pub fn from_id(id: u16) -> Option<Self> {
+        match id {
+            15 => Some(Self::AesSivCmac256),
+            17 => Some(Self::AesSivCmac512),
+            _ => None,
+        }
+    }
+
+    pub fn id(self) -> u16 {
+        match self {
+            Self::AesSivCmac256 => 15,
+            Self::AesSivCmac512 => 17,
+        }
+    }
+
+    pub fn key_len(self) -> usize {
+        match self {
+            Self::AesSivCmac256 => 32,
+            Self::AesSivCmac512 => 64,
+        }
+    }
+
+    /// The algorithm whose keys are `len` bytes long.
+    pub fn from_key_len(len: usize) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.key_len() == len)
+    }
+}
+
+/// The AEAD operation failed: wrong key, tampered data or bad lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("AEAD authentication failed")]
+pub struct AeadError;
+
+/// A key for one of the supported algorithms. `Debug` never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AeadKey {
+    algorithm: AeadAlgorithm,
+    bytes: [u8; MAX_KEY_LEN],
+}
+
+impl std::fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AeadKey")
+            .field("algorithm", &self.algorithm)
+            .field("bytes", &"<redacted>")
+            .finish()
+    }
+}
+
+impl AeadKey {
+    /// Builds a key; `None` unless `bytes` has the algorithm's key length.
+    pub fn new(algorithm: AeadAlgorithm, bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != algorithm.key_len() {
+            return None;
+        }
+        let mut k = [0u8; MAX_KEY_LEN];
+        k.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Self {
+            algorithm,
+            bytes: k,
+        })
+    }
+
+    pub fn algorithm(&self) -> AeadAlgorithm {
+        self.algorithm
+    }
+
+    /// The raw key. Only for sealing it into a cookie or for tests.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.algorithm.key_len()).unwrap_or(&[])
+    }
+
+    /// Encrypts `buf[TAG_LEN..]` in place and writes the SIV tag into
+    /// `buf[..TAG_LEN]`.
+    pub fn seal(&self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
+        self.seal_with_headers(&[ad, nonce], buf)
+    }
+
+    /// Authenticates and decrypts `buf` (tag then ciphertext) in place and
+    /// returns the plaintext, a sub-slice of `buf`.
+    pub fn open<'b>(
+        &self,
+        ad: &[u8],
+        nonce: &[u8],
+        buf: &'b mut [u8],
+    ) -> Result<&'b mut [u8], AeadError> {
+        self.open_with_headers(&[ad, nonce], buf)
+    }
+
+    pub(crate) fn seal_with_headers(
+        &self,
+        headers: &[&[u8]],
+        buf: &mut [u8],
+    ) -> Result<(), AeadError> {
+        if buf.len() < TAG_LEN {
+            return Err(AeadError);
+        }
+        let (tag_out, text) = buf.split_at_mut(TAG_LEN);
+        let key = self.as_bytes();
+        let tag = match self.algorithm {
+            AeadAlgorithm::AesSivCmac256 => Aes128Siv::new_from_slice(key)
+                .map_err(|_| AeadError)?
+                .encrypt_in_place_detached(headers, text),
+            AeadAlgorithm::AesSivCmac512 => Aes256Siv::new_from_slice(key)
+                .map_err(|_| AeadError)?
+                .encrypt_in_place_detached(headers, text),
+        }
+        .map_err(|_| AeadError)?;
+        tag_out.copy_from_slice(tag.as_slice());
+        Ok(())
+    }
+
+    pub(crate) fn open_with_headers<'b>(
+        &self,
+        headers: &[&[u8]],
+        buf: &'b mut [u8],
+    ) -> Result<&'b mut [u8], AeadError> {
+        if buf.len() < TAG_LEN {
+            return Err(AeadError);
+        }
+        let (tag, text) = buf.split_at_mut(TAG_LEN);
+        let tag = aes_siv::Tag::clone_from_slice(tag);
+        let key = self.as_bytes();
+        match self.algorithm {
+            AeadAlgorithm::AesSivCmac256 => Aes128Siv::new_from_slice(key)
+                .map_err(|_| AeadError)?
+                .decrypt_in_place_detached(headers, text, &tag),
+            AeadAlgorithm::AesSivCmac512 => Aes256Siv::new_from_slice(key)
+                .map_err(|_| AeadError)?
+                .decrypt_in_place_detached(headers, text, &tag),
+        }
+        .map_err(|_| AeadError)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s.replace(' ', "")).unwrap_or_default()
+    }
+
+    /// RFC 5297, appendix A.1 (deterministic use, one header).
+    #[test]
+    fn rfc5297_a1() {
+        let key = AeadKey::new(
+            AeadAlgorithm::AesSivCmac256,
+            &unhex("fffefdfc fbfaf9f8 f7f6f5f4 f3f2f1f0 f0f1f2f3 f4f5f6f7 f8f9fafb fcfdfeff"),
+        )
+        .expect("key");
+        let ad = unhex("10111213 14151617 18191a1b 1c1d1e1f 20212223 24252627");
+        let pt = unhex("11223344 55667788 99aabbcc ddee");
+        let expected = unhex("85632d07 c6e8f37f 950acd32 0a2ecc93 40c02b96 90c4dc04 daef7f6a fe5c");
+        let mut buf = vec![0u8; TAG_LEN];
+        buf.extend_from_slice(&pt);
+        key.seal_with_headers(&[&ad], &mut buf).expect("seal");
+        assert_eq!(buf, expected);
+        let opened = key.open_with_headers(&[&ad], &mut buf).expect("open");
+        assert_eq!(opened, pt.as_slice());
+    }
+
+    /// RFC 5297, appendix A.2 (nonce-based use, three headers).
+    #[test]
+    fn rfc5297_a2() {
+        let key = AeadKey::new(
+            AeadAlgorithm::AesSivCmac256,
+            &unhex("7f7e7d7c 7b7a7978 77767574 73727170 40414243 44454647 48494a4b 4c4d4e4f"),
+        )
+        .expect("key");
+        let ad1 = unhex(
+            "00112233 44556677 8899aabb ccddeeff deaddada deaddada ffeeddcc bbaa9988 77665544 33221100",
+        );
+        let ad2 = unhex("10203040 50607080 90a0");
+        let nonce = unhex("09f91102 9d74e35b d84156c5 635688c0");
+        let pt = unhex(
+            "74686973 20697320 736f6d65 20706c61 696e7465 78742074 6f20656e 63727970 74207573 696e6720 5349562d 414553",
+        );
+        let expected = unhex(
+            "7bdb6e3b 432667eb 06f4d14b ff2fbd0f cb900f2f ddbe4043 26601965 c889bf17 dba77ceb 094fa663 b7a3f748 ba8af829 ea64ad54 4a272e9c 485b62a3 fd5c0d",
+        );
+        let mut buf = vec![0u8; TAG_LEN];
+        buf.extend_from_slice(&pt);
+        key.seal_with_headers(&[&ad1, &ad2, &nonce], &mut buf)
+            .expect("seal");
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn empty_plaintext_and_tamper_detection() {
+        let key = AeadKey::new(AeadAlgorithm::AesSivCmac512, &[7u8; 64]).expect("key");
+        let mut buf = [0u8; TAG_LEN];
+        key.seal(b"ad", &[1u8; 16], &mut buf).expect("seal");
+        let mut copy = buf;
+        assert_eq!(
+            key.open(b"ad", &[1u8; 16], &mut copy).map(|p| p.len()),
+            Ok(0)
+        );
+        let mut copy = buf;
+        assert_eq!(
+            key.open(b"ad", &[2u8; 16], &mut copy).map(|p| p.len()),
+            Err(AeadError)
+        );
+        let mut copy = buf;
+        copy[3] ^= 1;
+        assert_eq!(
+            key.open(b"ad", &[1u8; 16], &mut copy).map(|p| p.len()),
+            Err(AeadError)
+        );
+        assert_eq!(
+            key.open(b"ad", &[1u8; 16], &mut [0u8; 15]).map(|p| p.len()),
+            Err(AeadError)
+        );
+    }
+
+    #[test]
+    fn wrong_length_keys_are_refused_and_debug_is_redacted() {
+        assert!(AeadKey::new(AeadAlgorithm::AesSivCmac256, &[0; 64]).is_none());
+        let k = AeadKey::new(AeadAlgorithm::AesSivCmac256, &[0xab; 32]).expect("key");
+        assert!(!format!("{k:?}").contains("ab"));
+    }
+}

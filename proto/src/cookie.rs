@@ -1,0 +1,262 @@
+//! The cookie codec (RFC 8915, section 6, which leaves the format to the server).
+//!
+//! ```text
+//! cookie = key id (u32 BE) || nonce (16) || SIV tag (16) || E(c2s key || s2c key)
+//! ```
+//!
+//! The cookie is sealed with AES-SIV-CMAC-256 under a master key, with the key
+//! id as associated data. SIV resists nonce misuse, which matters because
+//! master keys are reused across restarts and shared between fleet nodes that
+//! cannot coordinate nonces. The AEAD of the session keys is not stored: the
+//! two keys' length identifies it (32 bytes for id 15, 64 for id 17), and that
+//! length is authenticated with the rest. This keeps an AEAD-15 cookie at 100
+//! bytes, a multiple of 4 and below chrony's 104-byte limit, and makes every
+//! cookie of one AEAD the same length whatever the master key.
+
+use crate::aead::{AeadAlgorithm, AeadKey, TAG_LEN};
+use crate::reader::Reader;
+
+pub const COOKIE_NONCE_LEN: usize = 16;
+const KEY_ID_LEN: usize = 4;
+const MASTER_KEY_LEN: usize = 32;
+/// Longest cookie we issue (AEAD 17).
+pub const MAX_COOKIE_LEN: usize = KEY_ID_LEN + COOKIE_NONCE_LEN + TAG_LEN + 2 * 64;
+
+/// Length of every cookie issued for `algorithm`.
+pub const fn cookie_len(algorithm: AeadAlgorithm) -> usize {
+    let key_len = match algorithm {
+        AeadAlgorithm::AesSivCmac256 => 32,
+        AeadAlgorithm::AesSivCmac512 => 64,
+    };
+    KEY_ID_LEN + COOKIE_NONCE_LEN + TAG_LEN + 2 * key_len
+}
+
+/// A 256-bit master key that seals cookies. `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct MasterKey(AeadKey);
+
+impl MasterKey {
+    pub const LEN: usize = MASTER_KEY_LEN;
+
+    pub fn from_bytes(bytes: &[u8; MASTER_KEY_LEN]) -> Self {
+        // 32 bytes is exactly the AES-SIV-CMAC-256 key length, so this cannot fail.
+        match AeadKey::new(AeadAlgorithm::AesSivCmac256, bytes) {
+            Some(k) => Self(k),
+            None => unreachable_key(),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+#[cold]
+fn unreachable_key() -> ! {
+    unreachable!("a 32-byte key is valid for AES-SIV-CMAC-256")
+}
+
+/// Where the server's master keys come from. Implemented by `keyrotate`.
+pub trait CookieKeys {
+    /// The key that seals new cookies, and its id.
+    fn sealing_key(&self) -> (u32, &MasterKey);
+    /// A key that may open a cookie with this id, if it is still accepted.
+    fn opening_key(&self, id: u32) -> Option<&MasterKey>;
+}
+
+/// The session keys carried by a cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKeys {
+    pub c2s: AeadKey,
+    pub s2c: AeadKey,
+}
+
+impl SessionKeys {
+    pub fn algorithm(&self) -> AeadAlgorithm {
+        self.c2s.algorithm()
+    }
+}
+
+/// Why a cookie could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CookieError {
+    #[error("cookie has an impossible length")]
+    BadLength,
+    #[error("cookie key id is unknown or expired")]
+    UnknownKey,
+    #[error("cookie failed authentication")]
+    BadTag,
+    #[error("output buffer too small for cookie")]
+    BufferTooSmall,
+}
+
+/// Seals `keys` into `out` and returns the cookie length.
+pub fn seal_cookie(
+    key_id: u32,
+    master: &MasterKey,
+    nonce: &[u8; COOKIE_NONCE_LEN],
+    keys: &SessionKeys,
+    out: &mut [u8],
+) -> Result<usize, CookieError> {
+    let alg = keys.algorithm();
+    if keys.s2c.algorithm() != alg {
+        return Err(CookieError::BadLength);
+    }
+    let len = cookie_len(alg);
+    let key_len = alg.key_len();
+    let out = out.get_mut(..len).ok_or(CookieError::BufferTooSmall)?;
+    let (head, sealed) = out.split_at_mut(KEY_ID_LEN + COOKIE_NONCE_LEN);
+    let id = key_id.to_be_bytes();
+    let (id_out, nonce_out) = head.split_at_mut(KEY_ID_LEN);
+    id_out.copy_from_slice(&id);
+    nonce_out.copy_from_slice(nonce);
+    let (c2s_out, s2c_out) = sealed
+        .get_mut(TAG_LEN..)
+        .ok_or(CookieError::BufferTooSmall)?
+        .split_at_mut(key_len);
+    c2s_out.copy_from_slice(keys.c2s.as_bytes());
+    s2c_out.copy_from_slice(keys.s2c.as_bytes());
+    master
+        .0
+        .seal(&id, nonce, sealed)
+        .map_err(|_| CookieError::BufferTooSmall)?;
+    Ok(len)
+}
+
+/// Opens a cookie, using `scratch` (at least [`MAX_COOKIE_LEN`] bytes) to
+/// decrypt without allocating.
+pub fn open_cookie(
+    keys: &impl CookieKeys,
+    cookie: &[u8],
+    scratch: &mut [u8],
+) -> Result<SessionKeys, CookieError> {
+    let mut r = Reader::new(cookie);
+    let id_bytes: [u8; KEY_ID_LEN] = r.array().ok_or(CookieError::BadLength)?;
+    let nonce = r.take(COOKIE_NONCE_LEN).ok_or(CookieError::BadLength)?;
+    let sealed = r.rest();
+    let key_len = sealed
+        .len()
+        .checked_sub(TAG_LEN)
+        .map(|n| n / 2)
+        .ok_or(CookieError::BadLength)?;
+    let alg = AeadAlgorithm::from_key_len(key_len).ok_or(CookieError::BadLength)?;
+    if cookie.len() != cookie_len(alg) {
+        return Err(CookieError::BadLength);
+    }
+    let master = keys
+        .opening_key(u32::from_be_bytes(id_bytes))
+        .ok_or(CookieError::UnknownKey)?;
+    let buf = scratch
+        .get_mut(..sealed.len())
+        .ok_or(CookieError::BufferTooSmall)?;
+    buf.copy_from_slice(sealed);
+    let plain = master
+        .0
+        .open(&id_bytes, nonce, buf)
+        .map_err(|_| CookieError::BadTag)?;
+    let (c2s, s2c) = plain.split_at(key_len);
+    let c2s = AeadKey::new(alg, c2s).ok_or(CookieError::BadLength)?;
+    let s2c = AeadKey::new(alg, s2c).ok_or(CookieError::BadLength)?;
+    plain.fill(0);
+    Ok(SessionKeys { c2s, s2c })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OneKey(u32, MasterKey);
+
+    impl CookieKeys for OneKey {
+        fn sealing_key(&self) -> (u32, &MasterKey) {
+            (self.0, &self.1)
+        }
+        fn opening_key(&self, id: u32) -> Option<&MasterKey> {
+            (id == self.0).then_some(&self.1)
+        }
+    }
+
+    fn session(alg: AeadAlgorithm) -> SessionKeys {
+        SessionKeys {
+            c2s: AeadKey::new(alg, &vec![1; alg.key_len()]).unwrap(),
+            s2c: AeadKey::new(alg, &vec![2; alg.key_len()]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn cookie_lengths_fit_clients() {
+        // chrony takes 8 cookies only if each is <= 104 bytes and a multiple of 4.
+        assert_eq!(cookie_len(AeadAlgorithm::AesSivCmac256), 100);
+        assert_eq!(cookie_len(AeadAlgorithm::AesSivCmac512), 164);
+        assert_eq!(MAX_COOKIE_LEN, 164);
+    }
+
+    #[test]
+    fn round_trip_and_failures() {
+        let ring = OneKey(7, MasterKey::from_bytes(&[9; 32]));
+        for alg in AeadAlgorithm::ALL {
+            let keys = session(alg);
+            let mut cookie = [0u8; MAX_COOKIE_LEN];
+            let n = seal_cookie(7, &ring.1, &[3; 16], &keys, &mut cookie).unwrap();
+            let cookie = &cookie[..n];
+            assert_eq!(&cookie[..4], &[0, 0, 0, 7]);
+            let mut scratch = [0u8; MAX_COOKIE_LEN];
+            assert_eq!(open_cookie(&ring, cookie, &mut scratch), Ok(keys));
+
+            let mut bad = cookie.to_vec();
+            bad[30] ^= 0x40;
+            assert_eq!(
+                open_cookie(&ring, &bad, &mut scratch),
+                Err(CookieError::BadTag)
+            );
+            bad[30] ^= 0x40;
+            bad[3] = 8;
+            assert_eq!(
+                open_cookie(&ring, &bad, &mut scratch),
+                Err(CookieError::UnknownKey)
+            );
+            assert_eq!(
+                open_cookie(&ring, &cookie[..n - 1], &mut scratch),
+                Err(CookieError::BadLength)
+            );
+        }
+        let other = OneKey(7, MasterKey::from_bytes(&[8; 32]));
+        let mut cookie = [0u8; 100];
+        seal_cookie(
+            7,
+            &ring.1,
+            &[3; 16],
+            &session(AeadAlgorithm::AesSivCmac256),
+            &mut cookie,
+        )
+        .unwrap();
+        let mut scratch = [0u8; MAX_COOKIE_LEN];
+        assert_eq!(
+            open_cookie(&other, &cookie, &mut scratch),
+            Err(CookieError::BadTag)
+        );
+    }
+
+    /// A fixed cookie, byte for byte, so that a format change is deliberate
+    /// (it would invalidate every cookie in the field after an upgrade).
+    #[test]
+    fn known_cookie_bytes() {
+        let master = MasterKey::from_bytes(&[0x42; 32]);
+        let mut cookie = [0u8; 100];
+        seal_cookie(
+            0x0102_0304,
+            &master,
+            &[0x11; 16],
+            &session(AeadAlgorithm::AesSivCmac256),
+            &mut cookie,
+        )
+        .unwrap();
+        assert_eq!(
+            &cookie[..20],
+            &hex::decode("01020304111111111111111111111111111111111111").unwrap()[..20]
+        );
+        let ring = OneKey(0x0102_0304, master);
+        let mut scratch = [0u8; MAX_COOKIE_LEN];
+        assert!(open_cookie(&ring, &cookie, &mut scratch).is_ok());
+    }
+}
