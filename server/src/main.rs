@@ -1,1 +1,128 @@
-fn main() {}
+//! ntsd: a stateless, high-throughput NTS (RFC 8915) server.
+//!
+//! ```text
+//! ntsd run --config FILE        serve until SIGTERM/SIGINT
+//! ntsd check-config --config F  validate a configuration
+//! ntsd demo                     NTS on loopback with a throwaway CA
+//! ntsd query HOST[:PORT]        NTS-KE + one authenticated exchange
+//! ```
+
+mod clock;
+mod config;
+mod demo;
+mod metrics;
+mod ntp;
+mod nts_ke;
+mod query;
+mod rng;
+mod run;
+mod stats;
+mod time_source;
+mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ntsd",
+    version,
+    about = "Stateless high-throughput Network Time Security server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve NTP and NTS-KE until SIGTERM or SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; exit non-zero with the reason if invalid.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Serve NTS on loopback with a throwaway CA; prints commands to verify it.
+    Demo,
+    /// Run NTS-KE and one authenticated NTP exchange against a server.
+    Query {
+        /// NTS-KE server, HOST[:PORT] (default port 4460).
+        target: String,
+        /// PEM file with the CA certificate(s) to trust instead of the public roots.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Seconds to wait for each step.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Checks that the TLS files load, warning (not failing) when they are absent.
+fn check_files(config: &config::Config) -> Result<(), String> {
+    let mut missing = false;
+    for (key, path) in config.files() {
+        if !path.exists() {
+            eprintln!(
+                "warning: {key}: {} does not exist yet (required by `ntsd run`)",
+                path.display()
+            );
+            missing = true;
+        }
+    }
+    if !missing {
+        tls::server_config(&config.nts_ke.certificate_chain, &config.nts_ke.private_key)
+            .map_err(|e| format!("[nts_ke] {e}"))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            config::Config::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|c| run::run(c, |_| {}))
+        }
+        Command::CheckConfig { config } => config::Config::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                check_files(&c).map_err(|e| format!("{}: {e}", config.display()))?;
+                println!("{}: configuration is valid", config.display());
+                Ok(())
+            }),
+        Command::Demo => {
+            init_logging();
+            demo::run()
+        }
+        Command::Query {
+            target,
+            ca,
+            timeout,
+        } => query::run(&target, ca.as_deref(), Duration::from_secs(timeout)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ntsd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

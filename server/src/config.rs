@@ -1,0 +1,395 @@
+//! The TOML configuration: names as in DESIGN.md, unknown keys refused,
+//! every semantic check in [`Config::validate`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error that names the file, the key and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub ntp: NtpConfig,
+    pub nts_ke: NtsKeConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub time: TimeConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// io_uring, falling back to `portable` with a warning.
+    #[default]
+    Auto,
+    IoUring,
+    Portable,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NtpConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    pub backend: Backend,
+}
+
+impl Default for NtpConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:123".parse().unwrap_or_else(|_| unreachable!())],
+            workers: 0,
+            backend: Backend::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NtsKeConfig {
+    #[serde(default = "default_ke_listen")]
+    pub listen: Vec<SocketAddr>,
+    pub certificate_chain: PathBuf,
+    pub private_key: PathBuf,
+    /// Sent in a Server record; must be an address or a fully qualified name.
+    #[serde(default)]
+    pub ntp_server: Option<String>,
+    /// Sent in a Port record; defaults to the NTP listen port.
+    #[serde(default)]
+    pub ntp_port: Option<u16>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_ke_timeout")]
+    pub timeout: HumanDuration,
+    /// Threads of the KE runtime (TLS handshakes); 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+impl Default for NtsKeConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_ke_listen(),
+            certificate_chain: PathBuf::new(),
+            private_key: PathBuf::new(),
+            ntp_server: None,
+            ntp_port: None,
+            max_connections: default_max_connections(),
+            timeout: default_ke_timeout(),
+            threads: 0,
+        }
+    }
+}
+
+fn default_ke_listen() -> Vec<SocketAddr> {
+    vec!["0.0.0.0:4460".parse().unwrap_or_else(|_| unreachable!())]
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_ke_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    pub rotate_interval: HumanDuration,
+    pub keep: u32,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            rotate_interval: HumanDuration(Duration::from_secs(86_400)),
+            keep: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeSource {
+    /// The kernel's synchronisation state from adjtimex.
+    #[default]
+    Kernel,
+    /// Always synchronised at the configured stratum (isolated networks, tests).
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeConfig {
+    pub source: TimeSource,
+    pub stratum: u8,
+    /// Up to four ASCII characters, or an IPv4 address.
+    pub refid: Option<String>,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        Self {
+            source: TimeSource::Kernel,
+            stratum: 2,
+            refid: None,
+        }
+    }
+}
+
+impl TimeConfig {
+    /// The reference id bytes: configured, or `LOCL` / `KERN` by source.
+    pub fn refid_bytes(&self) -> Result<[u8; 4], String> {
+        let Some(s) = &self.refid else {
+            return Ok(match self.source {
+                TimeSource::Local => *b"LOCL",
+                TimeSource::Kernel => *b"KERN",
+            });
+        };
+        if let Ok(IpAddr::V4(a)) = s.parse::<IpAddr>() {
+            return Ok(a.octets());
+        }
+        if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "refid {s:?} must be 1-4 printable ASCII characters or an IPv4 address"
+            ));
+        }
+        let mut out = [0u8; 4];
+        for (o, b) in out.iter_mut().zip(s.bytes()) {
+            *o = b;
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Prometheus endpoint; none when unset.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A duration written as `90`, `"90s"`, `"500ms"`, `"15m"`, `"12h"` or `"1d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Self(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t)
+                .map(Self)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!(
+            "invalid duration {text:?}: expected a number with a unit such as 30s, 15m, 12h or 1d"
+        )
+    })?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    /// The files the server reads at start, by config key.
+    pub fn files(&self) -> [(&'static str, &Path); 2] {
+        [
+            (
+                "[nts_ke] certificate_chain",
+                self.nts_ke.certificate_chain.as_path(),
+            ),
+            ("[nts_ke] private_key", self.nts_ke.private_key.as_path()),
+        ]
+    }
+
+    /// Semantic checks that types alone cannot express. Touches no files:
+    /// `check-config` and `run` check those separately.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ntp.listen.is_empty() {
+            return Err("[ntp] listen: at least one address is required".into());
+        }
+        if self.nts_ke.listen.is_empty() {
+            return Err("[nts_ke] listen: at least one address is required".into());
+        }
+        if let Some(name) = &self.nts_ke.ntp_server {
+            // chrony appends a dot to a name from the Server record, so a
+            // relative name would be resolved wrongly: require an address or a
+            // fully qualified name.
+            let is_addr = name.parse::<IpAddr>().is_ok();
+            if !is_addr && !(name.ends_with('.') || name.contains('.')) {
+                return Err(format!(
+                    "[nts_ke] ntp_server: {name:?} must be an IP address or a fully qualified domain name"
+                ));
+            }
+            if name.is_empty() || name.len() > 255 || !name.is_ascii() {
+                return Err(format!(
+                    "[nts_ke] ntp_server: {name:?} is not a valid host name"
+                ));
+            }
+        }
+        if self.nts_ke.ntp_port == Some(0) {
+            return Err("[nts_ke] ntp_port: must be between 1 and 65535".into());
+        }
+        if self.nts_ke.max_connections == 0 {
+            return Err("[nts_ke] max_connections: must be at least 1".into());
+        }
+        if self.nts_ke.timeout.0 < Duration::from_millis(100) {
+            return Err("[nts_ke] timeout: must be at least 100ms".into());
+        }
+        if self.keys.rotate_interval.0 < Duration::from_secs(1) {
+            return Err("[keys] rotate_interval: must be at least 1s".into());
+        }
+        if self.keys.keep == 0 {
+            return Err(
+                "[keys] keep: must be at least 1 (clients need the previous key after a rotation)"
+                    .into(),
+            );
+        }
+        if !(1..=15).contains(&self.time.stratum) {
+            return Err(format!(
+                "[time] stratum: {} is outside 1..=15",
+                self.time.stratum
+            ));
+        }
+        self.time.refid_bytes().map_err(|e| format!("[time] {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "[nts_ke]\ncertificate_chain = \"/dev/null\"\nprivate_key = \"/dev/null\"\n{extra}"
+        );
+        let c: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml.example");
+        let text = std::fs::read_to_string(path).expect("example config");
+        let c: Config = toml::from_str(&text).expect("example parses");
+        // The example names certificate paths that exist only on a deployed host.
+        assert_eq!(c.ntp.backend, Backend::Auto);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.ntp.listen, vec!["0.0.0.0:123".parse().unwrap()]);
+        assert_eq!(c.nts_ke.listen, vec!["0.0.0.0:4460".parse().unwrap()]);
+        assert_eq!(c.keys.rotate_interval.0, Duration::from_secs(86_400));
+        assert_eq!(c.keys.keep, 7);
+        assert_eq!(c.time.source, TimeSource::Kernel);
+        assert_eq!(c.nts_ke.timeout.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("colour = 1").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        let e = parse("[ntp]\nworkerz = 2").unwrap_err();
+        assert!(e.contains("workerz"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            ("[nts_ke.x]", ""),
+            ("[keys]\nrotate_interval = \"500ms\"", "rotate_interval"),
+            ("[keys]\nkeep = 0", "keep"),
+            ("[time]\nstratum = 16", "stratum"),
+            ("[time]\nrefid = \"TOOLONG\"", "refid"),
+            ("[ntp]\nbackend = \"epoll\"", "epoll"),
+            ("[ntp]\nlisten = []", "listen"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let e = parse("").and_then(|mut c| {
+            c.nts_ke.ntp_server = Some("ntp".into());
+            c.validate().map(|_| c)
+        });
+        assert!(e.unwrap_err().contains("fully qualified"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn refids() {
+        let mut t = TimeConfig::default();
+        assert_eq!(t.refid_bytes(), Ok(*b"KERN"));
+        t.refid = Some("GPS".into());
+        assert_eq!(t.refid_bytes(), Ok(*b"GPS\0"));
+        t.refid = Some("192.0.2.1".into());
+        assert_eq!(t.refid_bytes(), Ok([192, 0, 2, 1]));
+    }
+}

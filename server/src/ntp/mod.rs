@@ -1,0 +1,228 @@
+//! The NTP data path: one thread per worker, each with its own
+//! `SO_REUSEPORT` socket per listen address, so the kernel spreads clients
+//! over the workers by flow hash and the workers share nothing mutable.
+//!
+//! Two back ends drive the same [`Worker::process`]: `io_uring` (one ring
+//! per worker) and `portable` (blocking `recvmmsg`/`sendmmsg`, for hosts where
+//! io_uring is blocked, such as Docker's default seccomp profile).
+
+mod portable;
+mod uring;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use keyrotate::RotatingKeys;
+use nts_proto::{Action, Server};
+
+use crate::clock::now_ntp;
+use crate::config::{Backend, NtpConfig};
+use crate::rng::WorkerRng;
+use crate::stats::{NtpCounters, NtpEvent};
+use crate::time_source::SharedSystem;
+
+/// Largest datagram handled. NTS requests are a few hundred bytes; anything
+/// longer than this arrives truncated and is dropped as malformed.
+pub const MAX_PACKET: usize = 2048;
+/// How often a blocked worker wakes to check for shutdown.
+pub const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// State one worker thread owns.
+#[derive(Debug)]
+pub struct Worker {
+    keys: Arc<RotatingKeys>,
+    system: SharedSystem,
+    counters: Arc<NtpCounters>,
+    rng: WorkerRng,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Answers one datagram into `reply`; returns the reply length, if any.
+    #[inline]
+    pub fn process(&mut self, request: &[u8], reply: &mut [u8]) -> Option<usize> {
+        self.counters.add(NtpEvent::Received);
+        let ring = self.keys.load();
+        let system = self.system.load();
+        let server = Server {
+            keys: &**ring,
+            system: &system,
+        };
+        let action = server.handle(now_ntp(), request, reply, &mut self.rng);
+        self.counters.add(NtpEvent::of(&action));
+        match action {
+            Action::Reply { len, .. } => Some(len),
+            Action::Ignore(reason) => {
+                tracing::trace!(?reason, "request ignored");
+                None
+            }
+        }
+    }
+
+    pub fn count(&self, event: NtpEvent) {
+        self.counters.add(event);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// The running workers.
+#[derive(Debug)]
+pub struct Workers {
+    pub counters: Vec<Arc<NtpCounters>>,
+    pub backend: Backend,
+    /// Addresses actually bound (ephemeral ports resolved).
+    pub local_addrs: Vec<SocketAddr>,
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Workers {
+    /// Signals every worker to stop and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Number of workers for `configured` (0 = one per available core).
+pub fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Opens one `SO_REUSEPORT` socket per worker and listen address. A listen
+/// port of 0 is resolved by the first socket and reused by the rest, so all
+/// workers (and all addresses with port 0) share one ephemeral port.
+fn open_sockets(listen: &[SocketAddr], workers: usize) -> std::io::Result<Vec<Vec<UdpSocket>>> {
+    let mut chosen_port = None;
+    let mut per_worker: Vec<Vec<UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    for &configured in listen {
+        let mut addr = configured;
+        if addr.port() == 0 {
+            if let Some(p) = chosen_port {
+                addr.set_port(p);
+            }
+        }
+        for sockets in per_worker.iter_mut() {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                None,
+            )?;
+            s.set_reuse_port(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.set_read_timeout(Some(STOP_POLL))?;
+            s.bind(&addr.into()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot bind NTP to {addr}: {e}"))
+            })?;
+            let udp: UdpSocket = s.into();
+            if addr.port() == 0 {
+                addr.set_port(udp.local_addr()?.port());
+                chosen_port.get_or_insert(addr.port());
+            }
+            sockets.push(udp);
+        }
+    }
+    Ok(per_worker)
+}
+
+/// Binds the sockets and starts the workers.
+pub fn start(
+    cfg: &NtpConfig,
+    keys: Arc<RotatingKeys>,
+    system: SharedSystem,
+) -> Result<Workers, String> {
+    let n = worker_count(cfg.workers);
+    let sockets = open_sockets(&cfg.listen, n).map_err(|e| e.to_string())?;
+    let local_addrs = sockets
+        .first()
+        .map(|s| s.iter().filter_map(|u| u.local_addr().ok()).collect())
+        .unwrap_or_default();
+    let backend = match cfg.backend {
+        Backend::Auto => match uring::probe() {
+            Ok(()) => Backend::IoUring,
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring unavailable, using the portable back end");
+                Backend::Portable
+            }
+        },
+        Backend::IoUring => {
+            uring::probe()
+                .map_err(|e| format!("[ntp] backend = \"io-uring\": io_uring unavailable: {e}"))?;
+            Backend::IoUring
+        }
+        Backend::Portable => Backend::Portable,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut counters = Vec::new();
+    let mut threads = Vec::new();
+    for (i, worker_sockets) in sockets.into_iter().enumerate() {
+        let c = Arc::new(NtpCounters::default());
+        counters.push(c.clone());
+        let make_worker = || -> Result<Worker, String> {
+            Ok(Worker {
+                keys: keys.clone(),
+                system: system.clone(),
+                counters: c.clone(),
+                rng: WorkerRng::new().map_err(|_| "system random number generator failed")?,
+                stop: stop.clone(),
+            })
+        };
+        match backend {
+            Backend::IoUring => {
+                let w = make_worker()?;
+                threads.push(spawn(format!("ntp-uring-{i}"), move || {
+                    uring::run(w, worker_sockets)
+                })?);
+            }
+            _ => {
+                // recvmmsg blocks on one socket, so each socket gets a thread.
+                for (j, sock) in worker_sockets.into_iter().enumerate() {
+                    let w = make_worker()?;
+                    threads.push(spawn(format!("ntp-mmsg-{i}.{j}"), move || {
+                        portable::run(w, sock)
+                    })?);
+                }
+            }
+        }
+    }
+    tracing::info!(workers = n, ?backend, addrs = ?local_addrs, "NTP workers started");
+    Ok(Workers {
+        counters,
+        backend,
+        local_addrs,
+        threads,
+        stop,
+    })
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| format!("cannot start NTP worker thread: {e}"))
+}
+
+/// A zeroed `sockaddr_storage` and helpers shared by both back ends.
+#[allow(unsafe_code)]
+pub(crate) mod sys {
+    pub fn empty_storage() -> libc::sockaddr_storage {
+        // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+        unsafe { std::mem::zeroed() }
+    }
+
+    pub fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+}

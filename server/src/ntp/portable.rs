@@ -1,0 +1,110 @@
+//! The portable back end: blocking `recvmmsg`/`sendmmsg` in batches.
+#![allow(unsafe_code)]
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+use super::sys::{empty_storage, errno};
+use super::{Worker, MAX_PACKET};
+use crate::stats::NtpEvent;
+
+const BATCH: usize = 32;
+
+struct Batch {
+    requests: Box<[[u8; MAX_PACKET]; BATCH]>,
+    replies: Box<[[u8; MAX_PACKET]; BATCH]>,
+    addrs: [libc::sockaddr_storage; BATCH],
+    reply_lens: [usize; BATCH],
+}
+
+pub fn run(mut worker: Worker, socket: UdpSocket) {
+    let fd = socket.as_raw_fd();
+    let mut b = Batch {
+        requests: Box::new([[0; MAX_PACKET]; BATCH]),
+        replies: Box::new([[0; MAX_PACKET]; BATCH]),
+        addrs: [empty_storage(); BATCH],
+        reply_lens: [0; BATCH],
+    };
+    // SAFETY: iovec and mmsghdr are plain old data; zero is a valid value.
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut out_iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut out: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    while !worker.stopping() {
+        for i in 0..BATCH {
+            iov[i] = libc::iovec {
+                iov_base: b.requests[i].as_mut_ptr().cast(),
+                iov_len: MAX_PACKET,
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        // SAFETY: every mmsghdr points at buffers owned by `b` and `iov`,
+        // which outlive the call; the kernel writes at most the given lengths.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            match errno() {
+                libc::EAGAIN | libc::EINTR => {}
+                _ => worker.count(NtpEvent::ReceiveError),
+            }
+            continue;
+        }
+        let n = n as usize;
+        let mut m = 0;
+        for i in 0..n {
+            let len = msgs[i].msg_len as usize;
+            if msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                worker.count(NtpEvent::Received);
+                worker.count(NtpEvent::DropMalformed);
+                continue;
+            }
+            let Some(reply_len) = worker.process(&b.requests[i][..len], &mut b.replies[i]) else {
+                continue;
+            };
+            b.reply_lens[i] = reply_len;
+            out_iov[m] = libc::iovec {
+                iov_base: b.replies[i].as_mut_ptr().cast(),
+                iov_len: reply_len,
+            };
+            let h = &mut out[m].msg_hdr;
+            h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = msgs[i].msg_hdr.msg_namelen;
+            h.msg_iov = &mut out_iov[m];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            m += 1;
+        }
+        let mut sent = 0;
+        while sent < m {
+            // SAFETY: `out[sent..m]` point at reply buffers and addresses
+            // owned by `b`, valid for the duration of the call.
+            let r = unsafe { libc::sendmmsg(fd, out[sent..].as_mut_ptr(), (m - sent) as u32, 0) };
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                // Skip the datagram that failed (e.g. an unreachable peer).
+                worker.count(NtpEvent::SendError);
+                sent += 1;
+            } else {
+                sent += r as usize;
+            }
+        }
+    }
+}

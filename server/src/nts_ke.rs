@@ -1,0 +1,246 @@
+//! The NTS-KE front end: TLS 1.3 over TCP, one request, one response,
+//! close_notify (RFC 8915, section 4).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyrotate::RotatingKeys;
+use nts_proto::cookie::{seal_cookie, MAX_COOKIE_LEN};
+use nts_proto::ke::{
+    exporter_context, KeRequest, KeRequestError, KeResponse, EXPORTER_LABEL, PROTOCOL_NTPV4,
+};
+use nts_proto::{AeadAlgorithm, AeadKey, CookieKeys, SessionKeys};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::stats::{KeCounters, KeEvent};
+use crate::tls::ALPN_NTSKE;
+
+/// Cookies handed out per session (RFC 8915, section 4: eight is typical).
+pub const COOKIES_PER_SESSION: usize = 8;
+/// Largest request accepted. RFC 8915 asks servers to accept at least 1024
+/// bytes; real requests are under 100.
+pub const MAX_REQUEST: usize = 16 * 1024;
+
+/// What every KE session needs, shared by the accept loops.
+pub struct KeContext {
+    pub acceptor: TlsAcceptor,
+    pub keys: Arc<RotatingKeys>,
+    pub counters: Arc<KeCounters>,
+    pub ntp_server: Option<String>,
+    /// Port record value, when one must be sent.
+    pub ntp_port: Option<u16>,
+    pub timeout: Duration,
+    pub connections: Arc<Semaphore>,
+    pub rng: SystemRandom,
+}
+
+impl std::fmt::Debug for KeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeContext")
+            .field("ntp_server", &self.ntp_server)
+            .field("ntp_port", &self.ntp_port)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts connections on `listener` until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<KeContext>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin.
+                    tracing::warn!(error = %e, "NTS-KE accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        ctx.counters.add(KeEvent::Accepted);
+        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+            ctx.counters.add(KeEvent::Busy);
+            drop(stream);
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let event = match tokio::time::timeout(ctx.timeout, session(&ctx, stream)).await {
+                Ok(event) => event,
+                Err(_) => KeEvent::Timeout,
+            };
+            ctx.counters.add(event);
+            tracing::debug!(%peer, ?event, "NTS-KE session ended");
+            drop(permit);
+        });
+    }
+}
+
+async fn session(ctx: &KeContext, stream: TcpStream) -> KeEvent {
+    let _ = stream.set_nodelay(true);
+    let mut tls = match ctx.acceptor.accept(stream).await {
+        Ok(t) => t,
+        Err(_) => return KeEvent::TlsError,
+    };
+    // rustls refuses a client whose ALPN list lacks ntske/1; a client that
+    // sends no ALPN at all must be refused here (RFC 8915, section 4).
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN_NTSKE) {
+        let _ = tls.shutdown().await;
+        return KeEvent::NoAlpn;
+    }
+    let mut buf = Vec::with_capacity(256);
+    let request = loop {
+        let mut chunk = [0u8; 1024];
+        let n = match tls.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(_) => return KeEvent::TlsError,
+        };
+        if n == 0 {
+            // The client closed before End of Message.
+            break Err(KeRequestError::BadRequest("request incomplete"));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        match KeRequest::parse(&buf) {
+            Err(KeRequestError::Incomplete) if buf.len() < MAX_REQUEST => continue,
+            Err(KeRequestError::Incomplete) => {
+                break Err(KeRequestError::BadRequest("request too large"))
+            }
+            other => break other,
+        }
+    };
+    let (response, event) = match request {
+        Err(e) => {
+            let event = match e {
+                KeRequestError::UnrecognizedCritical(_) => KeEvent::UnrecognizedCritical,
+                _ => KeEvent::BadRequest,
+            };
+            (KeResponse::error(e.error_code()), event)
+        }
+        Ok(req) => respond(ctx, &req, tls.get_ref().1),
+    };
+    // One write: the response fits one TLS record, which NTPsec needs
+    // (it reads the whole response in a single 2048-byte read).
+    if tls.write_all(&response).await.is_err() || tls.shutdown().await.is_err() {
+        return KeEvent::TlsError;
+    }
+    event
+}
+
+fn respond(
+    ctx: &KeContext,
+    req: &KeRequest,
+    conn: &rustls::ServerConnection,
+) -> (Vec<u8>, KeEvent) {
+    if !req.wants_ntpv4() {
+        return (KeResponse::default().encode(), KeEvent::NoCommonProtocol);
+    }
+    let Some(aead) = req.select_aead(&AeadAlgorithm::ALL) else {
+        let resp = KeResponse {
+            protocol: Some(PROTOCOL_NTPV4),
+            ..Default::default()
+        };
+        return (resp.encode(), KeEvent::NoCommonAead);
+    };
+    match make_cookies(ctx, aead, conn) {
+        Ok(cookies) => {
+            let resp = KeResponse {
+                protocol: Some(PROTOCOL_NTPV4),
+                aead: Some(aead),
+                cookies,
+                server: ctx.ntp_server.clone(),
+                port: ctx.ntp_port,
+            };
+            (resp.encode(), KeEvent::Success)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "NTS-KE internal error");
+            (
+                KeResponse::error(nts_proto::ke::error_code::INTERNAL_SERVER_ERROR),
+                KeEvent::InternalError,
+            )
+        }
+    }
+}
+
+/// Exports the session keys (RFC 8915, section 5.1) and seals the cookies.
+fn make_cookies(
+    ctx: &KeContext,
+    aead: AeadAlgorithm,
+    conn: &rustls::ServerConnection,
+) -> Result<Vec<Vec<u8>>, String> {
+    let export = |s2c: bool| -> Result<AeadKey, String> {
+        let mut key = [0u8; nts_proto::aead::MAX_KEY_LEN];
+        let key = key.get_mut(..aead.key_len()).ok_or("key length")?;
+        conn.export_keying_material(
+            &mut *key,
+            EXPORTER_LABEL,
+            Some(&exporter_context(aead, s2c)),
+        )
+        .map_err(|e| format!("TLS exporter: {e}"))?;
+        let k = AeadKey::new(aead, key).ok_or("key length")?;
+        key.fill(0);
+        Ok(k)
+    };
+    let keys = SessionKeys {
+        c2s: export(false)?,
+        s2c: export(true)?,
+    };
+    let ring = ctx.keys.load();
+    let (id, master) = ring.sealing_key();
+    let mut cookies = Vec::with_capacity(COOKIES_PER_SESSION);
+    for _ in 0..COOKIES_PER_SESSION {
+        let mut nonce = [0u8; nts_proto::cookie::COOKIE_NONCE_LEN];
+        ctx.rng
+            .fill(&mut nonce)
+            .map_err(|_| "random number generator failed")?;
+        let mut out = [0u8; MAX_COOKIE_LEN];
+        let n = seal_cookie(id, master, &nonce, &keys, &mut out).map_err(|e| e.to_string())?;
+        cookies.push(out.get(..n).unwrap_or_default().to_vec());
+    }
+    Ok(cookies)
+}
+
+/// Binds the KE listeners; a port of 0 takes an ephemeral port.
+pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::new();
+    let mut chosen_port = None;
+    for &addr in addrs {
+        let mut addr = addr;
+        if addr.port() == 0 {
+            if let Some(p) = chosen_port {
+                addr.set_port(p);
+            }
+        }
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into()).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot bind NTS-KE to {addr}: {e}"))
+        })?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        if addr.port() == 0 {
+            chosen_port = Some(listener.local_addr()?.port());
+        }
+        out.push(listener);
+    }
+    Ok(out)
+}
