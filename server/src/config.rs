@@ -271,7 +271,7 @@ impl Config {
             // relative name would be resolved wrongly: require an address or a
             // fully qualified name.
             let is_addr = name.parse::<IpAddr>().is_ok();
-            if !is_addr && !(name.ends_with('.') || name.contains('.')) {
+            if !is_addr && !name.contains('.') {
                 return Err(format!(
                     "[nts_ke] ntp_server: {name:?} must be an IP address or a fully qualified domain name"
                 ));

@@ -7,18 +7,7 @@
 //! ntsd query HOST[:PORT]        NTS-KE + one authenticated exchange
 //! ```
 
-mod clock;
-mod config;
-mod demo;
-mod metrics;
-mod ntp;
-mod nts_ke;
-mod query;
-mod rng;
-mod run;
-mod stats;
-mod time_source;
-mod tls;
+use ntsd::{config, demo, query, run, tls};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +58,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -14,7 +14,6 @@ struct Batch {
     requests: Box<[[u8; MAX_PACKET]; BATCH]>,
     replies: Box<[[u8; MAX_PACKET]; BATCH]>,
     addrs: [libc::sockaddr_storage; BATCH],
-    reply_lens: [usize; BATCH],
 }
 
 pub fn run(mut worker: Worker, socket: UdpSocket) {
@@ -23,7 +22,6 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
         requests: Box::new([[0; MAX_PACKET]; BATCH]),
         replies: Box::new([[0; MAX_PACKET]; BATCH]),
         addrs: [empty_storage(); BATCH],
-        reply_lens: [0; BATCH],
     };
     // SAFETY: iovec and mmsghdr are plain old data; zero is a valid value.
     let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -65,9 +63,9 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
         }
         let n = n as usize;
         let mut m = 0;
-        for i in 0..n {
-            let len = msgs[i].msg_len as usize;
-            if msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        for (i, msg) in msgs.iter().enumerate().take(n) {
+            let len = msg.msg_len as usize;
+            if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                 worker.count(NtpEvent::Received);
                 worker.count(NtpEvent::DropMalformed);
                 continue;
@@ -75,14 +73,13 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
             let Some(reply_len) = worker.process(&b.requests[i][..len], &mut b.replies[i]) else {
                 continue;
             };
-            b.reply_lens[i] = reply_len;
             out_iov[m] = libc::iovec {
                 iov_base: b.replies[i].as_mut_ptr().cast(),
                 iov_len: reply_len,
             };
             let h = &mut out[m].msg_hdr;
             h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = msgs[i].msg_hdr.msg_namelen;
+            h.msg_namelen = msg.msg_hdr.msg_namelen;
             h.msg_iov = &mut out_iov[m];
             h.msg_iovlen = 1;
             h.msg_control = std::ptr::null_mut();

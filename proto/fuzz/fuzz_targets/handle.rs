@@ -1,0 +1,51 @@
+//! The whole server path with fixed keys and deterministic randomness, then
+//! the client's verification of the reply. The server must never answer
+//! with more bytes than it received.
+//!
+//! First byte even: the rest is the request. Odd: the rest edits a valid NTS
+//! request from the real client (bits choose the AEAD and the placeholder
+//! count), so the fuzzer reaches the authenticated paths.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nts_proto::{Action, AeadAlgorithm, ReplyKind, Server};
+use nts_proto_fuzz::{mutate, system, valid_request, Counter, OneKey, T2};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let ring = OneKey::default();
+    let sys = system();
+    let server = Server {
+        keys: &ring,
+        system: &sys,
+    };
+    let mut reply = [0u8; 2048];
+    if mode & 1 == 0 {
+        if let Action::Reply { len, .. } = server.handle(T2, rest, &mut reply, &mut Counter(mode)) {
+            assert!(len <= rest.len(), "amplification: {len} > {}", rest.len());
+        }
+        return;
+    }
+    let alg = AeadAlgorithm::ALL[usize::from(mode >> 1) & 1];
+    let placeholders = usize::from(mode >> 2) % 8;
+    let (valid, mut client, pending) = valid_request(alg, placeholders, mode);
+    let mut request = valid.clone();
+    mutate(&mut request, rest);
+    let action = server.handle(T2, &request, &mut reply, &mut Counter(mode));
+    if let Action::Reply { len, kind } = action {
+        assert!(
+            len <= request.len(),
+            "amplification: {len} > {}",
+            request.len()
+        );
+        let verified = client.verify_reply(&reply[..len], &pending);
+        if request == valid {
+            assert_eq!(kind, ReplyKind::Nts);
+            assert_eq!(verified.map(|v| v.cookies), Ok(placeholders + 1));
+        }
+    } else {
+        assert_ne!(request, valid, "a valid request was dropped: {action:?}");
+    }
+});

@@ -1,0 +1,22 @@
+//! The ntsd appliance as a library: the binary in `main.rs` is a thin CLI
+//! over these modules, and the integration tests use them directly.
+//!
+//! ```text
+//! config ─► run ─┬─ ntp (worker threads: io_uring | portable) ─► nts_proto::Server::handle
+//!                ├─ nts_ke (tokio + rustls) ─► cookies sealed with keyrotate
+//!                ├─ time_source ─► ArcSwap<SystemInfo>
+//!                └─ metrics (Prometheus text)
+//! ```
+
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod ntp;
+pub mod nts_ke;
+pub mod query;
+pub mod rng;
+pub mod run;
+pub mod stats;
+pub mod time_source;
+pub mod tls;

@@ -1,0 +1,440 @@
+//! End-to-end tests against the real binary: good exchanges on both back
+//! ends, every bad-input answer from RFC 8915, counters, memory, shutdown.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{exchange, key_exchange, udp_client, Ntsd, BIN};
+use nts_proto::client::NtsClient;
+use nts_proto::ke::{decode_message, Record};
+use nts_proto::NtpTimestamp;
+
+fn random48(seed: u64) -> [u8; 48] {
+    let mut out = [0u8; 48];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(i as u64 * 31)
+            >> 7) as u8;
+    }
+    out
+}
+
+/// Sends one NTS request from `client`; returns the raw request and reply.
+fn nts_round(
+    client: &mut NtsClient,
+    sock: &std::net::UdpSocket,
+    seed: u64,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut buf = [0u8; 2048];
+    let (len, _) = client
+        .build_request(NtpTimestamp(seed), &random48(seed), 8, &mut buf)
+        .unwrap();
+    let req = buf[..len].to_vec();
+    let reply = exchange(sock, &req);
+    (req, reply)
+}
+
+#[test]
+fn query_and_nts_exchanges_on_both_backends() {
+    for backend in ["io-uring", "portable"] {
+        let s = Ntsd::start(backend);
+        let out = Command::new(BIN)
+            .args(["query", &format!("localhost:{}", s.ke_port), "--ca"])
+            .arg(s.ca())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{backend}: query failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("8 cookies of 100 bytes"), "{text}");
+        assert!(
+            text.contains("authenticated") && text.contains("stratum 1"),
+            "{text}"
+        );
+
+        let ke = key_exchange(&s);
+        assert_eq!(ke.result.port, Some(s.ntp_port));
+        let mut client = NtsClient::new(ke.keys, ke.result.cookies);
+        let sock = udp_client(s.ntp_port);
+        // More exchanges than the 8 KE cookies: new cookies must work.
+        for i in 0..20 {
+            let mut buf = [0u8; 2048];
+            let (len, pending) = client
+                .build_request(NtpTimestamp(1000 + i), &random48(i), 8, &mut buf)
+                .unwrap();
+            let reply = exchange(&sock, &buf[..len]).expect("reply");
+            assert!(reply.len() <= len, "reply longer than request");
+            let v = client.verify_reply(&reply, &pending).unwrap();
+            assert_eq!(v.header.stratum, 1);
+            assert_eq!(v.header.reference_id, *b"TEST");
+        }
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_responses_total{kind=\"nts\"}", 21),
+            21
+        );
+        assert!(s.terminate().success(), "{backend}: unclean exit");
+    }
+}
+
+/// A TLS client that sends `request` verbatim and returns the raw response.
+fn ke_raw(s: &Ntsd, request: &[u8], alpn: bool) -> Result<Vec<u8>, std::io::Error> {
+    let mut cfg = (*ntsd::tls::client_config(Some(&s.ca())).unwrap()).clone();
+    if !alpn {
+        cfg.alpn_protocols.clear();
+    }
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", s.ke_port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(request)?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(out),
+        Err(e) => Err(e),
+    }
+}
+
+#[test]
+fn ke_error_answers() {
+    let s = Ntsd::start("auto");
+    let eom = [0x80u8, 0, 0, 0];
+    let next_protocol = [0x80u8, 1, 0, 2, 0, 0];
+    let aead15 = [0u8, 4, 0, 2, 0, 15];
+
+    // Unrecognised critical record: Error 0.
+    let req = [&[0x80u8, 0x63, 0, 0][..], &next_protocol, &aead15, &eom].concat();
+    let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
+    assert_eq!(resp, vec![Record::Error(0), Record::EndOfMessage]);
+
+    // No Next Protocol record: Error 1.
+    let req = [&aead15[..], &eom].concat();
+    let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
+    assert_eq!(resp, vec![Record::Error(1), Record::EndOfMessage]);
+
+    // Malformed record body: Error 1.
+    let req = [&[0x80u8, 1, 0, 1, 0][..], &aead15, &eom].concat();
+    let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
+    assert_eq!(resp, vec![Record::Error(1), Record::EndOfMessage]);
+
+    // No AEAD in common: an empty AEAD record, no cookies.
+    let req = [&next_protocol[..], &[0, 4, 0, 4, 0, 30, 0, 1], &eom].concat();
+    let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
+    assert_eq!(
+        resp,
+        vec![
+            Record::NextProtocol(vec![0]),
+            Record::Aead(vec![]),
+            Record::EndOfMessage
+        ]
+    );
+
+    // ntpd-rs's offer [17, 15]: the client's order is honoured.
+    let req = [&next_protocol[..], &[0, 4, 0, 4, 0, 17, 0, 15], &eom].concat();
+    let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
+    assert!(resp.contains(&Record::Aead(vec![17])), "{resp:?}");
+    let cookies: Vec<_> = resp
+        .iter()
+        .filter(|r| matches!(r, Record::NewCookie(c) if c.len() == 164))
+        .collect();
+    assert_eq!(cookies.len(), 8);
+    assert!(resp.contains(&Record::Port(s.ntp_port)));
+
+    // Without ALPN the server closes without answering.
+    let resp = ke_raw(&s, &[&next_protocol[..], &aead15, &eom].concat(), false).unwrap_or_default();
+    assert!(resp.is_empty());
+
+    assert_eq!(
+        s.wait_metric("ntsd_ke_errors_total{reason=\"unrecognized_critical\"}", 1),
+        1
+    );
+    assert_eq!(
+        s.wait_metric("ntsd_ke_errors_total{reason=\"bad_request\"}", 2),
+        2
+    );
+    assert_eq!(
+        s.wait_metric("ntsd_ke_errors_total{reason=\"no_common_aead\"}", 1),
+        1
+    );
+    assert_eq!(
+        s.wait_metric("ntsd_ke_errors_total{reason=\"no_alpn\"}", 1),
+        1
+    );
+    assert_eq!(s.wait_metric("ntsd_ke_sessions_total", 1), 1);
+    // Still serving.
+    assert_eq!(key_exchange(&s).result.cookies.len(), 8);
+}
+
+#[test]
+fn garbage_tls_and_silent_clients_are_cut_off() {
+    let s = Ntsd::start_with("auto", "", "timeout = \"1s\"", "");
+    // Garbage instead of a ClientHello.
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.ke_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(&[0x42; 300]).unwrap();
+    let mut sink = Vec::new();
+    let _ = tcp.read_to_end(&mut sink);
+    assert_eq!(s.wait_metric("ntsd_ke_errors_total{reason=\"tls\"}", 1), 1);
+
+    // A client that sends nothing is disconnected by the timeout.
+    let mut idle = TcpStream::connect(("127.0.0.1", s.ke_port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let n = idle.read(&mut [0u8; 16]).unwrap_or(0);
+    let waited = start.elapsed();
+    assert_eq!(n, 0, "expected the server to close the connection");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(
+        s.wait_metric("ntsd_ke_errors_total{reason=\"timeout\"}", 1),
+        1
+    );
+    assert_eq!(key_exchange(&s).result.cookies.len(), 8);
+}
+
+#[test]
+fn ke_connection_cap_refuses_the_excess() {
+    let s = Ntsd::start_with("auto", "", "max_connections = 2\ntimeout = \"3s\"", "");
+    let held: Vec<_> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", s.ke_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(("127.0.0.1", s.ke_port)).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(third.read(&mut [0u8; 8]).unwrap_or(0), 0);
+    assert_eq!(s.wait_metric("ntsd_ke_errors_total{reason=\"busy\"}", 1), 1);
+    drop(held);
+}
+
+#[test]
+fn bad_ntp_input_is_dropped_or_nakked_and_service_continues() {
+    for backend in ["io-uring", "portable"] {
+        let s = Ntsd::start(backend);
+        let sock = udp_client(s.ntp_port);
+        let ke = key_exchange(&s);
+        let good_cookie = ke.result.cookies[0].clone();
+
+        // Malformed: truncated header, oversized datagram, bad EF length.
+        let plain = {
+            let mut p = [0u8; 48];
+            p[0] = 0x23;
+            p
+        };
+        assert!(exchange(&sock, &plain[..47]).is_none());
+        let mut big = vec![0u8; 3000];
+        big[0] = 0x23;
+        assert!(exchange(&sock, &big).is_none());
+        let bad_ef = [
+            &plain[..],
+            &[0x01, 0x04, 0x00, 0x0d, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ]
+        .concat();
+        assert!(exchange(&sock, &bad_ef).is_none());
+        // Not a client packet.
+        let mut server_mode = plain;
+        server_mode[0] = 0x24;
+        assert!(exchange(&sock, &server_mode).is_none());
+
+        // A cookie under an unknown key id: NTS NAK.
+        let mut unknown = good_cookie.clone();
+        unknown[0] ^= 0xff;
+        let mut c = NtsClient::new(ke.keys.clone(), vec![unknown]);
+        let (req, reply) = nts_round(&mut c, &sock, 1);
+        let reply = reply.expect("NAK");
+        assert!(reply.len() <= req.len());
+        assert_eq!(&reply[12..16], b"NTSN");
+        assert_eq!(reply[1], 0, "kiss-o'-death has stratum 0");
+
+        // A tampered cookie and a request that fails authentication: NAK.
+        let mut tampered = good_cookie.clone();
+        tampered[50] ^= 1;
+        let mut c = NtsClient::new(ke.keys.clone(), vec![tampered]);
+        assert_eq!(
+            &nts_round(&mut c, &sock, 2).1.expect("NAK")[12..16],
+            b"NTSN"
+        );
+        let (mut req, _) = {
+            let mut c = NtsClient::new(ke.keys.clone(), vec![good_cookie.clone()]);
+            let mut buf = [0u8; 2048];
+            let (len, _) = c
+                .build_request(NtpTimestamp(3), &random48(3), 1, &mut buf)
+                .unwrap();
+            (buf[..len].to_vec(), ())
+        };
+        let last = req.len() - 1;
+        req[last] ^= 1;
+        assert_eq!(&exchange(&sock, &req).expect("NAK")[12..16], b"NTSN");
+
+        // Plain NTPv4 still answered, and a valid NTS request too.
+        assert_eq!(exchange(&sock, &plain).expect("plain reply").len(), 48);
+        let mut c = NtsClient::new(ke.keys.clone(), ke.result.cookies[1..].to_vec());
+        let (_, reply) = nts_round(&mut c, &sock, 4);
+        assert!(reply.is_some());
+
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_dropped_total{reason=\"too_short\"}", 1),
+            1
+        );
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_dropped_total{reason=\"malformed\"}", 2),
+            2
+        );
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_dropped_total{reason=\"not_client\"}", 1),
+            1
+        );
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_naks_total{reason=\"cookie_unknown_key\"}", 1),
+            1
+        );
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_naks_total{reason=\"cookie_invalid\"}", 1),
+            1
+        );
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_naks_total{reason=\"auth_failed\"}", 1),
+            1
+        );
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_responses_total{kind=\"plain\"}", 1),
+            1
+        );
+        assert_eq!(
+            s.wait_metric("ntsd_ntp_responses_total{kind=\"nts\"}", 1),
+            1
+        );
+        assert!(s.terminate().success());
+    }
+}
+
+/// The server keeps no per-client state: serving many distinct clients
+/// (source ports, cookies) does not grow its memory.
+#[test]
+fn memory_does_not_grow_with_distinct_clients() {
+    let s = Ntsd::start("auto");
+    let ke = key_exchange(&s);
+    let mut client = NtsClient::new(ke.keys, ke.result.cookies);
+    let run = |client: &mut NtsClient, sockets: usize, per_socket: u64, base: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..sockets {
+            let sock = udp_client(s.ntp_port);
+            for j in 0..per_socket {
+                let seed = base + i as u64 * 100 + j;
+                let mut buf = [0u8; 2048];
+                let (len, pending) = client
+                    .build_request(NtpTimestamp(seed), &random48(seed), 8, &mut buf)
+                    .unwrap();
+                let reply = exchange(&sock, &buf[..len]).expect("reply");
+                client.verify_reply(&reply, &pending).unwrap();
+            }
+            assert!(Instant::now() < deadline, "load loop ran too long");
+        }
+    };
+    run(&mut client, 200, 5, 0);
+    let before = s.rss_kib();
+    run(&mut client, 2000, 2, 1_000_000);
+    let after = s.rss_kib();
+    assert!(
+        after <= before + 1024,
+        "RSS grew from {before} KiB to {after} KiB over 2000 new clients"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml.example");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[nts_ke]\ncertificate_chain = \"a\"\nprivate_key = \"b\"\nmax_conections = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml") && err.contains("max_conections"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &bad,
+        "[nts_ke]\ncertificate_chain = \"a\"\nprivate_key = \"b\"\n[keys]\nkeep = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("[keys] keep"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn run_fails_clearly_on_a_missing_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[ntp]\nlisten = [\"127.0.0.1:0\"]\n[nts_ke]\nlisten = [\"127.0.0.1:0\"]\ncertificate_chain = \"/nonexistent/chain.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("/nonexistent/chain.pem"), "{err}");
+}
+
+#[test]
+fn sigint_stops_the_server_cleanly() {
+    let s = Ntsd::start("auto");
+    common::unsafe_free_kill(s.pid(), "INT");
+    let start = Instant::now();
+    assert!(s.wait_exit().success());
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
