@@ -137,7 +137,8 @@ pub enum TimeSource {
 #[serde(deny_unknown_fields, default)]
 pub struct TimeConfig {
     pub source: TimeSource,
-    pub stratum: u8,
+    /// Stratum while synchronised; default 1 for `local`, 2 for `kernel`.
+    pub stratum: Option<u8>,
     /// Up to four ASCII characters, or an IPv4 address.
     pub refid: Option<String>,
 }
@@ -146,13 +147,23 @@ impl Default for TimeConfig {
     fn default() -> Self {
         Self {
             source: TimeSource::Kernel,
-            stratum: 2,
+            stratum: None,
             refid: None,
         }
     }
 }
 
 impl TimeConfig {
+    /// The stratum served while synchronised. A local clock is the reference
+    /// itself (stratum 1, like a reference clock); a kernel clock disciplined
+    /// by another daemon is at least one step further away.
+    pub fn stratum(&self) -> u8 {
+        self.stratum.unwrap_or(match self.source {
+            TimeSource::Local => 1,
+            TimeSource::Kernel => 2,
+        })
+    }
+
     /// The reference id bytes: configured, or `LOCL` / `KERN` by source.
     pub fn refid_bytes(&self) -> Result<[u8; 4], String> {
         let Some(s) = &self.refid else {
@@ -300,10 +311,10 @@ impl Config {
                     .into(),
             );
         }
-        if !(1..=15).contains(&self.time.stratum) {
+        if !(1..=15).contains(&self.time.stratum()) {
             return Err(format!(
                 "[time] stratum: {} is outside 1..=15",
-                self.time.stratum
+                self.time.stratum()
             ));
         }
         self.time.refid_bytes().map_err(|e| format!("[time] {e}"))?;

@@ -172,13 +172,7 @@ pub fn run(target: &str, ca: Option<&Path>, timeout: Duration) -> Result<(), Str
         "NTP {addr}: authenticated, {} new cookie(s), stratum {}, offset {offset:+.6} s, delay {delay:.6} s",
         v.cookies, h.stratum
     );
-    let refid = if h.stratum <= 1 {
-        String::from_utf8_lossy(&h.reference_id)
-            .trim_end_matches('\0')
-            .to_owned()
-    } else {
-        std::net::Ipv4Addr::from(h.reference_id).to_string()
-    };
+    let refid = refid_text(h.stratum, h.reference_id);
     println!(
         "server: stratum {}, refid {refid}, root delay {:.6} s, root dispersion {:.6} s, leap {:?}",
         h.stratum,
@@ -189,9 +183,27 @@ pub fn run(target: &str, ca: Option<&Path>, timeout: Duration) -> Result<(), Str
     Ok(())
 }
 
+/// A stratum-1 refid is a tag like `GPS` when it is printable ASCII;
+/// otherwise (and at higher strata) it is shown as an IPv4 address.
+fn refid_text(stratum: u8, id: [u8; 4]) -> String {
+    let tag = id.split(|&b| b == 0).next().unwrap_or_default();
+    if stratum <= 1 && !tag.is_empty() && tag.iter().all(u8::is_ascii_graphic) {
+        String::from_utf8_lossy(tag).into_owned()
+    } else {
+        std::net::Ipv4Addr::from(id).to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refids() {
+        assert_eq!(refid_text(1, *b"GPS\0"), "GPS");
+        assert_eq!(refid_text(1, [127, 127, 1, 1]), "127.127.1.1");
+        assert_eq!(refid_text(2, *b"LOCL"), "76.79.67.76");
+    }
 
     #[test]
     fn host_port_forms() {

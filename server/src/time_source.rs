@@ -25,7 +25,7 @@ impl TimeState {
     pub fn new(cfg: &TimeConfig) -> Result<Self, String> {
         Ok(Self {
             source: cfg.source,
-            stratum: cfg.stratum,
+            stratum: cfg.stratum(),
             refid: cfg.refid_bytes()?,
         })
     }
@@ -124,7 +124,7 @@ mod tests {
     fn local_source_is_synchronised_at_its_stratum() {
         let cfg = TimeConfig {
             source: TimeSource::Local,
-            stratum: 3,
+            stratum: Some(3),
             refid: Some("TEST".into()),
         };
         let info = TimeState::new(&cfg).unwrap().sample();

@@ -349,6 +349,9 @@ fn memory_does_not_grow_with_distinct_clients() {
     let before = s.rss_kib();
     run(&mut client, 2000, 2, 1_000_000);
     let after = s.rss_kib();
+    eprintln!(
+        "RSS after 1000 requests: {before} KiB; after 4000 more from 2000 new sockets: {after} KiB"
+    );
     assert!(
         after <= before + 1024,
         "RSS grew from {before} KiB to {after} KiB over 2000 new clients"
