@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod net;
 pub mod ntp;
 pub mod nts_ke;
 pub mod query;

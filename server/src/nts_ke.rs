@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::net::SharedEphemeralPort;
 use crate::stats::{KeCounters, KeEvent};
 use crate::tls::ALPN_NTSKE;
 
@@ -214,14 +215,9 @@ fn make_cookies(
 /// Binds the KE listeners; a port of 0 takes an ephemeral port.
 pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut out = Vec::new();
-    let mut chosen_port = None;
-    for &addr in addrs {
-        let mut addr = addr;
-        if addr.port() == 0 {
-            if let Some(p) = chosen_port {
-                addr.set_port(p);
-            }
-        }
+    let mut port = SharedEphemeralPort::default();
+    for &configured in addrs {
+        let addr = port.resolve(configured);
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -237,9 +233,7 @@ pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>>
         })?;
         socket.listen(1024)?;
         let listener: std::net::TcpListener = socket.into();
-        if addr.port() == 0 {
-            chosen_port = Some(listener.local_addr()?.port());
-        }
+        port.learn(addr, listener.local_addr()?);
         out.push(listener);
     }
     Ok(out)

@@ -358,60 +358,43 @@ fn memory_does_not_grow_with_distinct_clients() {
     );
 }
 
-#[test]
-fn check_config_accepts_the_example_and_names_bad_keys() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml.example");
+/// Runs `ntsd SUBCOMMAND --config FILE`; returns success and stderr.
+fn with_config(subcommand: &str, config: &std::path::Path) -> (bool, String) {
     let out = Command::new(BIN)
-        .args(["check-config", "--config", example])
+        .args([subcommand, "--config"])
+        .arg(config)
         .output()
         .unwrap();
-    assert!(
+    (
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let example = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config.toml.example"
+    ));
+    let (ok, err) = with_config("check-config", example);
+    assert!(ok, "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "[nts_ke]\ncertificate_chain = \"a\"\nprivate_key = \"b\"\nmax_conections = 5\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let base = "[nts_ke]\ncertificate_chain = \"a\"\nprivate_key = \"b\"\n";
+    std::fs::write(&bad, format!("{base}max_conections = 5\n")).unwrap();
+    let (ok, err) = with_config("check-config", &bad);
     assert!(
-        err.contains("bad.toml") && err.contains("max_conections"),
+        !ok && err.contains("bad.toml") && err.contains("max_conections"),
         "{err}"
     );
 
-    std::fs::write(
-        &bad,
-        "[nts_ke]\ncertificate_chain = \"a\"\nprivate_key = \"b\"\n[keys]\nkeep = 0\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("[keys] keep"),
-        "{err}"
-    );
-
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    std::fs::write(&bad, format!("{base}[keys]\nkeep = 0\n")).unwrap();
+    let (ok, err) = with_config("check-config", &bad);
+    assert!(!ok && err.contains("[keys] keep"), "{err}");
+    let (ok, err) = with_config("run", &bad);
+    assert!(!ok && err.contains("[keys] keep"), "{err}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use nts_proto::{Action, Server};
 
 use crate::clock::now_ntp;
 use crate::config::{Backend, NtpConfig};
+use crate::net::SharedEphemeralPort;
 use crate::rng::WorkerRng;
 use crate::stats::{NtpCounters, NtpEvent};
 use crate::time_source::SharedSystem;
@@ -103,16 +104,11 @@ pub fn worker_count(configured: usize) -> usize {
 /// port of 0 is resolved by the first socket and reused by the rest, so all
 /// workers (and all addresses with port 0) share one ephemeral port.
 fn open_sockets(listen: &[SocketAddr], workers: usize) -> std::io::Result<Vec<Vec<UdpSocket>>> {
-    let mut chosen_port = None;
+    let mut port = SharedEphemeralPort::default();
     let mut per_worker: Vec<Vec<UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     for &configured in listen {
-        let mut addr = configured;
-        if addr.port() == 0 {
-            if let Some(p) = chosen_port {
-                addr.set_port(p);
-            }
-        }
         for sockets in per_worker.iter_mut() {
+            let addr = port.resolve(configured);
             let s = socket2::Socket::new(
                 socket2::Domain::for_address(addr),
                 socket2::Type::DGRAM,
@@ -127,10 +123,7 @@ fn open_sockets(listen: &[SocketAddr], workers: usize) -> std::io::Result<Vec<Ve
                 std::io::Error::new(e.kind(), format!("cannot bind NTP to {addr}: {e}"))
             })?;
             let udp: UdpSocket = s.into();
-            if addr.port() == 0 {
-                addr.set_port(udp.local_addr()?.port());
-                chosen_port.get_or_insert(addr.port());
-            }
+            port.learn(addr, udp.local_addr()?);
             sockets.push(udp);
         }
     }
