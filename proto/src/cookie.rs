@@ -237,10 +237,10 @@ mod tests {
         );
     }
 
-    /// A fixed cookie, byte for byte, so that a format change is deliberate
-    /// (it would invalidate every cookie in the field after an upgrade).
+    /// The layout: key id, then the nonce, then the sealed keys. The full
+    /// byte-for-byte vectors are in tests/exchange.rs.
     #[test]
-    fn known_cookie_bytes() {
+    fn cookie_layout() {
         let master = MasterKey::from_bytes(&[0x42; 32]);
         let mut cookie = [0u8; 100];
         seal_cookie(

@@ -39,9 +39,8 @@ pub struct SystemInfo {
 }
 
 impl SystemInfo {
-    /// An unsynchronised clock: leap indicator 3, stratum 16 on the wire
-    /// is expressed as 0 with LI=3 by most servers; we keep the stratum and
-    /// raise the alarm through the leap indicator as RFC 5905 specifies.
+    /// An unsynchronised clock: leap indicator 3 (alarm) and stratum 16,
+    /// both of which mean "unsynchronised" in RFC 5905, section 7.3.
     pub fn unsynchronized() -> Self {
         Self {
             leap: Leap::Unsynchronized,
@@ -192,11 +191,7 @@ impl<K: CookieKeys> Server<'_, K> {
         }
         let limit = request.len().min(reply.len());
         let reply = reply.get_mut(..limit).ok_or(DropReason::BufferTooSmall)?;
-        let fields = if request.len() > HEADER_LEN {
-            NtsFields::collect(request)?
-        } else {
-            NtsFields::collect(&[])?
-        };
+        let fields = NtsFields::collect(request)?;
         let response = self.response_header(&header, now);
         if !fields.is_nts() {
             let out: &mut [u8; HEADER_LEN] = reply
@@ -219,8 +214,7 @@ impl<K: CookieKeys> Server<'_, K> {
             return Err(DropReason::MalformedNts);
         }
         match self.authenticate(request, cookie, &fields, reply) {
-            Ok(keys_and_count) => {
-                let (keys, wanted) = keys_and_count;
+            Ok((keys, wanted)) => {
                 let len = nts_reply(&response, unique_id, &keys, wanted, self.keys, reply, rng)
                     .map_err(|_| DropReason::BufferTooSmall)?;
                 Ok(Action::Reply {
