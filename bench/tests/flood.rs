@@ -20,8 +20,12 @@ impl CookieKeys for Ring {
     fn sealing_key(&self) -> (u32, &MasterKey) {
         (1, &self.0)
     }
-    fn opening_key(&self, id: u32) -> Option<&MasterKey> {
-        (id == 1).then_some(&self.0)
+    fn opening_keys(&self, id: u32) -> &[MasterKey] {
+        if id == 1 {
+            std::slice::from_ref(&self.0)
+        } else {
+            &[]
+        }
     }
 }
 

@@ -1,98 +1,35 @@
 //! The master-key ring that seals and opens ntsd cookies.
 //!
 //! ```text
-//! rotation task ── rotate(now) ──► build new KeyRing ──► ArcSwap::store
-//! NTP workers ───── load() (no lock, no allocation) ──► CookieKeys::opening_key(id)
+//! rotation task ── rotate(now) ─► build ring ─► KeyStore::save ─► ArcSwap::store
+//! NTP workers ──── load() (no lock, no allocation) ─► CookieKeys::opening_keys(id)
 //! ```
 //!
 //! Keys are named by epoch: `epoch = floor(unix time / rotate_interval)`, and
 //! a key's id is its epoch. The ring holds the current epoch's key (it seals),
 //! the `keep` previous ones and the next one (they only open). Holding the next
-//! key lets this node open cookies from a peer whose schedule runs slightly
+//! key lets a node open cookies from a peer whose schedule runs slightly
 //! ahead. Rotation is driven by the `now` passed in, so it is tested without
-//! sleeping. Where keys come from is a [`KeySource`]: fresh random keys for a
-//! standalone node; persistence and fleet derivation plug in the same way.
+//! sleeping.
+//!
+//! Where keys come from is a [`KeySource`]: random keys persisted in a
+//! [`KeyStore`] (standalone), or keys derived from a shared secret
+//! ([`FleetKeys`], nothing written to disk). A new ring is saved before it is
+//! published, so every key that ever sealed a cookie is on disk first: a
+//! crash at any moment loses no key that a client holds a cookie for.
 
+pub mod ring;
+pub mod source;
+pub mod store;
+
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use nts_proto::{CookieKeys, MasterKey};
-use ring::rand::{SecureRandom, SystemRandom};
 
-/// One master key and when its epoch starts.
-#[derive(Debug, Clone)]
-pub struct KeyEntry {
-    pub id: u32,
-    /// Unix time at which the key's epoch begins.
-    pub starts: u64,
-    pub key: MasterKey,
-}
-
-/// An immutable snapshot of the accepted keys.
-#[derive(Debug, Clone)]
-pub struct KeyRing {
-    current: u32,
-    /// Ascending by id: previous keys, the current key, then the next key.
-    entries: Vec<KeyEntry>,
-}
-
-impl KeyRing {
-    pub fn current_id(&self) -> u32 {
-        self.current
-    }
-
-    pub fn entries(&self) -> &[KeyEntry] {
-        &self.entries
-    }
-
-    fn get(&self, id: u32) -> Option<&KeyEntry> {
-        // A handful of entries: a linear scan beats anything fancier.
-        self.entries.iter().find(|e| e.id == id)
-    }
-}
-
-impl CookieKeys for KeyRing {
-    fn sealing_key(&self) -> (u32, &MasterKey) {
-        match self.get(self.current) {
-            Some(e) => (e.id, &e.key),
-            // The constructor always inserts the current key.
-            None => unreachable!("key ring without its current key"),
-        }
-    }
-
-    fn opening_key(&self, id: u32) -> Option<&MasterKey> {
-        self.get(id).map(|e| &e.key)
-    }
-}
-
-/// Supplies the key for an epoch that the ring does not hold yet.
-pub trait KeySource: Send {
-    fn key_for(&mut self, epoch: u32) -> Result<MasterKey, KeyError>;
-}
-
-/// Independent random keys from the system's CSPRNG (standalone mode).
-#[derive(Debug)]
-pub struct RandomKeys {
-    rng: SystemRandom,
-}
-
-impl Default for RandomKeys {
-    fn default() -> Self {
-        Self {
-            rng: SystemRandom::new(),
-        }
-    }
-}
-
-impl KeySource for RandomKeys {
-    fn key_for(&mut self, _epoch: u32) -> Result<MasterKey, KeyError> {
-        let mut bytes = [0u8; MasterKey::LEN];
-        self.rng.fill(&mut bytes).map_err(|_| KeyError::Random)?;
-        let key = MasterKey::from_bytes(&bytes);
-        bytes.fill(0);
-        Ok(key)
-    }
-}
+pub use crate::ring::{KeyEntry, KeyRing};
+pub use crate::source::{FleetKeys, KeySource, RandomKeys};
+pub use crate::store::{KeyStore, LoadReport, Stored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -100,6 +37,14 @@ pub enum KeyError {
     Random,
     #[error("rotate_interval must be at least 1 second")]
     ZeroInterval,
+    #[error("fleet secret {}: {reason}", path.display())]
+    FleetSecret { path: PathBuf, reason: String },
+    #[error("fleet keys are derived from the fleet secret and cannot be rotated by hand; roll the secret instead")]
+    DerivedKeys,
+    #[error("the key source returned no key")]
+    NoKey,
+    #[error("key store {}: {error}", path.display())]
+    Store { path: PathBuf, error: String },
 }
 
 /// When keys change and how long old ones stay valid.
@@ -114,42 +59,59 @@ pub struct Schedule {
 impl Schedule {
     pub fn epoch(&self, unix_secs: u64) -> u32 {
         // Epochs fit in u32 until 2106 even with a 1-second interval.
-        u32::try_from(unix_secs / self.interval).unwrap_or(u32::MAX)
+        u32::try_from(unix_secs / self.interval.max(1)).unwrap_or(u32::MAX)
     }
 }
 
-/// The ring shared between the rotation task and the workers.
+struct Inner {
+    source: Box<dyn KeySource>,
+    store: Option<KeyStore>,
+}
+
+/// The ring shared between the rotation task, the KE front end and workers.
 pub struct RotatingKeys {
     ring: ArcSwap<KeyRing>,
     schedule: Schedule,
-    source: Mutex<Box<dyn KeySource>>,
+    inner: Mutex<Inner>,
 }
 
 impl std::fmt::Debug for RotatingKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RotatingKeys")
             .field("schedule", &self.schedule)
-            .field("current", &self.ring.load().current)
+            .field("current", &self.ring.load().current_id())
             .finish_non_exhaustive()
     }
 }
 
 impl RotatingKeys {
-    /// Builds the ring for the epoch containing `now` (Unix seconds).
-    pub fn new(schedule: Schedule, source: Box<dyn KeySource>, now: u64) -> Result<Self, KeyError> {
+    /// Builds the ring for the epoch containing `now` (Unix seconds),
+    /// reusing the keys of `previous` (a loaded ring) that are still in the
+    /// window, and saves it to `store` before returning.
+    pub fn new(
+        schedule: Schedule,
+        source: Box<dyn KeySource>,
+        store: Option<KeyStore>,
+        previous: Option<KeyRing>,
+        now: u64,
+    ) -> Result<Self, KeyError> {
         if schedule.interval == 0 {
             return Err(KeyError::ZeroInterval);
         }
-        let empty = KeyRing {
-            current: 0,
-            entries: Vec::new(),
-        };
         let mut source = source;
-        let ring = build_ring(&schedule, &empty, source.as_mut(), schedule.epoch(now))?;
+        // Never move behind a loaded ring, even if the clock stepped back.
+        let epoch = schedule
+            .epoch(now)
+            .max(previous.as_ref().map_or(0, KeyRing::current_id));
+        let old = previous.map_or_else(Vec::new, |r| r.entries().to_vec());
+        let ring = build_ring(&schedule, &old, source.as_mut(), epoch)?;
+        if let Some(s) = &store {
+            s.save(schedule.interval, &ring)?;
+        }
         Ok(Self {
             ring: ArcSwap::from_pointee(ring),
             schedule,
-            source: Mutex::new(source),
+            inner: Mutex::new(Inner { source, store }),
         })
     }
 
@@ -159,7 +121,7 @@ impl RotatingKeys {
     }
 
     /// A snapshot that may be held across calls.
-    pub fn snapshot(&self) -> Arc<KeyRing> {
+    pub fn load_full(&self) -> Arc<KeyRing> {
         self.ring.load_full()
     }
 
@@ -167,31 +129,82 @@ impl RotatingKeys {
         self.schedule
     }
 
+    /// Whether keys are derived (fleet mode) rather than random and stored.
+    pub fn is_derived(&self) -> bool {
+        self.lock().source.is_derived()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Moves the ring to the epoch containing `now`. Returns whether it
-    /// changed. A clock stepping backwards never moves the ring back.
+    /// changed. A clock stepping backwards never moves the ring back. If the
+    /// new ring cannot be saved, the old one stays in force and the error is
+    /// returned, so no unsaved key ever seals.
     pub fn rotate(&self, now: u64) -> Result<bool, KeyError> {
-        let epoch = self.schedule.epoch(now);
-        let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.lock();
         let old = self.ring.load_full();
-        if epoch <= old.current {
+        let epoch = self.schedule.epoch(now);
+        if epoch <= old.current_id() {
             return Ok(false);
         }
-        let ring = build_ring(&self.schedule, &old, source.as_mut(), epoch)?;
-        self.ring.store(Arc::new(ring));
+        let ring = build_ring(&self.schedule, old.entries(), inner.source.as_mut(), epoch)?;
+        self.publish(&inner, ring)?;
         Ok(true)
+    }
+
+    /// Replaces the sealing key now (a drill, or after a suspected leak of
+    /// the key file) and regenerates the next key. The replaced key keeps
+    /// opening the cookies it sealed until it ages out. Returns the id of
+    /// the current key. Refused for derived (fleet) keys.
+    pub fn force_rotate(&self, now: u64) -> Result<u32, KeyError> {
+        let mut inner = self.lock();
+        let old = self.ring.load_full();
+        let epoch = self.schedule.epoch(now).max(old.current_id());
+        let mut entries = build_ring(&self.schedule, old.entries(), inner.source.as_mut(), epoch)?
+            .entries()
+            .to_vec();
+        for e in entries.iter_mut() {
+            if e.id == epoch {
+                e.keys.insert(0, inner.source.fresh_key(epoch)?);
+            } else if e.id > epoch {
+                e.keys = vec![inner.source.fresh_key(e.id)?];
+            }
+        }
+        let ring = KeyRing::new(epoch, entries).ok_or(KeyError::NoKey)?;
+        self.publish(&inner, ring)?;
+        Ok(epoch)
+    }
+
+    fn publish(&self, inner: &Inner, ring: KeyRing) -> Result<(), KeyError> {
+        if let Some(s) = &inner.store {
+            s.save(self.schedule.interval, &ring)?;
+        }
+        self.ring.store(Arc::new(ring));
+        Ok(())
     }
 
     /// Seconds from `now` until the next epoch starts.
     pub fn seconds_until_rotation(&self, now: u64) -> u64 {
-        let i = self.schedule.interval;
+        let i = self.schedule.interval.max(1);
         i - now % i
     }
 }
 
-/// Keys for epochs `epoch - keep ..= epoch + 1`, reusing those `old` holds.
+/// Rebuilds a loaded ring (for [`RotatingKeys::new`]); `None` if the file
+/// was written with another interval (its ids mean other epochs).
+pub fn ring_from_stored(stored: Stored, schedule: &Schedule) -> Option<KeyRing> {
+    if stored.interval != schedule.interval {
+        return None;
+    }
+    KeyRing::new(stored.current, stored.entries)
+}
+
+/// Keys for epochs `epoch - keep ..= epoch + 1`, reusing those in `old`.
 fn build_ring(
     schedule: &Schedule,
-    old: &KeyRing,
+    old: &[KeyEntry],
     source: &mut dyn KeySource,
     epoch: u32,
 ) -> Result<KeyRing, KeyError> {
@@ -199,105 +212,18 @@ fn build_ring(
     let last = epoch.saturating_add(1);
     let mut entries = Vec::with_capacity((last - first) as usize + 1);
     for id in first..=last {
-        let key = match old.get(id) {
-            Some(e) => e.key.clone(),
-            None => source.key_for(id)?,
+        let keys = match old.iter().find(|e| e.id == id) {
+            Some(e) => e.keys.clone(),
+            None => source.keys_for(id)?,
         };
         entries.push(KeyEntry {
             id,
             starts: u64::from(id) * schedule.interval,
-            key,
+            keys,
         });
     }
-    Ok(KeyRing {
-        current: epoch,
-        entries,
-    })
+    KeyRing::new(epoch, entries).ok_or(KeyError::NoKey)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use nts_proto::cookie::{open_cookie, seal_cookie, MAX_COOKIE_LEN};
-    use nts_proto::{AeadAlgorithm, AeadKey, SessionKeys};
-
-    fn keys(interval: u64, keep: u32, now: u64) -> RotatingKeys {
-        RotatingKeys::new(
-            Schedule { interval, keep },
-            Box::<RandomKeys>::default(),
-            now,
-        )
-        .unwrap()
-    }
-
-    fn cookie_from(ring: &KeyRing) -> Vec<u8> {
-        let alg = AeadAlgorithm::AesSivCmac256;
-        let s = SessionKeys {
-            c2s: AeadKey::new(alg, &[1; 32]).unwrap(),
-            s2c: AeadKey::new(alg, &[2; 32]).unwrap(),
-        };
-        let (id, key) = ring.sealing_key();
-        let mut out = vec![0u8; 100];
-        seal_cookie(id, key, &[0; 16], &s, &mut out).unwrap();
-        out
-    }
-
-    fn opens(ring: &KeyRing, cookie: &[u8]) -> bool {
-        open_cookie(ring, cookie, &mut [0u8; MAX_COOKIE_LEN]).is_ok()
-    }
-
-    #[test]
-    fn ring_holds_previous_current_and_next() {
-        let k = keys(100, 2, 1_000);
-        let ring = k.load();
-        assert_eq!(ring.current_id(), 10);
-        let ids: Vec<u32> = ring.entries().iter().map(|e| e.id).collect();
-        assert_eq!(ids, vec![8, 9, 10, 11]);
-        assert_eq!(ring.entries()[2].starts, 1_000);
-    }
-
-    #[test]
-    fn rotation_follows_now_without_sleeping() {
-        let k = keys(100, 2, 1_000);
-        let cookie = cookie_from(&k.load());
-        assert!(!k.rotate(1_099).unwrap());
-        assert!(k.rotate(1_100).unwrap());
-        assert_eq!(k.load().current_id(), 11);
-        // Sealed in epoch 10, now epoch 12, keep = 2: still opens.
-        assert!(k.rotate(1_200).unwrap());
-        assert!(opens(&k.load(), &cookie));
-        assert!(k.rotate(1_201).is_ok_and(|changed| !changed));
-        // Epoch 13 is more than `keep` intervals later: refused.
-        assert!(k.rotate(1_300).unwrap());
-        assert!(!opens(&k.load(), &cookie));
-    }
-
-    #[test]
-    fn the_next_key_is_kept_across_rotation() {
-        let k = keys(10, 1, 0);
-        let next = k.load().entries().last().unwrap().key.clone();
-        k.rotate(10).unwrap();
-        assert_eq!(k.load().sealing_key().1, &next);
-    }
-
-    #[test]
-    fn clock_stepping_back_keeps_the_ring() {
-        let k = keys(10, 1, 100);
-        assert!(!k.rotate(50).unwrap());
-        assert_eq!(k.load().current_id(), 10);
-        assert_eq!(k.seconds_until_rotation(105), 5);
-    }
-
-    #[test]
-    fn zero_interval_is_refused() {
-        let r = RotatingKeys::new(
-            Schedule {
-                interval: 0,
-                keep: 1,
-            },
-            Box::<RandomKeys>::default(),
-            0,
-        );
-        assert!(matches!(r, Err(KeyError::ZeroInterval)));
-    }
-}
+mod tests;

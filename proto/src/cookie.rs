@@ -60,8 +60,11 @@ fn unreachable_key() -> ! {
 pub trait CookieKeys {
     /// The key that seals new cookies, and its id.
     fn sealing_key(&self) -> (u32, &MasterKey);
-    /// A key that may open a cookie with this id, if it is still accepted.
-    fn opening_key(&self, id: u32) -> Option<&MasterKey>;
+    /// The keys that may open a cookie with this id, most likely first;
+    /// empty when the id is unknown or no longer accepted. More than one key
+    /// per id appears while a fleet secret is rolled or after a forced
+    /// rotation.
+    fn opening_keys(&self, id: u32) -> &[MasterKey];
 }
 
 /// The session keys carried by a cookie.
@@ -143,17 +146,21 @@ pub fn open_cookie(
     if cookie.len() != cookie_len(alg) {
         return Err(CookieError::BadLength);
     }
-    let master = keys
-        .opening_key(u32::from_be_bytes(id_bytes))
-        .ok_or(CookieError::UnknownKey)?;
+    let masters = keys.opening_keys(u32::from_be_bytes(id_bytes));
+    if masters.is_empty() {
+        return Err(CookieError::UnknownKey);
+    }
     let buf = scratch
         .get_mut(..sealed.len())
         .ok_or(CookieError::BufferTooSmall)?;
-    buf.copy_from_slice(sealed);
-    let plain = master
-        .0
-        .open(&id_bytes, nonce, buf)
-        .map_err(|_| CookieError::BadTag)?;
+    let opened = masters.iter().any(|master| {
+        buf.copy_from_slice(sealed);
+        master.0.open(&id_bytes, nonce, buf).is_ok()
+    });
+    if !opened {
+        return Err(CookieError::BadTag);
+    }
+    let plain = buf.get_mut(TAG_LEN..).ok_or(CookieError::BadLength)?;
     let (c2s, s2c) = plain.split_at(key_len);
     let c2s = AeadKey::new(alg, c2s).ok_or(CookieError::BadLength)?;
     let s2c = AeadKey::new(alg, s2c).ok_or(CookieError::BadLength)?;
@@ -171,8 +178,12 @@ mod tests {
         fn sealing_key(&self) -> (u32, &MasterKey) {
             (self.0, &self.1)
         }
-        fn opening_key(&self, id: u32) -> Option<&MasterKey> {
-            (id == self.0).then_some(&self.1)
+        fn opening_keys(&self, id: u32) -> &[MasterKey] {
+            if id == self.0 {
+                std::slice::from_ref(&self.1)
+            } else {
+                &[]
+            }
         }
     }
 

@@ -112,6 +112,14 @@ fn default_ke_timeout() -> HumanDuration {
 pub struct KeysConfig {
     pub rotate_interval: HumanDuration,
     pub keep: u32,
+    /// Where random master keys are persisted (standalone mode). Unset:
+    /// keys live in memory and a restart invalidates every cookie.
+    pub dump_dir: Option<PathBuf>,
+    /// Fleet mode: derive keys from this shared secret instead.
+    pub fleet_secret_file: Option<PathBuf>,
+    /// Fleet secrets whose keys still open cookies but never seal (rolling
+    /// the fleet secret).
+    pub fleet_accept_secret_files: Vec<PathBuf>,
 }
 
 impl Default for KeysConfig {
@@ -119,6 +127,9 @@ impl Default for KeysConfig {
         Self {
             rotate_interval: HumanDuration(Duration::from_secs(86_400)),
             keep: 7,
+            dump_dir: None,
+            fleet_secret_file: None,
+            fleet_accept_secret_files: Vec::new(),
         }
     }
 }
@@ -311,6 +322,13 @@ impl Config {
                     .into(),
             );
         }
+        if self.keys.fleet_secret_file.is_some() && self.keys.dump_dir.is_some() {
+            return Err("[keys] dump_dir: not used with fleet_secret_file (fleet keys are derived from the secret and never written to disk); remove one of them".into());
+        }
+        if self.keys.fleet_secret_file.is_none() && !self.keys.fleet_accept_secret_files.is_empty()
+        {
+            return Err("[keys] fleet_accept_secret_files: requires fleet_secret_file".into());
+        }
         if !(1..=15).contains(&self.time.stratum()) {
             return Err(format!(
                 "[time] stratum: {} is outside 1..=15",
@@ -373,6 +391,14 @@ mod tests {
             ("[time]\nrefid = \"TOOLONG\"", "refid"),
             ("[ntp]\nbackend = \"epoll\"", "epoll"),
             ("[ntp]\nlisten = []", "listen"),
+            (
+                "[keys]\ndump_dir = \"/x\"\nfleet_secret_file = \"/y\"",
+                "dump_dir",
+            ),
+            (
+                "[keys]\nfleet_accept_secret_files = [\"/y\"]",
+                "requires fleet_secret_file",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(text).unwrap_err();

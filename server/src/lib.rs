@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod keys;
 pub mod metrics;
 pub mod net;
 pub mod ntp;
@@ -19,5 +20,6 @@ pub mod query;
 pub mod rng;
 pub mod run;
 pub mod stats;
+pub mod sys;
 pub mod time_source;
 pub mod tls;

@@ -7,7 +7,7 @@
 //! ntsd query HOST[:PORT]        NTS-KE + one authenticated exchange
 //! ```
 
-use ntsd::{config, demo, query, run, tls};
+use ntsd::{config, demo, keys, query, run, tls};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Inspect or rotate the master keys that seal cookies.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Serve NTS on loopback with a throwaway CA; prints commands to verify it.
     Demo,
     /// Run NTS-KE and one authenticated NTP exchange against a server.
@@ -50,6 +55,20 @@ enum Command {
         /// Seconds to wait for each step.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Key ids, start times and roles (never the key bytes).
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make the running server seal with a new key now (SIGUSR1 to the pid in dump_dir).
+    Rotate {
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -98,6 +117,26 @@ fn main() -> ExitCode {
                 println!("{}: configuration is valid", config.display());
                 Ok(())
             }),
+        Command::Keys { action } => {
+            let (config, list) = match action {
+                KeysAction::List { config } => (config, true),
+                KeysAction::Rotate { config } => (config, false),
+            };
+            config::Config::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    let out = if list {
+                        keys::list(&c.keys, ntsd::clock::unix_secs())?
+                    } else {
+                        keys::rotate(&c.keys)?
+                    };
+                    print!("{out}");
+                    if !out.ends_with('\n') {
+                        println!();
+                    }
+                    Ok(())
+                })
+        }
         Command::Demo => {
             init_logging();
             demo::run()

@@ -6,7 +6,7 @@ use keyrotate::RotatingKeys;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::stats::{render, KeCounters, KeEvent, NtpCounters, NtpEvent};
+use crate::stats::{render, KeCounters, KeEvent, KeyCounters, NtpCounters, NtpEvent};
 use crate::time_source::SharedSystem;
 
 #[derive(Debug, Clone)]
@@ -14,6 +14,7 @@ pub struct Registry {
     pub ntp: Vec<Arc<NtpCounters>>,
     pub ke: Arc<KeCounters>,
     pub keys: Arc<RotatingKeys>,
+    pub key_events: Arc<KeyCounters>,
     pub system: SharedSystem,
     /// The NTP back end in use (`io-uring` or `portable`).
     pub backend: &'static str,
@@ -42,6 +43,7 @@ impl Registry {
             })
             .collect();
         render(&mut out, &ke);
+        render(&mut out, &self.key_events.samples());
         let sys = self.system.load();
         let ring = self.keys.load();
         use std::fmt::Write;

@@ -6,10 +6,11 @@
 //! shared: Arc<RotatingKeys> (ArcSwap inside), Arc<ArcSwap<SystemInfo>>
 //! ```
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use keyrotate::{RandomKeys, RotatingKeys, Schedule};
+use keyrotate::RotatingKeys;
 use ring::rand::SystemRandom;
 use tokio::sync::{watch, Semaphore};
 
@@ -17,7 +18,7 @@ use crate::clock::unix_secs;
 use crate::config::Config;
 use crate::metrics::Registry;
 use crate::nts_ke::{self, KeContext};
-use crate::stats::KeCounters;
+use crate::stats::{KeCounters, KeyCounters};
 use crate::time_source::{self, TimeState};
 
 /// Addresses the running server actually bound (ephemeral ports resolved).
@@ -44,21 +45,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> 
 }
 
 async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> {
-    let interval = config.keys.rotate_interval.0.as_secs();
-    if interval < 3600 {
-        tracing::warn!(
-            seconds = interval,
-            "[keys] rotate_interval is below one hour; meant for tests and drills"
-        );
-    }
-    let schedule = Schedule {
-        interval,
-        keep: config.keys.keep,
-    };
-    let keys = Arc::new(
-        RotatingKeys::new(schedule, Box::<RandomKeys>::default(), unix_secs())
-            .map_err(|e| e.to_string())?,
-    );
+    let keys = Arc::new(crate::keys::open(&config.keys, unix_secs())?);
     let time_state = TimeState::new(&config.time)?;
     let system = Arc::new(ArcSwap::from_pointee(time_state.sample()));
 
@@ -102,10 +89,12 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
         tasks.push(tokio::spawn(nts_ke::serve(l, ctx.clone(), stop_rx.clone())));
     }
+    let key_events = Arc::new(KeyCounters::default());
     let registry = Registry {
         ntp: workers.counters.clone(),
         ke: ke_counters,
         keys: keys.clone(),
+        key_events: key_events.clone(),
         system: system.clone(),
         backend: match workers.backend {
             crate::config::Backend::IoUring => "io-uring",
@@ -127,7 +116,20 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         system,
         stop_rx.clone(),
     )));
-    tasks.push(tokio::spawn(rotate_keys(keys, stop_rx.clone())));
+    tasks.push(tokio::spawn(rotate_keys(
+        keys.clone(),
+        key_events.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(forced_rotations(
+        keys,
+        key_events,
+        stop_rx.clone(),
+    )?));
+    let _pid_file = match &config.keys.dump_dir {
+        Some(dir) => Some(crate::keys::write_pid(dir)?),
+        None => None,
+    };
 
     let bound = Bound {
         ntp: workers.local_addrs.clone(),
@@ -160,20 +162,64 @@ async fn wait_for_signal() -> Result<(), String> {
     Ok(())
 }
 
-/// Rotates the master keys at each epoch boundary.
-async fn rotate_keys(keys: Arc<RotatingKeys>, mut stop: watch::Receiver<bool>) {
+/// Rotates the master keys at each epoch boundary. A rotation whose ring
+/// cannot be saved leaves the old ring in force and is retried.
+async fn rotate_keys(
+    keys: Arc<RotatingKeys>,
+    events: Arc<KeyCounters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    const RETRY: u64 = 10;
+    let mut retry = false;
     loop {
-        let wait = keys.seconds_until_rotation(unix_secs());
+        let wait = match retry {
+            true => RETRY.min(keys.schedule().interval),
+            false => keys.seconds_until_rotation(unix_secs()),
+        };
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
             _ = stop.changed() => return,
         }
+        retry = false;
         match keys.rotate(unix_secs()) {
-            Ok(true) => tracing::info!(current = keys.load().current_id(), "master key rotated"),
+            Ok(true) => {
+                events.rotations.fetch_add(1, Relaxed);
+                tracing::info!(current = keys.load().current_id(), "master key rotated");
+            }
             Ok(false) => {}
             Err(e) => {
-                tracing::error!(error = %e, "master key rotation failed; keeping the current key")
+                events.failures.fetch_add(1, Relaxed);
+                retry = true;
+                tracing::error!(error = %e, "master key rotation failed; the current key stays in force, retrying");
             }
         }
     }
+}
+
+/// `ntsd keys rotate` (or `kill -USR1`): replace the sealing key now.
+fn forced_rotations(
+    keys: Arc<RotatingKeys>,
+    events: Arc<KeyCounters>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {}
+                _ = stop.changed() => return,
+            }
+            match keys.force_rotate(unix_secs()) {
+                Ok(id) => {
+                    events.forced.fetch_add(1, Relaxed);
+                    tracing::warn!(current = id, "master key rotated by request (SIGUSR1)");
+                }
+                Err(e) => {
+                    events.failures.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "requested key rotation failed");
+                }
+            }
+        }
+    })
 }

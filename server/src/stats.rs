@@ -181,6 +181,37 @@ impl KeCounters {
     }
 }
 
+/// Key-rotation outcomes.
+#[derive(Debug, Default)]
+pub struct KeyCounters {
+    pub rotations: AtomicU64,
+    pub forced: AtomicU64,
+    /// Rotations that could not be saved (the old ring stays in force).
+    pub failures: AtomicU64,
+}
+
+impl KeyCounters {
+    pub fn samples(&self) -> [(&'static str, &'static str, u64); 3] {
+        [
+            (
+                "ntsd_key_rotations_total",
+                "kind=\"scheduled\"",
+                self.rotations.load(Relaxed),
+            ),
+            (
+                "ntsd_key_rotations_total",
+                "kind=\"forced\"",
+                self.forced.load(Relaxed),
+            ),
+            (
+                "ntsd_key_rotation_failures_total",
+                "",
+                self.failures.load(Relaxed),
+            ),
+        ]
+    }
+}
+
 /// Appends metric lines, grouping samples under one HELP/TYPE per name.
 pub fn render(out: &mut String, samples: &[(&str, &str, u64)]) {
     use std::fmt::Write;

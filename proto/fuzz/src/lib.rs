@@ -26,8 +26,12 @@ impl CookieKeys for OneKey {
     fn sealing_key(&self) -> (u32, &MasterKey) {
         (KEY_ID, &self.0)
     }
-    fn opening_key(&self, id: u32) -> Option<&MasterKey> {
-        (id == KEY_ID).then_some(&self.0)
+    fn opening_keys(&self, id: u32) -> &[MasterKey] {
+        if id == KEY_ID {
+            std::slice::from_ref(&self.0)
+        } else {
+            &[]
+        }
     }
 }
 

@@ -40,8 +40,12 @@ impl CookieKeys for OneKey {
     fn sealing_key(&self) -> (u32, &MasterKey) {
         (self.id, &self.key)
     }
-    fn opening_key(&self, id: u32) -> Option<&MasterKey> {
-        (id == self.id).then_some(&self.key)
+    fn opening_keys(&self, id: u32) -> &[MasterKey] {
+        if id == self.id {
+            std::slice::from_ref(&self.key)
+        } else {
+            &[]
+        }
     }
 }
 

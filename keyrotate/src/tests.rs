@@ -1,0 +1,199 @@
+use nts_proto::cookie::{open_cookie, seal_cookie, MAX_COOKIE_LEN};
+use nts_proto::{AeadAlgorithm, AeadKey, CookieKeys, SessionKeys};
+
+use super::*;
+
+fn schedule(interval: u64, keep: u32) -> Schedule {
+    Schedule { interval, keep }
+}
+
+fn keys(interval: u64, keep: u32, now: u64) -> RotatingKeys {
+    RotatingKeys::new(
+        schedule(interval, keep),
+        Box::<RandomKeys>::default(),
+        None,
+        None,
+        now,
+    )
+    .unwrap()
+}
+
+fn cookie_from(ring: &KeyRing) -> Vec<u8> {
+    let alg = AeadAlgorithm::AesSivCmac256;
+    let s = SessionKeys {
+        c2s: AeadKey::new(alg, &[1; 32]).unwrap(),
+        s2c: AeadKey::new(alg, &[2; 32]).unwrap(),
+    };
+    let (id, key) = ring.sealing_key();
+    let mut out = vec![0u8; 100];
+    seal_cookie(id, key, &[0; 16], &s, &mut out).unwrap();
+    out
+}
+
+fn opens(ring: &KeyRing, cookie: &[u8]) -> bool {
+    open_cookie(ring, cookie, &mut [0u8; MAX_COOKIE_LEN]).is_ok()
+}
+
+#[test]
+fn ring_holds_previous_current_and_next() {
+    let k = keys(100, 2, 1_000);
+    let ring = k.load();
+    assert_eq!(ring.current_id(), 10);
+    let ids: Vec<u32> = ring.entries().iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![8, 9, 10, 11]);
+    assert_eq!(ring.entries()[2].starts, 1_000);
+}
+
+#[test]
+fn rotation_follows_now_without_sleeping() {
+    let k = keys(100, 2, 1_000);
+    let cookie = cookie_from(&k.load());
+    assert!(!k.rotate(1_099).unwrap());
+    assert!(k.rotate(1_100).unwrap());
+    assert_eq!(k.load().current_id(), 11);
+    // Sealed in epoch 10, now epoch 12, keep = 2: still opens.
+    assert!(k.rotate(1_200).unwrap());
+    assert!(opens(&k.load(), &cookie));
+    assert!(k.rotate(1_201).is_ok_and(|changed| !changed));
+    // Epoch 13 is more than `keep` intervals later: refused.
+    assert!(k.rotate(1_300).unwrap());
+    assert!(!opens(&k.load(), &cookie));
+}
+
+#[test]
+fn the_next_key_is_kept_across_rotation() {
+    let k = keys(10, 1, 0);
+    let next = k.load().entries().last().unwrap().keys[0].clone();
+    k.rotate(10).unwrap();
+    assert_eq!(k.load().sealing_key().1, &next);
+}
+
+#[test]
+fn clock_stepping_back_keeps_the_ring() {
+    let k = keys(10, 1, 100);
+    assert!(!k.rotate(50).unwrap());
+    assert_eq!(k.load().current_id(), 10);
+    assert_eq!(k.seconds_until_rotation(105), 5);
+}
+
+#[test]
+fn zero_interval_is_refused() {
+    let r = RotatingKeys::new(schedule(0, 1), Box::<RandomKeys>::default(), None, None, 0);
+    assert!(matches!(r, Err(KeyError::ZeroInterval)));
+}
+
+#[test]
+fn forced_rotation_seals_with_a_new_key_and_still_opens_old_cookies() {
+    let k = keys(100, 2, 1_000);
+    let before = cookie_from(&k.load());
+    let old_key = k.load().sealing_key().1.clone();
+    assert_eq!(k.force_rotate(1_050).unwrap(), 10);
+    let ring = k.load();
+    assert_eq!(ring.current_id(), 10);
+    assert_ne!(ring.sealing_key().1, &old_key);
+    assert!(opens(&ring, &before));
+    assert!(opens(&ring, &cookie_from(&ring)));
+    // Cookie length does not change (NTPsec rejects a change).
+    assert_eq!(cookie_from(&ring).len(), before.len());
+}
+
+#[test]
+fn fleet_nodes_derive_the_same_ring_and_refuse_forced_rotation() {
+    let node = |now| {
+        let src = FleetKeys::from_secrets(&[&[9u8; 32]]).unwrap();
+        RotatingKeys::new(schedule(60, 1), Box::new(src), None, None, now).unwrap()
+    };
+    let a = node(6_000);
+    // B's schedule lags A's by almost an interval: it still opens A's cookies
+    // because it holds the next key.
+    let b = node(5_999);
+    let cookie = cookie_from(&a.load());
+    assert!(opens(&b.load(), &cookie));
+    b.rotate(6_000).unwrap();
+    assert!(opens(&b.load(), &cookie));
+    // Sealed in epoch 100; B at epoch 101 with keep = 1 opens, at 102 refuses.
+    b.rotate(6_060).unwrap();
+    assert!(opens(&b.load(), &cookie));
+    b.rotate(6_120).unwrap();
+    assert!(!opens(&b.load(), &cookie));
+    assert!(matches!(a.force_rotate(6_000), Err(KeyError::DerivedKeys)));
+    assert!(a.is_derived());
+}
+
+#[test]
+fn a_rolled_fleet_secret_still_opens_cookies_of_the_old_one() {
+    let old = RotatingKeys::new(
+        schedule(60, 1),
+        Box::new(FleetKeys::from_secrets(&[&[1u8; 32]]).unwrap()),
+        None,
+        None,
+        6_000,
+    )
+    .unwrap();
+    let rolled = RotatingKeys::new(
+        schedule(60, 1),
+        Box::new(FleetKeys::from_secrets(&[&[2u8; 32], &[1u8; 32]]).unwrap()),
+        None,
+        None,
+        6_000,
+    )
+    .unwrap();
+    let cookie = cookie_from(&old.load());
+    assert!(opens(&rolled.load(), &cookie));
+    assert_ne!(rolled.load().sealing_key().1, old.load().sealing_key().1);
+}
+
+#[test]
+fn a_reloaded_ring_is_rotated_forward_and_keeps_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = schedule(100, 7);
+    let (store, _) = KeyStore::open(dir.path(), 1_000).unwrap();
+    let first = RotatingKeys::new(
+        sched,
+        Box::<RandomKeys>::default(),
+        Some(store),
+        None,
+        1_000,
+    )
+    .unwrap();
+    let cookie = cookie_from(&first.load());
+    drop(first);
+    // Down for three intervals.
+    let (store, report) = KeyStore::open(dir.path(), 1_350).unwrap();
+    let previous = ring_from_stored(report.stored.unwrap(), &sched);
+    let second = RotatingKeys::new(
+        sched,
+        Box::<RandomKeys>::default(),
+        Some(store),
+        previous,
+        1_350,
+    )
+    .unwrap();
+    assert_eq!(second.load().current_id(), 13);
+    assert!(opens(&second.load(), &cookie));
+    // The file now holds the rotated ring.
+    let stored = KeyStore::read(dir.path()).unwrap().unwrap();
+    assert_eq!(stored.current, 13);
+    // A file written with another interval is not reused.
+    assert!(ring_from_stored(stored, &schedule(60, 7)).is_none());
+}
+
+#[test]
+fn a_ring_that_cannot_be_saved_is_not_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = KeyStore::open(dir.path(), 0).unwrap();
+    let k = RotatingKeys::new(
+        schedule(10, 1),
+        Box::<RandomKeys>::default(),
+        Some(store),
+        None,
+        100,
+    )
+    .unwrap();
+    // Replace the directory by a file so the next save fails.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path(), b"").unwrap();
+    assert!(k.rotate(110).is_err());
+    assert_eq!(k.load().current_id(), 10);
+    std::fs::remove_file(dir.path()).unwrap();
+}

@@ -1,0 +1,272 @@
+//! Setting up the master-key ring from the config, and the `ntsd keys`
+//! commands.
+//!
+//! Modes: fleet (`fleet_secret_file`: keys derived, nothing on disk),
+//! standalone persisted (`dump_dir`: random keys in `dump_dir/keys`), or
+//! standalone in memory (neither: a restart invalidates every cookie).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyrotate::{
+    ring_from_stored, FleetKeys, KeySource, KeyStore, RandomKeys, RotatingKeys, Schedule,
+};
+
+use crate::config::KeysConfig;
+
+/// The running server's pid, kept in the dump directory for `keys rotate`.
+pub const PID_FILE: &str = "ntsd.pid";
+
+pub fn schedule(cfg: &KeysConfig) -> Schedule {
+    Schedule {
+        interval: cfg.rotate_interval.0.as_secs(),
+        keep: cfg.keep,
+    }
+}
+
+fn fleet_source(cfg: &KeysConfig, secret: &Path) -> Result<Box<dyn KeySource>, String> {
+    let f = FleetKeys::from_files(secret, &cfg.fleet_accept_secret_files)
+        .map_err(|e| format!("[keys] {e}"))?;
+    Ok(Box::new(f))
+}
+
+/// Builds the ring for `ntsd run`: loads and rotates forward a persisted
+/// ring, moves a damaged key file aside (loudly), and saves the ring before
+/// returning, so a dump directory that cannot be written fails the start.
+pub fn open(cfg: &KeysConfig, now: u64) -> Result<RotatingKeys, String> {
+    let sched = schedule(cfg);
+    if sched.interval < 3600 {
+        tracing::warn!(
+            seconds = sched.interval,
+            "[keys] rotate_interval is below one hour; meant for tests and drills"
+        );
+    }
+    if let Some(secret) = &cfg.fleet_secret_file {
+        let keys = RotatingKeys::new(sched, fleet_source(cfg, secret)?, None, None, now)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            secret = %secret.display(),
+            open_only_secrets = cfg.fleet_accept_secret_files.len(),
+            current = keys.load().current_id(),
+            "fleet mode: master keys derived from the shared secret"
+        );
+        return Ok(keys);
+    }
+    let Some(dir) = &cfg.dump_dir else {
+        tracing::warn!("[keys] dump_dir is not set: master keys live in memory and a restart invalidates every cookie");
+        return RotatingKeys::new(sched, Box::<RandomKeys>::default(), None, None, now)
+            .map_err(|e| e.to_string());
+    };
+    let (store, report) = KeyStore::open(dir, now).map_err(|e| format!("[keys] dump_dir: {e}"))?;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some((aside, reason)) = &report.corrupt {
+        tracing::error!(
+            moved_to = %aside.display(),
+            %reason,
+            "KEY FILE DAMAGED: moved aside and replaced by new keys; clients' cookies are invalid and they will run NTS-KE again"
+        );
+    }
+    let previous = match report.stored {
+        Some(stored) => {
+            let interval = stored.interval;
+            let ring = ring_from_stored(stored, &sched);
+            if ring.is_none() {
+                tracing::warn!(
+                    file_interval = interval,
+                    configured = sched.interval,
+                    "key file was written with another rotate_interval; starting a new ring"
+                );
+            }
+            ring
+        }
+        None => None,
+    };
+    let loaded = previous.as_ref().map(|r| r.current_id());
+    let keys = RotatingKeys::new(
+        sched,
+        Box::<RandomKeys>::default(),
+        Some(store),
+        previous,
+        now,
+    )
+    .map_err(|e| format!("[keys] dump_dir: {e}"))?;
+    tracing::info!(
+        dir = %dir.display(),
+        loaded_current = ?loaded,
+        current = keys.load().current_id(),
+        "master keys persisted"
+    );
+    Ok(keys)
+}
+
+/// `ntsd keys list`: ids, start times and roles, never key bytes. Reads
+/// without changing anything.
+pub fn list(cfg: &KeysConfig, now: u64) -> Result<String, String> {
+    let sched = schedule(cfg);
+    let (ring, origin) = if let Some(secret) = &cfg.fleet_secret_file {
+        let keys = RotatingKeys::new(sched, fleet_source(cfg, secret)?, None, None, now)
+            .map_err(|e| e.to_string())?;
+        (
+            keys.load_full(),
+            format!("fleet keys derived from {}", secret.display()),
+        )
+    } else if let Some(dir) = &cfg.dump_dir {
+        let stored = KeyStore::read(dir)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "no key file in {} (the server creates it at start)",
+                    dir.display()
+                )
+            })?;
+        let interval = stored.interval;
+        let ring = ring_from_stored(stored, &sched).ok_or_else(|| {
+            format!(
+                "key file in {} was written with rotate_interval {interval}s, not {}s",
+                dir.display(),
+                sched.interval
+            )
+        })?;
+        (
+            std::sync::Arc::new(ring),
+            format!(
+                "key file {}",
+                dir.join(keyrotate::store::FILE_NAME).display()
+            ),
+        )
+    } else {
+        return Err("[keys] neither dump_dir nor fleet_secret_file is set: keys exist only inside the running server".into());
+    };
+    let mut out = format!(
+        "{origin}; rotate_interval {}s, keep {}\n",
+        sched.interval, sched.keep
+    );
+    out.push_str(&format!(
+        "{:>10}  {:<20}  {:<5}  role\n",
+        "id", "starts (UTC)", "keys"
+    ));
+    let now_epoch = sched.epoch(now);
+    for e in ring.entries() {
+        let role = if e.id == ring.current_id() {
+            "seals and opens"
+        } else if e.id > ring.current_id() {
+            "next: opens"
+        } else {
+            "opens"
+        };
+        out.push_str(&format!(
+            "{:>10}  {:<20}  {:<5}  {role}\n",
+            e.id,
+            utc(e.starts),
+            e.keys.len()
+        ));
+    }
+    if now_epoch > ring.current_id() {
+        out.push_str(&format!(
+            "note: the file's current key {} is behind the present epoch {now_epoch}; a running server rotates at its next check\n",
+            ring.current_id()
+        ));
+    }
+    Ok(out)
+}
+
+/// `ntsd keys rotate`: signals the running server (SIGUSR1) and waits for
+/// the key file to change.
+pub fn rotate(cfg: &KeysConfig) -> Result<String, String> {
+    if cfg.fleet_secret_file.is_some() {
+        return Err(keyrotate::KeyError::DerivedKeys.to_string());
+    }
+    let dir = cfg
+        .dump_dir
+        .as_ref()
+        .ok_or("[keys] dump_dir is not set, so the running server cannot be found; send SIGUSR1 to its pid instead")?;
+    let pid_path = dir.join(PID_FILE);
+    let pid: i32 = std::fs::read_to_string(&pid_path)
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {e} (is ntsd running with this config?)",
+                pid_path.display()
+            )
+        })?
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} does not hold a pid", pid_path.display()))?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "ntsd" {
+        return Err(format!(
+            "{} names pid {pid}, which is not a running ntsd (stale pid file?)",
+            pid_path.display()
+        ));
+    }
+    let key_file = dir.join(keyrotate::store::FILE_NAME);
+    let before = std::fs::read(&key_file).unwrap_or_default();
+    crate::sys::signal_usr1(pid).map_err(|e| format!("cannot signal pid {pid}: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if std::fs::read(&key_file).unwrap_or_default() != before {
+            let stored = KeyStore::read(dir).map_err(|e| e.to_string())?;
+            let id = stored.map_or(0, |s| s.current);
+            return Ok(format!(
+                "rotated: pid {pid} now seals with a new key for epoch {id}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "pid {pid} did not rewrite {} within 10 s; see its log",
+        key_file.display()
+    ))
+}
+
+/// Writes the pid file; removed again when the returned guard drops.
+pub fn write_pid(dir: &Path) -> Result<PidFile, String> {
+    let path = dir.join(PID_FILE);
+    std::fs::write(&path, format!("{}\n", std::process::id()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(PidFile(path))
+}
+
+#[derive(Debug)]
+pub struct PidFile(PathBuf);
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_317_028), "2026-11-22T03:10:28Z");
+    }
+}
