@@ -11,7 +11,9 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use crate::config::{Config, HumanDuration, NtpConfig, NtsKeConfig, TimeConfig, TimeSource};
+use crate::config::{
+    Config, HumanDuration, KeysConfig, NtpConfig, NtsKeConfig, TimeConfig, TimeSource,
+};
 
 /// Writes `ca.pem`, `chain.pem` and `key.pem` (mode 0600) into `dir`.
 pub fn write_test_pki(dir: &Path) -> Result<(), String> {
@@ -89,6 +91,10 @@ pub fn run() -> Result<(), String> {
             max_connections: 64,
             timeout: HumanDuration(std::time::Duration::from_secs(5)),
             threads: 1,
+        },
+        keys: KeysConfig {
+            dump_dir: Some(dir.path().join("state")),
+            ..KeysConfig::default()
         },
         time: TimeConfig {
             source: TimeSource::Local,

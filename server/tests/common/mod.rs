@@ -78,6 +78,13 @@ listen = "127.0.0.1:0"
     )
 }
 
+/// Writes `dir/name` with the test config plus `tail`; returns its path.
+pub fn write_config(dir: &Path, name: &str, backend: &str, tail: &str) -> PathBuf {
+    let cfg = dir.join(name);
+    std::fs::write(&cfg, config_text(dir, backend, "", "", tail)).unwrap();
+    cfg
+}
+
 fn port_after(line: &str, marker: &str) -> Option<u16> {
     let rest = &line[line.find(marker)? + marker.len()..];
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -99,8 +106,15 @@ impl Ntsd {
         s
     }
 
-    /// Runs `ntsd run --config cfg`; `dir` holds the PKI.
+    /// Runs `ntsd run --config cfg`; `dir` holds the PKI and outlives the
+    /// process (the caller owns it, so a test can restart the server).
     pub fn spawn(dir: PathBuf, cfg: &Path) -> Ntsd {
+        Self::try_spawn(dir, cfg).unwrap_or_else(|log| panic!("ntsd exited early:\n{log}"))
+    }
+
+    /// Like [`Ntsd::spawn`], but returns the log if the process exits before
+    /// it is ready (for tests of startup errors).
+    pub fn try_spawn(dir: PathBuf, cfg: &Path) -> Result<Ntsd, String> {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(cfg)
@@ -141,10 +155,12 @@ impl Ntsd {
                 }
             }
             if s.ke_port != 0 && s.ntp_port != 0 {
-                return s;
+                return Ok(s);
             }
             if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("ntsd exited early ({status}):\n{}", s.log_text());
+                // Let the reader thread drain the pipe.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!("exit {status}:\n{}", s.log_text()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -212,6 +228,14 @@ impl Ntsd {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap()
+    }
+
+    /// SIGKILL, as a crash would; waits for the process to be gone.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.

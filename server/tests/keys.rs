@@ -1,0 +1,313 @@
+//! Master keys across restarts, crashes and fleet nodes, against the real
+//! binary.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{exchange, key_exchange, pki_dir, udp_client, write_config, Ntsd, BIN};
+use nts_proto::client::{ClientError, NtsClient};
+use nts_proto::NtpTimestamp;
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Authenticated,
+    Nak,
+    Other(String),
+}
+
+/// One NTS exchange with the next cookie of `client` against `port`.
+fn try_cookie(client: &mut NtsClient, port: u16, seed: u64) -> Outcome {
+    let sock = udp_client(port);
+    let mut random = [0u8; 48];
+    for (i, b) in random.iter_mut().enumerate() {
+        *b = (seed as u8).wrapping_mul(31).wrapping_add(i as u8);
+    }
+    let mut buf = [0u8; 2048];
+    let (len, pending) = client
+        .build_request(NtpTimestamp(seed), &random, 1, &mut buf)
+        .unwrap();
+    match exchange(&sock, &buf[..len]) {
+        None => Outcome::Other("no reply".into()),
+        Some(reply) => match client.verify_reply(&reply, &pending) {
+            Ok(_) => Outcome::Authenticated,
+            Err(ClientError::Nak) => Outcome::Nak,
+            Err(e) => Outcome::Other(e.to_string()),
+        },
+    }
+}
+
+fn client_of(s: &Ntsd) -> (NtsClient, u32) {
+    let ke = key_exchange(s);
+    let id = u32::from_be_bytes(ke.result.cookies[0][..4].try_into().unwrap());
+    (NtsClient::new(ke.keys, ke.result.cookies), id)
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn keys_cli(action: &str, cfg: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["keys", action, "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn cookies_survive_a_restart_and_files_stay_private() {
+    let dir = pki_dir();
+    let state = dir.path().join("state");
+    let cfg = write_config(
+        dir.path(),
+        "ntsd.toml",
+        "auto",
+        &format!("[keys]\ndump_dir = \"{}\"\n", state.display()),
+    );
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    let (mut client, _) = client_of(&s);
+    assert_eq!(
+        try_cookie(&mut client, s.ntp_port, 1),
+        Outcome::Authenticated
+    );
+    assert!(state.join("ntsd.pid").exists());
+    assert!(s.terminate().success());
+    assert!(!state.join("ntsd.pid").exists(), "pid file left behind");
+
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    // KE cookies from before the restart, on the new process.
+    for seed in 2..6 {
+        assert_eq!(
+            try_cookie(&mut client, s.ntp_port, seed),
+            Outcome::Authenticated
+        );
+    }
+    assert_eq!(
+        s.metric("ntsd_ntp_naks_total{reason=\"cookie_unknown_key\"}"),
+        0
+    );
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("keys")), 0o600);
+    let (ok, list) = keys_cli("list", &cfg);
+    assert!(
+        ok && list.contains("seals and opens") && list.contains("next: opens"),
+        "{list}"
+    );
+}
+
+#[test]
+fn forced_rotation_through_the_cli() {
+    let dir = pki_dir();
+    let state = dir.path().join("state");
+    let cfg = write_config(
+        dir.path(),
+        "ntsd.toml",
+        "auto",
+        &format!("[keys]\ndump_dir = \"{}\"\n", state.display()),
+    );
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    let (mut before, _) = client_of(&s);
+    let file_before = std::fs::read(state.join("keys")).unwrap();
+    let (ok, out) = keys_cli("rotate", &cfg);
+    assert!(ok && out.contains("rotated"), "{out}\n{}", s.log_text());
+    assert_ne!(std::fs::read(state.join("keys")).unwrap(), file_before);
+    assert_eq!(
+        s.wait_metric("ntsd_key_rotations_total{kind=\"forced\"}", 1),
+        1
+    );
+    // Old cookies still open; new ones come from the new key.
+    assert_eq!(
+        try_cookie(&mut before, s.ntp_port, 1),
+        Outcome::Authenticated
+    );
+    let (mut after, _) = client_of(&s);
+    assert_eq!(
+        try_cookie(&mut after, s.ntp_port, 2),
+        Outcome::Authenticated
+    );
+    let (_, list) = keys_cli("list", &cfg);
+    assert!(
+        list.lines()
+            .any(|l| l.contains("seals") && l.contains(" 2 ")),
+        "{list}"
+    );
+}
+
+#[test]
+fn a_damaged_key_file_is_moved_aside_and_replaced() {
+    let dir = pki_dir();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(state.join("keys"), b"not a key file").unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "ntsd.toml",
+        "auto",
+        &format!("[keys]\ndump_dir = \"{}\"\n", state.display()),
+    );
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    let aside: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("keys.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), b"not a key file");
+    assert!(
+        s.log_text().contains("KEY FILE DAMAGED"),
+        "{}",
+        s.log_text()
+    );
+    let (mut c, _) = client_of(&s);
+    assert_eq!(try_cookie(&mut c, s.ntp_port, 1), Outcome::Authenticated);
+}
+
+#[test]
+fn startup_errors_name_the_problem() {
+    let dir = pki_dir();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"").unwrap();
+    let bad_dump = blocker.join("state");
+    let cfg = write_config(
+        dir.path(),
+        "a.toml",
+        "auto",
+        &format!("[keys]\ndump_dir = \"{}\"\n", bad_dump.display()),
+    );
+    let log = Ntsd::try_spawn(dir.path().to_owned(), &cfg)
+        .err()
+        .expect("must fail");
+    assert!(log.contains("a-file/state"), "{log}");
+
+    let secret = dir.path().join("short-secret");
+    std::fs::write(&secret, [1u8; 16]).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "b.toml",
+        "auto",
+        &format!("[keys]\nfleet_secret_file = \"{}\"\n", secret.display()),
+    );
+    let log = Ntsd::try_spawn(dir.path().to_owned(), &cfg)
+        .err()
+        .expect("must fail");
+    assert!(
+        log.contains("short-secret") && log.contains("16 bytes"),
+        "{log}"
+    );
+
+    std::fs::write(&secret, [1u8; 32]).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = Ntsd::try_spawn(dir.path().to_owned(), &cfg)
+        .err()
+        .expect("must fail");
+    assert!(log.contains("0644"), "{log}");
+    let (ok, out) = keys_cli("rotate", &cfg);
+    assert!(!ok && out.contains("fleet"), "{out}");
+}
+
+/// Waits until the node's current key id reaches `id`.
+fn wait_epoch(s: &Ntsd, id: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.metric("ntsd_key_current_id") < u64::from(id) {
+        assert!(Instant::now() < deadline, "no rotation to {id}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn fleet_nodes_open_each_others_cookies_within_keep() {
+    let dir = pki_dir();
+    let secret = dir.path().join("fleet.secret");
+    std::fs::write(&secret, (0u8..48).collect::<Vec<_>>()).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let tail = format!(
+        "[keys]\nfleet_secret_file = \"{}\"\nrotate_interval = \"2s\"\nkeep = 1\n",
+        secret.display()
+    );
+    let a = Ntsd::spawn(
+        dir.path().to_owned(),
+        &write_config(dir.path(), "a.toml", "auto", &tail),
+    );
+    let b = Ntsd::spawn(
+        dir.path().to_owned(),
+        &write_config(dir.path(), "b.toml", "portable", &tail),
+    );
+    let (mut client, epoch) = client_of(&a);
+    // Node A's cookie on node B.
+    assert_eq!(
+        try_cookie(&mut client, b.ntp_port, 1),
+        Outcome::Authenticated
+    );
+    // After B rotates once: still accepted.
+    wait_epoch(&b, epoch + 1);
+    assert_eq!(
+        try_cookie(&mut client, b.ntp_port, 2),
+        Outcome::Authenticated
+    );
+    // More than `keep` intervals after sealing: NTS NAK on both nodes.
+    wait_epoch(&b, epoch + 2);
+    assert_eq!(try_cookie(&mut client, b.ntp_port, 3), Outcome::Nak);
+    wait_epoch(&a, epoch + 2);
+    assert_eq!(try_cookie(&mut client, a.ntp_port, 4), Outcome::Nak);
+    assert!(b.metric("ntsd_ntp_naks_total{reason=\"cookie_unknown_key\"}") >= 1);
+    // Nothing secret was written next to the configs.
+    assert!(!dir.path().join("keys").exists());
+}
+
+/// kill -9 while keys rotate every second: the key file always loads, and
+/// cookies issued before each kill are accepted after the restart.
+#[test]
+fn crashes_during_fast_rotation_lose_no_keys() {
+    let dir = pki_dir();
+    let state = dir.path().join("state");
+    let tail = format!(
+        "[keys]\ndump_dir = \"{}\"\nrotate_interval = \"1s\"\nkeep = 7\n",
+        state.display()
+    );
+    let cfg = write_config(dir.path(), "ntsd.toml", "auto", &tail);
+    let mut previous: Option<NtsClient> = None;
+    let start = Instant::now();
+    for round in 0..8u64 {
+        let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+        assert!(
+            !s.log_text().contains("DAMAGED"),
+            "round {round}: {}",
+            s.log_text()
+        );
+        if let Some(mut c) = previous.take() {
+            assert_eq!(
+                try_cookie(&mut c, s.ntp_port, round),
+                Outcome::Authenticated,
+                "round {round}: a cookie from before the crash was refused"
+            );
+        }
+        let (c, _) = client_of(&s);
+        previous = Some(c);
+        // Kill at varying points of the rotation cycle.
+        std::thread::sleep(Duration::from_millis(150 + (round * 173) % 900));
+        s.kill9();
+        assert!(
+            keyrotate::KeyStore::read(&state).unwrap().is_some(),
+            "round {round}: key file unreadable"
+        );
+        assert!(start.elapsed() < Duration::from_secs(60));
+    }
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+}
