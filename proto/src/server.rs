@@ -159,9 +159,9 @@ impl<'a> NtsFields<'a> {
 }
 
 impl<K: CookieKeys> Server<'_, K> {
-    /// Answers one request. `now` is the receive time and, for now, the
-    /// transmit time too. `reply` must be at least as long as `request`
-    /// for a full reply; the reply never exceeds `request.len()`.
+    /// Answers one request, with `now` as both receive and transmit time.
+    /// `reply` must be at least as long as `request` for a full reply; the
+    /// reply never exceeds `request.len()`.
     pub fn handle(
         &self,
         now: NtpTimestamp,
@@ -169,7 +169,22 @@ impl<K: CookieKeys> Server<'_, K> {
         reply: &mut [u8],
         rng: &mut impl Random,
     ) -> Action {
-        match self.try_handle(now, request, reply, rng) {
+        self.handle_timed(now, || now, request, reply, rng)
+    }
+
+    /// Answers one request received at `received` (the kernel's timestamp).
+    /// `transmit` is called once, as late as possible: after every other
+    /// byte of the reply is written and, for NTS, just before the reply is
+    /// sealed, since the authenticator covers the transmit timestamp.
+    pub fn handle_timed(
+        &self,
+        received: NtpTimestamp,
+        transmit: impl FnOnce() -> NtpTimestamp,
+        request: &[u8],
+        reply: &mut [u8],
+        rng: &mut impl Random,
+    ) -> Action {
+        match self.try_handle(received, transmit, request, reply, rng) {
             Ok(action) => action,
             Err(reason) => Action::Ignore(reason),
         }
@@ -178,6 +193,7 @@ impl<K: CookieKeys> Server<'_, K> {
     fn try_handle(
         &self,
         now: NtpTimestamp,
+        transmit: impl FnOnce() -> NtpTimestamp,
         request: &[u8],
         reply: &mut [u8],
         rng: &mut impl Random,
@@ -192,12 +208,13 @@ impl<K: CookieKeys> Server<'_, K> {
         let limit = request.len().min(reply.len());
         let reply = reply.get_mut(..limit).ok_or(DropReason::BufferTooSmall)?;
         let fields = NtsFields::collect(request)?;
-        let response = self.response_header(&header, now);
+        let mut response = self.response_header(&header, now);
         if !fields.is_nts() {
             let out: &mut [u8; HEADER_LEN] = reply
                 .get_mut(..HEADER_LEN)
                 .and_then(|s| s.try_into().ok())
                 .ok_or(DropReason::BufferTooSmall)?;
+            response.transmit = transmit();
             *out = response.to_bytes();
             return Ok(Action::Reply {
                 len: HEADER_LEN,
@@ -215,16 +232,18 @@ impl<K: CookieKeys> Server<'_, K> {
         }
         match self.authenticate(request, cookie, &fields, reply) {
             Ok((keys, wanted)) => {
-                let len = nts_reply(&response, unique_id, &keys, wanted, self.keys, reply, rng)
-                    .map_err(|_| DropReason::BufferTooSmall)?;
+                let len = nts_reply(
+                    &response, unique_id, &keys, wanted, self.keys, reply, rng, transmit,
+                )
+                .map_err(|_| DropReason::BufferTooSmall)?;
                 Ok(Action::Reply {
                     len,
                     kind: ReplyKind::Nts,
                 })
             }
             Err(reason) => {
-                let len =
-                    nak(&header, now, unique_id, reply).map_err(|_| DropReason::BufferTooSmall)?;
+                let len = nak(&header, now, transmit(), unique_id, reply)
+                    .map_err(|_| DropReason::BufferTooSmall)?;
                 Ok(Action::Reply {
                     len,
                     kind: ReplyKind::Nak(reason),
@@ -294,8 +313,12 @@ impl<K: CookieKeys> Server<'_, K> {
     }
 }
 
+/// Offset of the transmit timestamp in the NTP header.
+const TRANSMIT_OFFSET: usize = 40;
+
 /// Writes an authenticated reply carrying up to `wanted` new cookies, as many
 /// as fit in `reply` (whose length is already capped at the request's).
+#[allow(clippy::too_many_arguments)]
 fn nts_reply<K: CookieKeys>(
     header: &NtpHeader,
     unique_id: &[u8],
@@ -304,6 +327,7 @@ fn nts_reply<K: CookieKeys>(
     ring: &K,
     reply: &mut [u8],
     rng: &mut impl Random,
+    transmit: impl FnOnce() -> NtpTimestamp,
 ) -> Result<usize, BufferTooSmall> {
     let mut w = Writer::new(reply);
     header.encode(&mut w)?;
@@ -342,6 +366,9 @@ fn nts_reply<K: CookieKeys>(
             body.get_mut(clen..).unwrap_or_default().fill(0);
         }
     }
+    ad.get_mut(TRANSMIT_OFFSET..HEADER_LEN)
+        .ok_or(BufferTooSmall)?
+        .copy_from_slice(&transmit().0.to_be_bytes());
     keys.s2c
         .seal(ad, &nonce, sealed)
         .map_err(|_| BufferTooSmall)?;
@@ -353,6 +380,7 @@ fn nts_reply<K: CookieKeys>(
 fn nak(
     request: &NtpHeader,
     now: NtpTimestamp,
+    transmit: NtpTimestamp,
     unique_id: &[u8],
     reply: &mut [u8],
 ) -> Result<usize, BufferTooSmall> {
@@ -369,7 +397,7 @@ fn nak(
         reference_time: NtpTimestamp(0),
         origin: request.transmit,
         receive: now,
-        transmit: now,
+        transmit,
     };
     let mut w = Writer::new(reply);
     header.encode(&mut w)?;

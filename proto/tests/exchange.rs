@@ -850,3 +850,38 @@ fn late_fields_after_authenticator_are_ignored() {
         }
     ));
 }
+
+/// `handle_timed` keeps the kernel receive time and reads the transmit time
+/// last: for NTS before sealing, so the authenticated reply carries it.
+#[test]
+fn transmit_time_is_read_last_and_authenticated() {
+    let ring = OneKey::default();
+    let sys = system();
+    let server = Server {
+        keys: &ring,
+        system: &sys,
+    };
+    let t3 = NtpTimestamp(T2.0 + 0x1234);
+    let mut rng = Counter::default();
+
+    let plain = header(first_byte(4, 3), T1);
+    let mut out = [0u8; 2048];
+    let action = server.handle_timed(T2, || t3, &plain, &mut out, &mut rng);
+    assert!(matches!(action, Action::Reply { len: 48, .. }));
+    let h = nts_proto::NtpHeader::decode(&mut Reader::new(&out[..48])).unwrap();
+    assert_eq!((h.receive, h.transmit, h.origin), (T2, t3, T1));
+
+    let (mut client, _) = client_with(AeadAlgorithm::AesSivCmac256, &ring, 1);
+    let (len, pending) = client.build_request(T1, &[7; 48], 1, &mut out).unwrap();
+    let request = out[..len].to_vec();
+    let mut reply = [0u8; 2048];
+    let Action::Reply {
+        len,
+        kind: ReplyKind::Nts,
+    } = server.handle_timed(T2, || t3, &request, &mut reply, &mut rng)
+    else {
+        panic!("no NTS reply");
+    };
+    let v = client.verify_reply(&reply[..len], &pending).unwrap();
+    assert_eq!((v.header.receive, v.header.transmit), (T2, t3));
+}
