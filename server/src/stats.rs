@@ -24,9 +24,11 @@ pub enum NtpEvent {
     DropBufferTooSmall,
     ReceiveError,
     SendError,
+    /// A datagram without a kernel receive timestamp (a clock read instead).
+    NoKernelTimestamp,
 }
 
-pub const NTP_EVENTS: usize = 14;
+pub const NTP_EVENTS: usize = 15;
 
 impl NtpEvent {
     pub const ALL: [NtpEvent; NTP_EVENTS] = [
@@ -44,6 +46,7 @@ impl NtpEvent {
         NtpEvent::DropBufferTooSmall,
         NtpEvent::ReceiveError,
         NtpEvent::SendError,
+        NtpEvent::NoKernelTimestamp,
     ];
 
     /// Prometheus metric name and labels.
@@ -64,6 +67,7 @@ impl NtpEvent {
             DropBufferTooSmall => ("ntsd_ntp_dropped_total", "reason=\"buffer_too_small\""),
             ReceiveError => ("ntsd_ntp_io_errors_total", "op=\"receive\""),
             SendError => ("ntsd_ntp_io_errors_total", "op=\"send\""),
+            NoKernelTimestamp => ("ntsd_ntp_no_kernel_timestamp_total", ""),
         }
     }
 

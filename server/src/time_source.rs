@@ -9,13 +9,33 @@ use nts_proto::{Leap, NtpShort, SystemInfo};
 use crate::clock::now_ntp;
 use crate::config::{TimeConfig, TimeSource};
 
-/// Precision advertised until it is measured (2^-20 s, about 1 µs).
-const PRECISION: i8 = -20;
+/// The precision field: log2 of the time to read the system clock
+/// (RFC 5905, section 7.3), from the fastest of 1000 back-to-back reads,
+/// rounded up and kept within 2^-30 (1 ns) .. 2^-10 (1 ms).
+pub fn measure_precision() -> i8 {
+    let mut best = u128::MAX;
+    let mut prev = std::time::SystemTime::now();
+    for _ in 0..1000 {
+        let now = std::time::SystemTime::now();
+        if let Ok(d) = now.duration_since(prev) {
+            if d.as_nanos() > 0 {
+                best = best.min(d.as_nanos());
+            }
+        }
+        prev = now;
+    }
+    if best == u128::MAX {
+        return -20;
+    }
+    let log2 = (best as f64 * 1e-9).log2().ceil();
+    log2.clamp(-30.0, -10.0) as i8
+}
 
 pub type SharedSystem = Arc<ArcSwap<SystemInfo>>;
 
 #[derive(Debug, Clone)]
 pub struct TimeState {
+    precision: i8,
     source: TimeSource,
     stratum: u8,
     refid: [u8; 4],
@@ -24,6 +44,7 @@ pub struct TimeState {
 impl TimeState {
     pub fn new(cfg: &TimeConfig) -> Result<Self, String> {
         Ok(Self {
+            precision: measure_precision(),
             source: cfg.source,
             stratum: cfg.stratum(),
             refid: cfg.refid_bytes()?,
@@ -36,7 +57,7 @@ impl TimeState {
         let base = SystemInfo {
             leap: Leap::NoWarning,
             stratum: self.stratum,
-            precision: PRECISION,
+            precision: self.precision,
             root_delay: NtpShort(0),
             root_dispersion: NtpShort(0),
             reference_id: self.refid,
@@ -131,6 +152,12 @@ mod tests {
         assert_eq!(info.leap, Leap::NoWarning);
         assert_eq!(info.stratum, 3);
         assert_eq!(info.reference_id, *b"TEST");
+    }
+
+    #[test]
+    fn precision_is_measured_within_bounds() {
+        let p = measure_precision();
+        assert!((-30..=-10).contains(&p), "{p}");
     }
 
     #[test]

@@ -424,3 +424,65 @@ fn sigint_stops_the_server_cleanly() {
     assert!(s.wait_exit().success());
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+fn now_ntp() -> NtpTimestamp {
+    ntsd::clock::now_ntp()
+}
+
+/// Receive timestamps are the kernel's (SO_TIMESTAMPNS), not a clock read
+/// while processing: a request that waits in the socket while the server is
+/// stopped keeps its arrival time as T2, while T3 shows the wait.
+#[test]
+fn receive_timestamps_come_from_the_kernel() {
+    for backend in ["io-uring", "portable"] {
+        let s = Ntsd::start(backend);
+        let sock = udp_client(s.ntp_port);
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let plain = |t1: NtpTimestamp| nts_proto::NtpHeader::client_request(t1).to_bytes();
+        let decode = |b: &[u8]| {
+            nts_proto::NtpHeader::decode(&mut nts_proto::reader::Reader::new(b)).unwrap()
+        };
+
+        // Baseline: t1 <= T2 <= T3 <= t4 on every exchange.
+        let mut rx_after_send = Vec::new();
+        for _ in 0..100 {
+            let t1 = now_ntp();
+            let reply = exchange(&sock, &plain(t1)).expect("reply");
+            let t4 = now_ntp();
+            let h = decode(&reply);
+            let (rx, tx) = (h.receive.seconds_since(t1), h.transmit.seconds_since(t1));
+            let rtt = t4.seconds_since(t1);
+            assert!(
+                rx >= -1e-6 && rx <= tx && tx <= rtt + 1e-6,
+                "{backend}: rx {rx} tx {tx} rtt {rtt}"
+            );
+            rx_after_send.push(rx);
+        }
+        rx_after_send.sort_by(f64::total_cmp);
+
+        // The server is stopped while the request arrives.
+        common::unsafe_free_kill(s.pid(), "STOP");
+        std::thread::sleep(Duration::from_millis(50));
+        let t1 = now_ntp();
+        sock.send(&plain(t1)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        common::unsafe_free_kill(s.pid(), "CONT");
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("reply after SIGCONT");
+        let h = decode(&buf[..n]);
+        let (rx, tx) = (h.receive.seconds_since(t1), h.transmit.seconds_since(t1));
+        eprintln!(
+            "{backend}: T2 - t1 median {:.1} us, max {:.1} us over 100 exchanges; stopped server: T2 - t1 = {:.1} us, T3 - t1 = {:.1} ms",
+            rx_after_send[50] * 1e6,
+            rx_after_send[99] * 1e6,
+            rx * 1e6,
+            tx * 1e3
+        );
+        assert!(tx >= 0.25, "{backend}: the server was not stopped ({tx} s)");
+        assert!(
+            rx < 0.05,
+            "{backend}: T2 is {rx} s after sending: not a kernel timestamp"
+        );
+        assert_eq!(s.metric("ntsd_ntp_no_kernel_timestamp_total"), 0);
+    }
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use keyrotate::RotatingKeys;
-use nts_proto::{Action, Server};
+use nts_proto::{Action, NtpTimestamp, Server};
 
 use crate::clock::now_ntp;
 use crate::config::{Backend, NtpConfig};
@@ -42,16 +42,28 @@ pub struct Worker {
 
 impl Worker {
     /// Answers one datagram into `reply`; returns the reply length, if any.
+    /// `received` is the kernel's receive timestamp (a clock read now if the
+    /// kernel gave none); the transmit timestamp is read as late as `handle`
+    /// allows.
     #[inline]
-    pub fn process(&mut self, request: &[u8], reply: &mut [u8]) -> Option<usize> {
+    pub fn process(
+        &mut self,
+        received: Option<NtpTimestamp>,
+        request: &[u8],
+        reply: &mut [u8],
+    ) -> Option<usize> {
         self.counters.add(NtpEvent::Received);
+        let received = received.unwrap_or_else(|| {
+            self.counters.add(NtpEvent::NoKernelTimestamp);
+            now_ntp()
+        });
         let ring = self.keys.load();
         let system = self.system.load();
         let server = Server {
             keys: &**ring,
             system: &system,
         };
-        let action = server.handle(now_ntp(), request, reply, &mut self.rng);
+        let action = server.handle_timed(received, now_ntp, request, reply, &mut self.rng);
         self.counters.add(NtpEvent::of(&action));
         match action {
             Action::Reply { len, .. } => Some(len),
@@ -119,6 +131,7 @@ fn open_sockets(listen: &[SocketAddr], workers: usize) -> std::io::Result<Vec<Ve
                 s.set_only_v6(true)?;
             }
             s.set_read_timeout(Some(STOP_POLL))?;
+            sys::enable_rx_timestamps(&s)?;
             s.bind(&addr.into()).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot bind NTP to {addr}: {e}"))
             })?;
@@ -207,9 +220,18 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(|e| format!("cannot start NTP worker thread: {e}"))
 }
 
-/// A zeroed `sockaddr_storage` and helpers shared by both back ends.
+/// Socket options, control messages and other helpers shared by both back
+/// ends.
 #[allow(unsafe_code)]
 pub(crate) mod sys {
+    use std::os::fd::AsRawFd;
+
+    use nts_proto::NtpTimestamp;
+
+    /// Room for the SCM_TIMESTAMPNS control message (CMSG_SPACE of a
+    /// timespec is 32 bytes on 64-bit Linux), as u64s for alignment.
+    pub type ControlBuf = [u64; 8];
+
     pub fn empty_storage() -> libc::sockaddr_storage {
         // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
         unsafe { std::mem::zeroed() }
@@ -217,5 +239,57 @@ pub(crate) mod sys {
 
     pub fn errno() -> i32 {
         std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    /// Asks the kernel for a software receive timestamp on every datagram
+    /// (SO_TIMESTAMPNS, CLOCK_REALTIME, taken when the packet arrives).
+    pub fn enable_rx_timestamps(socket: &socket2::Socket) -> std::io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: the option value is a c_int that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// The kernel receive timestamp in the control messages of `msg`, if any.
+    pub fn rx_timestamp(msg: &libc::msghdr) -> Option<NtpTimestamp> {
+        if msg.msg_control.is_null()
+            || (msg.msg_controllen as usize) < std::mem::size_of::<libc::cmsghdr>()
+        {
+            return None;
+        }
+        // SAFETY: msg_control/msg_controllen describe a buffer we own and the
+        // kernel filled; the CMSG macros stay within msg_controllen, and the
+        // timespec is read unaligned from the data of a header whose length
+        // was checked to hold one.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+            while !cmsg.is_null() {
+                let c = &*cmsg;
+                if c.cmsg_level == libc::SOL_SOCKET
+                    && c.cmsg_type == libc::SCM_TIMESTAMPNS
+                    && c.cmsg_len as usize
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize
+                {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    let secs = u64::try_from(ts.tv_sec).ok()?;
+                    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+                    return Some(NtpTimestamp::from_unix(secs, nanos));
+                }
+                cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+            }
+        }
+        None
     }
 }

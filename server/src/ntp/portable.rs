@@ -4,7 +4,7 @@
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
-use super::sys::{empty_storage, errno};
+use super::sys::{empty_storage, errno, rx_timestamp, ControlBuf};
 use super::{Worker, MAX_PACKET};
 use crate::stats::NtpEvent;
 
@@ -14,6 +14,7 @@ struct Batch {
     requests: Box<[[u8; MAX_PACKET]; BATCH]>,
     replies: Box<[[u8; MAX_PACKET]; BATCH]>,
     addrs: [libc::sockaddr_storage; BATCH],
+    controls: [ControlBuf; BATCH],
 }
 
 pub fn run(mut worker: Worker, socket: UdpSocket) {
@@ -22,6 +23,7 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
         requests: Box::new([[0; MAX_PACKET]; BATCH]),
         replies: Box::new([[0; MAX_PACKET]; BATCH]),
         addrs: [empty_storage(); BATCH],
+        controls: [[0; 8]; BATCH],
     };
     // SAFETY: iovec and mmsghdr are plain old data; zero is a valid value.
     let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -39,8 +41,8 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut iov[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = b.controls[i].as_mut_ptr().cast();
+            h.msg_controllen = std::mem::size_of::<ControlBuf>();
             h.msg_flags = 0;
         }
         // SAFETY: every mmsghdr points at buffers owned by `b` and `iov`,
@@ -70,7 +72,10 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
                 worker.count(NtpEvent::DropMalformed);
                 continue;
             }
-            let Some(reply_len) = worker.process(&b.requests[i][..len], &mut b.replies[i]) else {
+            let received = rx_timestamp(&msg.msg_hdr);
+            let Some(reply_len) =
+                worker.process(received, &b.requests[i][..len], &mut b.replies[i])
+            else {
                 continue;
             };
             out_iov[m] = libc::iovec {

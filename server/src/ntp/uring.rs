@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, types, IoUring};
 
-use super::sys::empty_storage;
+use super::sys::{empty_storage, rx_timestamp, ControlBuf};
 use super::{Worker, MAX_PACKET, STOP_POLL};
 use crate::stats::NtpEvent;
 
@@ -31,6 +31,7 @@ struct Slot {
     request: [u8; MAX_PACKET],
     reply: [u8; MAX_PACKET],
     addr: libc::sockaddr_storage,
+    control: ControlBuf,
     recv_iov: libc::iovec,
     recv_msg: libc::msghdr,
     send_iov: libc::iovec,
@@ -47,6 +48,7 @@ impl Slot {
             request: [0; MAX_PACKET],
             reply: [0; MAX_PACKET],
             addr: empty_storage(),
+            control: [0; 8],
             recv_iov: unsafe { std::mem::zeroed() },
             recv_msg: unsafe { std::mem::zeroed() },
             send_iov: unsafe { std::mem::zeroed() },
@@ -64,8 +66,8 @@ impl Slot {
             std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         self.recv_msg.msg_iov = &mut self.recv_iov;
         self.recv_msg.msg_iovlen = 1;
-        self.recv_msg.msg_control = std::ptr::null_mut();
-        self.recv_msg.msg_controllen = 0;
+        self.recv_msg.msg_control = self.control.as_mut_ptr().cast();
+        self.recv_msg.msg_controllen = std::mem::size_of::<ControlBuf>();
         self.recv_msg.msg_flags = 0;
         opcode::RecvMsg::new(types::Fd(self.fd), &mut self.recv_msg).build()
     }
@@ -188,6 +190,7 @@ fn on_receive(worker: &mut Worker, slot: &mut Slot, result: i32, _flags: u32) ->
         return None;
     }
     let len = (result as usize).min(MAX_PACKET);
+    let received = rx_timestamp(&slot.recv_msg);
     let Slot { request, reply, .. } = slot;
-    worker.process(&request[..len], reply)
+    worker.process(received, &request[..len], reply)
 }
