@@ -264,9 +264,7 @@ pub(crate) mod sys {
 
     /// The kernel receive timestamp in the control messages of `msg`, if any.
     pub fn rx_timestamp(msg: &libc::msghdr) -> Option<NtpTimestamp> {
-        if msg.msg_control.is_null()
-            || (msg.msg_controllen as usize) < std::mem::size_of::<libc::cmsghdr>()
-        {
+        if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() {
             return None;
         }
         // SAFETY: msg_control/msg_controllen describe a buffer we own and the
