@@ -142,6 +142,9 @@ pub enum TimeSource {
     Kernel,
     /// Always synchronised at the configured stratum (isolated networks, tests).
     Local,
+    /// Follow an NTP server (normally the local chronyd) and report its
+    /// quality one stratum further away.
+    Upstream,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +155,11 @@ pub struct TimeConfig {
     pub stratum: Option<u8>,
     /// Up to four ASCII characters, or an IPv4 address.
     pub refid: Option<String>,
+    /// The NTP server followed by `source = "upstream"`: HOST or HOST:PORT.
+    pub upstream: Option<String>,
+    /// How long the last good upstream sample is served after the upstream
+    /// goes silent or unsynchronised, before leap indicator 3 (alarm).
+    pub hold_time: HumanDuration,
 }
 
 impl Default for TimeConfig {
@@ -160,6 +168,8 @@ impl Default for TimeConfig {
             source: TimeSource::Kernel,
             stratum: None,
             refid: None,
+            upstream: None,
+            hold_time: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -171,7 +181,7 @@ impl TimeConfig {
     pub fn stratum(&self) -> u8 {
         self.stratum.unwrap_or(match self.source {
             TimeSource::Local => 1,
-            TimeSource::Kernel => 2,
+            TimeSource::Kernel | TimeSource::Upstream => 2,
         })
     }
 
@@ -181,6 +191,8 @@ impl TimeConfig {
             return Ok(match self.source {
                 TimeSource::Local => *b"LOCL",
                 TimeSource::Kernel => *b"KERN",
+                // Replaced by the upstream's address once it answers.
+                TimeSource::Upstream => *b"INIT",
             });
         };
         if let Ok(IpAddr::V4(a)) = s.parse::<IpAddr>() {
@@ -336,6 +348,36 @@ impl Config {
             ));
         }
         self.time.refid_bytes().map_err(|e| format!("[time] {e}"))?;
+        let t = &self.time;
+        match (t.source, &t.upstream) {
+            (TimeSource::Upstream, None) => {
+                return Err(
+                    "[time] upstream: required with source = \"upstream\" (e.g. \"127.0.0.1:123\")"
+                        .into(),
+                )
+            }
+            (TimeSource::Upstream, Some(u)) => {
+                crate::query::split_host_port(u, 123)
+                    .map_err(|e| format!("[time] upstream: {e}"))?;
+                for (key, set) in [
+                    ("stratum", t.stratum.is_some()),
+                    ("refid", t.refid.is_some()),
+                ] {
+                    if set {
+                        return Err(format!(
+                            "[time] {key}: not used with source = \"upstream\" (the upstream's stratum + 1 and its address are served)"
+                        ));
+                    }
+                }
+            }
+            (_, Some(_)) => {
+                return Err("[time] upstream: only used with source = \"upstream\"".into())
+            }
+            _ => {}
+        }
+        if t.hold_time.0 < Duration::from_secs(1) {
+            return Err("[time] hold_time: must be at least 1s".into());
+        }
         Ok(())
     }
 }

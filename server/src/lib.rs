@@ -23,3 +23,4 @@ pub mod stats;
 pub mod sys;
 pub mod time_source;
 pub mod tls;
+pub mod upstream;

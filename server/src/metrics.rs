@@ -15,6 +15,7 @@ pub struct Registry {
     pub ke: Arc<KeCounters>,
     pub keys: Arc<RotatingKeys>,
     pub key_events: Arc<KeyCounters>,
+    pub time_events: Arc<crate::time_source::TimeCounters>,
     pub system: SharedSystem,
     /// The NTP back end in use (`io-uring` or `portable`).
     pub backend: &'static str,
@@ -44,6 +45,7 @@ impl Registry {
             .collect();
         render(&mut out, &ke);
         render(&mut out, &self.key_events.samples());
+        render(&mut out, &self.time_events.samples());
         let sys = self.system.load();
         let ring = self.keys.load();
         use std::fmt::Write;

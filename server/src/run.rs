@@ -90,11 +90,13 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         tasks.push(tokio::spawn(nts_ke::serve(l, ctx.clone(), stop_rx.clone())));
     }
     let key_events = Arc::new(KeyCounters::default());
+    let time_events = Arc::new(time_source::TimeCounters::default());
     let registry = Registry {
         ntp: workers.counters.clone(),
         ke: ke_counters,
         keys: keys.clone(),
         key_events: key_events.clone(),
+        time_events: time_events.clone(),
         system: system.clone(),
         backend: match workers.backend {
             crate::config::Backend::IoUring => "io-uring",
@@ -114,6 +116,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     tasks.push(tokio::spawn(time_source::run(
         time_state,
         system,
+        time_events,
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(rotate_keys(

@@ -1,13 +1,17 @@
 //! What the server says about its own clock, refreshed once a second and
 //! published to the workers through `ArcSwap`.
 
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use nts_proto::{Leap, NtpShort, SystemInfo};
 
-use crate::clock::now_ntp;
+use crate::clock::{is_last_day_of_month, now_ntp, unix_secs};
 use crate::config::{TimeConfig, TimeSource};
+use crate::upstream::{self, PollFailure};
 
 /// The precision field: log2 of the time to read the system clock
 /// (RFC 5905, section 7.3), from the fastest of 1000 back-to-back reads,
@@ -33,27 +37,117 @@ pub fn measure_precision() -> i8 {
 
 pub type SharedSystem = Arc<ArcSwap<SystemInfo>>;
 
-#[derive(Debug, Clone)]
+/// Time-source events for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct TimeCounters {
+    /// Transitions from synchronised to leap indicator 3.
+    pub unsynchronised: AtomicU64,
+    pub polls_ok: AtomicU64,
+    pub polls_silent: AtomicU64,
+    pub polls_unsynchronised: AtomicU64,
+    pub polls_invalid: AtomicU64,
+    pub polls_offset: AtomicU64,
+}
+
+impl TimeCounters {
+    fn record(&self, poll: &Result<upstream::Sample, PollFailure>) {
+        let c = match poll {
+            Ok(_) => &self.polls_ok,
+            Err(PollFailure::Silent) => &self.polls_silent,
+            Err(PollFailure::Unsynchronized) => &self.polls_unsynchronised,
+            Err(PollFailure::Invalid) => &self.polls_invalid,
+            Err(PollFailure::OffsetTooLarge) => &self.polls_offset,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn samples(&self) -> [(&'static str, &'static str, u64); 6] {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        [
+            (
+                "ntsd_time_unsynchronised_total",
+                "",
+                g(&self.unsynchronised),
+            ),
+            (
+                "ntsd_time_upstream_polls_total",
+                "result=\"ok\"",
+                g(&self.polls_ok),
+            ),
+            (
+                "ntsd_time_upstream_polls_total",
+                "result=\"silent\"",
+                g(&self.polls_silent),
+            ),
+            (
+                "ntsd_time_upstream_polls_total",
+                "result=\"unsynchronised\"",
+                g(&self.polls_unsynchronised),
+            ),
+            (
+                "ntsd_time_upstream_polls_total",
+                "result=\"invalid\"",
+                g(&self.polls_invalid),
+            ),
+            (
+                "ntsd_time_upstream_polls_total",
+                "result=\"offset_too_large\"",
+                g(&self.polls_offset),
+            ),
+        ]
+    }
+}
+
+/// How long one upstream poll waits for its reply.
+const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Time between upstream polls and between local/kernel refreshes.
+const REFRESH: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
 pub struct TimeState {
     precision: i8,
     source: TimeSource,
     stratum: u8,
     refid: [u8; 4],
+    upstream: Option<(SocketAddr, upstream::Tracker)>,
 }
 
 impl TimeState {
     pub fn new(cfg: &TimeConfig) -> Result<Self, String> {
+        let precision = measure_precision();
+        let upstream = match (&cfg.source, &cfg.upstream) {
+            (TimeSource::Upstream, Some(u)) => {
+                let (host, port) = crate::query::split_host_port(u, 123)?;
+                let addr = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("[time] upstream: cannot resolve {host}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("[time] upstream: {host} has no address"))?;
+                let tracker = upstream::Tracker::new(
+                    cfg.hold_time.0,
+                    upstream::refid_of(addr.ip()),
+                    precision,
+                );
+                Some((addr, tracker))
+            }
+            _ => None,
+        };
         Ok(Self {
-            precision: measure_precision(),
+            precision,
             source: cfg.source,
             stratum: cfg.stratum(),
             refid: cfg.refid_bytes()?,
+            upstream,
         })
     }
 
-    /// The current system information for the configured source.
+    /// The current system information (for `upstream`: from the last poll).
     pub fn sample(&self) -> SystemInfo {
         let now = now_ntp();
+        let unsynchronized = SystemInfo {
+            precision: self.precision,
+            ..SystemInfo::unsynchronized()
+        };
         let base = SystemInfo {
             leap: Leap::NoWarning,
             stratum: self.stratum,
@@ -63,39 +157,79 @@ impl TimeState {
             reference_id: self.refid,
             reference_time: now,
         };
-        match self.source {
-            TimeSource::Local => base,
-            TimeSource::Kernel => match kernel::read() {
+        match (&self.source, &self.upstream) {
+            (_, Some((_, tracker))) => tracker.system_info(Instant::now(), unix_secs()),
+            (TimeSource::Kernel, _) => match kernel::read() {
                 Some(k) => SystemInfo {
-                    leap: k.leap,
+                    leap: match k.leap {
+                        // The kernel flag is set by the disciplining daemon
+                        // for the day of the leap; pass it on that day only.
+                        Leap::InsertSecond | Leap::DeleteSecond
+                            if !is_last_day_of_month(unix_secs()) =>
+                        {
+                            Leap::NoWarning
+                        }
+                        l => l,
+                    },
                     root_dispersion: NtpShort::from_seconds(k.max_error_us as f64 / 1e6),
                     ..base
                 },
-                None => SystemInfo::unsynchronized(),
+                None => unsynchronized,
             },
+            (TimeSource::Upstream, None) => unsynchronized,
+            (TimeSource::Local, None) => base,
         }
     }
 }
 
-/// Refreshes the shared system information every second until `stop`.
+/// Refreshes the shared system information every second (polling the
+/// upstream first, when there is one) until `stop`.
 pub async fn run(
-    state: TimeState,
+    mut state: TimeState,
     shared: SharedSystem,
+    counters: Arc<TimeCounters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let socket = match &state.upstream {
+        Some((addr, _)) => {
+            let bind: SocketAddr = match addr {
+                SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            match tokio::net::UdpSocket::bind(bind).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open a socket to poll the upstream; serving leap indicator 3");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut tick = tokio::time::interval(REFRESH);
     let mut last_leap = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        if let (Some(sock), Some((addr, tracker))) = (&socket, state.upstream.as_mut()) {
+            let result = upstream::poll(sock, *addr, POLL_TIMEOUT, state.precision).await;
+            counters.record(&result);
+            if let Err(reason) = &result {
+                tracing::debug!(upstream = %addr, ?reason, "upstream poll failed");
+            }
+            tracker.record(Instant::now(), result);
+        }
         let info = state.sample();
         if last_leap != Some(info.leap) {
             if info.leap == Leap::Unsynchronized {
+                if last_leap.is_some() {
+                    counters.unsynchronised.fetch_add(1, Relaxed);
+                }
                 tracing::warn!(source = ?state.source, "clock is not synchronised: serving leap indicator 3");
             } else {
-                tracing::info!(source = ?state.source, leap = ?info.leap, "clock state");
+                tracing::info!(source = ?state.source, leap = ?info.leap, stratum = info.stratum, "clock synchronised");
             }
             last_leap = Some(info.leap);
         }
@@ -147,6 +281,7 @@ mod tests {
             source: TimeSource::Local,
             stratum: Some(3),
             refid: Some("TEST".into()),
+            ..TimeConfig::default()
         };
         let info = TimeState::new(&cfg).unwrap().sample();
         assert_eq!(info.leap, Leap::NoWarning);

@@ -1,0 +1,184 @@
+//! `source = "upstream"` against a fake upstream NTP server in the test:
+//! synchronised -> stratum + 1; unsynchronised or silent -> leap 3 after
+//! the hold time; recovery.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{exchange, udp_client, Ntsd};
+use nts_proto::packet::Mode;
+use nts_proto::reader::Reader;
+use nts_proto::{Leap, NtpHeader, NtpShort};
+
+const SYNCED: u8 = 0;
+const UNSYNCED: u8 = 1;
+const SILENT: u8 = 2;
+
+/// A stratum-1 NTP responder whose state the test switches.
+struct FakeUpstream {
+    port: u16,
+    state: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeUpstream {
+    fn start() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let state = Arc::new(AtomicU8::new(SYNCED));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !sp.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Some(req) = NtpHeader::decode(&mut Reader::new(&buf[..n])) else {
+                    continue;
+                };
+                let now = ntsd::clock::now_ntp();
+                let state = st.load(Ordering::Relaxed);
+                if state == SILENT {
+                    continue;
+                }
+                let reply = NtpHeader {
+                    leap: if state == UNSYNCED {
+                        Leap::Unsynchronized
+                    } else {
+                        Leap::NoWarning
+                    },
+                    version: 4,
+                    mode: Mode::Server,
+                    stratum: 1,
+                    poll: req.poll,
+                    precision: -20,
+                    root_delay: NtpShort::from_seconds(0.010),
+                    root_dispersion: NtpShort::from_seconds(0.002),
+                    reference_id: *b"GPS\0",
+                    reference_time: now,
+                    origin: req.transmit,
+                    receive: now,
+                    transmit: now,
+                };
+                let _ = sock.send_to(&reply.to_bytes(), peer);
+            }
+        });
+        Self {
+            port,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn query(s: &Ntsd) -> NtpHeader {
+    let sock = udp_client(s.ntp_port);
+    let req = NtpHeader::client_request(ntsd::clock::now_ntp()).to_bytes();
+    let reply = exchange(&sock, &req).expect("reply");
+    NtpHeader::decode(&mut Reader::new(&reply)).unwrap()
+}
+
+/// Polls the server until `pred` holds; returns the header and the wait.
+fn wait_for(s: &Ntsd, what: &str, pred: impl Fn(&NtpHeader) -> bool) -> (NtpHeader, Duration) {
+    let start = Instant::now();
+    loop {
+        let h = query(s);
+        if pred(&h) {
+            return (h, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}: {h:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn upstream_transitions() {
+    let up = FakeUpstream::start();
+    // The common config uses source = "local"; this replaces the [time] table.
+    let dir = common::pki_dir();
+    let cfg = common::write_config(dir.path(), "ntsd.toml", "auto", "")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[time]\nsource = \"local\"\nstratum = 1\nrefid = \"TEST\"",
+        &format!(
+            "[time]\nsource = \"upstream\"\nupstream = \"127.0.0.1:{}\"\nhold_time = \"2s\"",
+            up.port
+        ),
+    );
+    assert!(text.contains("upstream = "));
+    std::fs::write(&cfg, text).unwrap();
+    let s = Ntsd::spawn(dir.path().to_owned(), std::path::Path::new(&cfg));
+
+    // Synchronised: stratum + 1, refid = the upstream's address, its root
+    // delay and dispersion plus ours.
+    let (h, _) = wait_for(&s, "synchronised", |h| h.leap == Leap::NoWarning);
+    assert_eq!(h.stratum, 2);
+    assert_eq!(h.reference_id, [127, 0, 0, 1]);
+    assert!(
+        h.root_delay.seconds() >= 0.010 && h.root_delay.seconds() < 0.02,
+        "{h:?}"
+    );
+    assert!(h.root_dispersion.seconds() >= 0.002, "{h:?}");
+
+    // Unsynchronised upstream: held for hold_time, then leap 3.
+    up.set(UNSYNCED);
+    let (h, waited) = wait_for(&s, "alarm after unsynchronised upstream", |h| {
+        h.leap == Leap::Unsynchronized
+    });
+    assert!(
+        waited >= Duration::from_millis(800),
+        "alarm after only {waited:?}"
+    );
+    assert_eq!(h.stratum, 16);
+    assert_eq!(s.wait_metric("ntsd_time_unsynchronised_total", 1), 1);
+    assert!(s.metric("ntsd_time_upstream_polls_total{result=\"unsynchronised\"}") >= 1);
+
+    // Recovery.
+    up.set(SYNCED);
+    let (h, _) = wait_for(&s, "recovery", |h| h.leap == Leap::NoWarning);
+    assert_eq!(h.stratum, 2);
+
+    // Silent upstream: the same after the hold time.
+    up.set(SILENT);
+    let (_, waited) = wait_for(&s, "alarm after silent upstream", |h| {
+        h.leap == Leap::Unsynchronized
+    });
+    assert!(
+        waited >= Duration::from_millis(800),
+        "alarm after only {waited:?}"
+    );
+    assert_eq!(s.wait_metric("ntsd_time_unsynchronised_total", 2), 2);
+    assert!(s.metric("ntsd_time_upstream_polls_total{result=\"silent\"}") >= 1);
+    up.set(SYNCED);
+    wait_for(&s, "second recovery", |h| {
+        h.leap == Leap::NoWarning && h.stratum == 2
+    });
+    assert!(s.terminate().success());
+}
