@@ -72,7 +72,26 @@ impl Slot {
         opcode::RecvMsg::new(types::Fd(self.fd), &mut self.recv_msg).build()
     }
 
-    fn arm_send(&mut self, len: usize) -> io_uring::squeue::Entry {
+    /// Sends the reply at once with sendmsg(2); `false` if the socket buffer
+    /// is full (then the send goes through the ring). Sending directly keeps
+    /// the time between the transmit timestamp and the wire as short as with
+    /// the portable back end; through the ring it measured ~3 µs longer on
+    /// loopback, which showed as a negative offset bias in chrony's samples.
+    fn send_now(&mut self, len: usize) -> Result<bool, i32> {
+        self.prepare_send(len);
+        // SAFETY: send_msg points at this slot's reply buffer and address,
+        // both valid for the duration of the call.
+        let r = unsafe { libc::sendmsg(self.fd, &self.send_msg, libc::MSG_DONTWAIT) };
+        if r >= 0 {
+            return Ok(true);
+        }
+        match super::sys::errno() {
+            libc::EAGAIN => Ok(false),
+            e => Err(e),
+        }
+    }
+
+    fn prepare_send(&mut self, len: usize) {
         self.send_iov = libc::iovec {
             iov_base: self.reply.as_mut_ptr().cast(),
             iov_len: len,
@@ -84,6 +103,10 @@ impl Slot {
         self.send_msg.msg_control = std::ptr::null_mut();
         self.send_msg.msg_controllen = 0;
         self.send_msg.msg_flags = 0;
+    }
+
+    fn arm_send(&mut self, len: usize) -> io_uring::squeue::Entry {
+        self.prepare_send(len);
         opcode::SendMsg::new(types::Fd(self.fd), &self.send_msg).build()
     }
 }
@@ -159,7 +182,15 @@ pub fn run(mut worker: Worker, sockets: Vec<UdpSocket>) {
                 None
             };
             if !cancelled {
-                let sqe = match next {
+                let queued_send = match next.map(|len| (len, slot.send_now(len))) {
+                    Some((len, Ok(false))) => Some(len),
+                    Some((_, Err(_))) => {
+                        worker.count(NtpEvent::SendError);
+                        None
+                    }
+                    Some((_, Ok(true))) | None => None,
+                };
+                let sqe = match queued_send {
                     Some(len) => slot.arm_send(len).user_data(OP_SEND | (data & SLOT_MASK)),
                     None => slot.arm_recv().user_data(OP_RECV | (data & SLOT_MASK)),
                 };
