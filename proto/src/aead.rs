@@ -122,22 +122,22 @@ impl AeadKey {
         headers: &[&[u8]],
         buf: &mut [u8],
     ) -> Result<(), AeadError> {
-        if buf.len() < TAG_LEN {
-            return Err(AeadError);
-        }
-        let (tag_out, text) = buf.split_at_mut(TAG_LEN);
+        self.sealer()?.seal_with_headers(headers, buf)
+    }
+
+    /// The expanded cipher state, so that a caller can do the key setup
+    /// before a time-critical seal (the server expands the reply key before
+    /// reading the transmit timestamp).
+    pub fn sealer(&self) -> Result<Sealer, AeadError> {
         let key = self.as_bytes();
-        let tag = match self.algorithm {
-            AeadAlgorithm::AesSivCmac256 => Aes128Siv::new_from_slice(key)
-                .map_err(|_| AeadError)?
-                .encrypt_in_place_detached(headers, text),
-            AeadAlgorithm::AesSivCmac512 => Aes256Siv::new_from_slice(key)
-                .map_err(|_| AeadError)?
-                .encrypt_in_place_detached(headers, text),
-        }
-        .map_err(|_| AeadError)?;
-        tag_out.copy_from_slice(tag.as_slice());
-        Ok(())
+        Ok(match self.algorithm {
+            AeadAlgorithm::AesSivCmac256 => {
+                Sealer::Siv128(Aes128Siv::new_from_slice(key).map_err(|_| AeadError)?)
+            }
+            AeadAlgorithm::AesSivCmac512 => {
+                Sealer::Siv256(Aes256Siv::new_from_slice(key).map_err(|_| AeadError)?)
+            }
+        })
     }
 
     pub(crate) fn open_with_headers<'b>(
@@ -161,6 +161,39 @@ impl AeadKey {
         }
         .map_err(|_| AeadError)?;
         Ok(text)
+    }
+}
+
+/// An expanded AES-SIV key, ready to seal. Zeroed on drop by `aes-siv`.
+pub enum Sealer {
+    Siv128(Aes128Siv),
+    Siv256(Aes256Siv),
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer { .. }")
+    }
+}
+
+impl Sealer {
+    /// As [`AeadKey::seal`].
+    pub fn seal(&mut self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
+        self.seal_with_headers(&[ad, nonce], buf)
+    }
+
+    fn seal_with_headers(&mut self, headers: &[&[u8]], buf: &mut [u8]) -> Result<(), AeadError> {
+        if buf.len() < TAG_LEN {
+            return Err(AeadError);
+        }
+        let (tag_out, text) = buf.split_at_mut(TAG_LEN);
+        let tag = match self {
+            Sealer::Siv128(c) => c.encrypt_in_place_detached(headers, text),
+            Sealer::Siv256(c) => c.encrypt_in_place_detached(headers, text),
+        }
+        .map_err(|_| AeadError)?;
+        tag_out.copy_from_slice(tag.as_slice());
+        Ok(())
     }
 }
 

@@ -366,10 +366,11 @@ fn nts_reply<K: CookieKeys>(
             body.get_mut(clen..).unwrap_or_default().fill(0);
         }
     }
+    let mut sealer = keys.s2c.sealer().map_err(|_| BufferTooSmall)?;
     ad.get_mut(TRANSMIT_OFFSET..HEADER_LEN)
         .ok_or(BufferTooSmall)?
         .copy_from_slice(&transmit().0.to_be_bytes());
-    keys.s2c
+    sealer
         .seal(ad, &nonce, sealed)
         .map_err(|_| BufferTooSmall)?;
     Ok(total)
