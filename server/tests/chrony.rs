@@ -27,19 +27,14 @@ fn chronyd_query(s: &Ntsd) -> (bool, String) {
     );
     let certs = format!("ntstrustedcerts {}", s.ca().display());
     let start = Instant::now();
-    let out = Command::new(CHRONYD)
-        .args(["-Q", "-f", "/dev/null", "-u", "root", "-t", "5"])
-        .arg(&server)
-        .arg(&certs)
-        .output()
-        .expect("run chronyd");
-    assert!(start.elapsed() < Duration::from_secs(30));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let result = common::output(
+        Command::new(CHRONYD)
+            .args(["-Q", "-f", "/dev/null", "-u", "root", "-t", "5"])
+            .arg(&server)
+            .arg(&certs),
     );
-    (out.status.success(), text)
+    assert!(start.elapsed() < Duration::from_secs(30));
+    result
 }
 
 #[test]

@@ -51,29 +51,24 @@ fn mode(p: &Path) -> u32 {
 }
 
 fn keys_cli(action: &str, cfg: &Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["keys", action, "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::output(
+        Command::new(BIN)
+            .args(["keys", action, "--config"])
+            .arg(cfg),
+    )
+}
+
+/// A server persisting its keys in `dir/state`; returns the state dir and config.
+fn persisted(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let state = dir.join("state");
+    let tail = format!("[keys]\ndump_dir = \"{}\"\n", state.display());
+    (state, write_config(dir, "ntsd.toml", "auto", &tail))
 }
 
 #[test]
 fn cookies_survive_a_restart_and_files_stay_private() {
     let dir = pki_dir();
-    let state = dir.path().join("state");
-    let cfg = write_config(
-        dir.path(),
-        "ntsd.toml",
-        "auto",
-        &format!("[keys]\ndump_dir = \"{}\"\n", state.display()),
-    );
+    let (state, cfg) = persisted(dir.path());
     let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
     let (mut client, _) = client_of(&s);
     assert_eq!(
@@ -108,13 +103,7 @@ fn cookies_survive_a_restart_and_files_stay_private() {
 #[test]
 fn forced_rotation_through_the_cli() {
     let dir = pki_dir();
-    let state = dir.path().join("state");
-    let cfg = write_config(
-        dir.path(),
-        "ntsd.toml",
-        "auto",
-        &format!("[keys]\ndump_dir = \"{}\"\n", state.display()),
-    );
+    let (state, cfg) = persisted(dir.path());
     let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
     let (mut before, _) = client_of(&s);
     let file_before = std::fs::read(state.join("keys")).unwrap();
@@ -146,16 +135,10 @@ fn forced_rotation_through_the_cli() {
 #[test]
 fn a_damaged_key_file_is_moved_aside_and_replaced() {
     let dir = pki_dir();
-    let state = dir.path().join("state");
+    let (state, cfg) = persisted(dir.path());
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(state.join("keys"), b"not a key file").unwrap();
-    let cfg = write_config(
-        dir.path(),
-        "ntsd.toml",
-        "auto",
-        &format!("[keys]\ndump_dir = \"{}\"\n", state.display()),
-    );
     let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
     let aside: Vec<_> = std::fs::read_dir(&state)
         .unwrap()

@@ -360,15 +360,7 @@ fn memory_does_not_grow_with_distinct_clients() {
 
 /// Runs `ntsd SUBCOMMAND --config FILE`; returns success and stderr.
 fn with_config(subcommand: &str, config: &std::path::Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args([subcommand, "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::output(Command::new(BIN).args([subcommand, "--config"]).arg(config))
 }
 
 #[test]

@@ -309,6 +309,17 @@ pub fn exchange(sock: &std::net::UdpSocket, req: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Runs a command to completion; returns its success and stdout + stderr.
+pub fn output(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Returns `true` if the test should run; `false` (skip) only outside CI.
 pub fn require(what: &str, present: bool) -> bool {
     if present {
