@@ -178,7 +178,7 @@ pub fn run(mut worker: Worker, sockets: Vec<UdpSocket>) {
             let next = if cancelled {
                 None
             } else if op == OP_RECV {
-                on_receive(&mut worker, slot, cqe.result(), cqe.flags())
+                on_receive(&mut worker, slot, cqe.result())
             } else {
                 if cqe.result() < 0 {
                     worker.count(NtpEvent::SendError);
@@ -186,22 +186,16 @@ pub fn run(mut worker: Worker, sockets: Vec<UdpSocket>) {
                 None
             };
             if !cancelled {
-                let queued_send = match next.map(|len| {
-                    (
-                        len,
-                        if direct {
-                            slot.send_now(len)
-                        } else {
-                            Ok(false)
-                        },
-                    )
-                }) {
-                    Some((len, Ok(false))) => Some(len),
-                    Some((_, Err(_))) => {
-                        worker.count(NtpEvent::SendError);
-                        None
-                    }
-                    Some((_, Ok(true))) | None => None,
+                let queued_send = match next {
+                    Some(len) if direct => match slot.send_now(len) {
+                        Ok(true) => None,
+                        Ok(false) => Some(len),
+                        Err(_) => {
+                            worker.count(NtpEvent::SendError);
+                            None
+                        }
+                    },
+                    other => other,
                 };
                 let sqe = match queued_send {
                     Some(len) => slot.arm_send(len).user_data(OP_SEND | (data & SLOT_MASK)),
@@ -223,7 +217,7 @@ pub fn run(mut worker: Worker, sockets: Vec<UdpSocket>) {
 }
 
 /// Handles a finished receive; returns the reply length to send, if any.
-fn on_receive(worker: &mut Worker, slot: &mut Slot, result: i32, _flags: u32) -> Option<usize> {
+fn on_receive(worker: &mut Worker, slot: &mut Slot, result: i32) -> Option<usize> {
     if result < 0 {
         worker.count(NtpEvent::ReceiveError);
         return None;
