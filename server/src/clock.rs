@@ -51,6 +51,19 @@ pub fn is_last_day_of_month(secs: u64) -> bool {
     civil(secs.saturating_add(86_400)).2 == 1
 }
 
+/// A leap-second warning as it should be served at `unix_now`: insert or
+/// delete only on the last day of a month, no warning on other days; any
+/// other indicator (no warning, unsynchronised) unchanged.
+pub fn leap_warning_today(leap: nts_proto::Leap, unix_now: u64) -> nts_proto::Leap {
+    use nts_proto::Leap;
+    match leap {
+        Leap::InsertSecond | Leap::DeleteSecond if !is_last_day_of_month(unix_now) => {
+            Leap::NoWarning
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +82,22 @@ mod tests {
         assert!(is_last_day_of_month(1_435_622_400));
         assert!(!is_last_day_of_month(1_483_056_000)); // 2016-12-30
         assert!(is_last_day_of_month(951_782_400)); // 2000-02-29
+    }
+
+    #[test]
+    fn leap_warnings_only_on_their_day() {
+        use nts_proto::Leap;
+        assert_eq!(
+            leap_warning_today(Leap::InsertSecond, 1_483_142_400),
+            Leap::InsertSecond
+        );
+        assert_eq!(
+            leap_warning_today(Leap::DeleteSecond, 1_483_056_000),
+            Leap::NoWarning
+        );
+        assert_eq!(
+            leap_warning_today(Leap::Unsynchronized, 1_483_056_000),
+            Leap::Unsynchronized
+        );
     }
 }

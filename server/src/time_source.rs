@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use nts_proto::{Leap, NtpShort, SystemInfo};
 
-use crate::clock::{is_last_day_of_month, now_ntp, unix_secs};
+use crate::clock::{leap_warning_today, now_ntp, unix_secs};
 use crate::config::{TimeConfig, TimeSource};
 use crate::upstream::{self, PollFailure};
 
@@ -161,16 +161,9 @@ impl TimeState {
             (_, Some((_, tracker))) => tracker.system_info(Instant::now(), unix_secs()),
             (TimeSource::Kernel, _) => match kernel::read() {
                 Some(k) => SystemInfo {
-                    leap: match k.leap {
-                        // The kernel flag is set by the disciplining daemon
-                        // for the day of the leap; pass it on that day only.
-                        Leap::InsertSecond | Leap::DeleteSecond
-                            if !is_last_day_of_month(unix_secs()) =>
-                        {
-                            Leap::NoWarning
-                        }
-                        l => l,
-                    },
+                    // The disciplining daemon sets the kernel flag for the
+                    // day of the leap; pass it on that day only.
+                    leap: leap_warning_today(k.leap, unix_secs()),
                     root_dispersion: NtpShort::from_seconds(k.max_error_us as f64 / 1e6),
                     ..base
                 },

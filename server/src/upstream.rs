@@ -141,14 +141,8 @@ impl Tracker {
             };
         };
         let age = now.saturating_duration_since(at).as_secs_f64();
-        let leap = match s.leap {
-            Leap::InsertSecond | Leap::DeleteSecond
-                if crate::clock::is_last_day_of_month(unix_now) =>
-            {
-                s.leap
-            }
-            _ => Leap::NoWarning,
-        };
+        // Samples with leap 3 were rejected by `evaluate`.
+        let leap = crate::clock::leap_warning_today(s.leap, unix_now);
         SystemInfo {
             leap,
             stratum: s.stratum.saturating_add(1).min(15),

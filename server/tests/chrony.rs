@@ -19,6 +19,12 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the chrony tests can run: chronyd installed and running as root
+/// (both required in CI, see `require`).
+fn chrony_usable() -> bool {
+    require("chronyd", std::path::Path::new(CHRONYD).exists()) && require("root", is_root())
+}
+
 /// Runs `chronyd -Q` once against the server; returns its combined output.
 fn chronyd_query(s: &Ntsd) -> (bool, String) {
     let server = format!(
@@ -39,7 +45,7 @@ fn chronyd_query(s: &Ntsd) -> (bool, String) {
 
 #[test]
 fn chrony_obtains_an_authenticated_sample() {
-    if !require("chronyd", std::path::Path::new(CHRONYD).exists()) || !require("root", is_root()) {
+    if !chrony_usable() {
         return;
     }
     for backend in ["io-uring", "portable"] {
@@ -83,7 +89,7 @@ impl Drop for Chronyd {
 
 #[test]
 fn ntsd_query_succeeds_against_a_chrony_nts_server() {
-    if !require("chronyd", std::path::Path::new(CHRONYD).exists()) || !require("root", is_root()) {
+    if !chrony_usable() {
         return;
     }
     let dir = common::pki_dir();
@@ -138,7 +144,7 @@ fn ntsd_query_succeeds_against_a_chrony_nts_server() {
 /// NTS-KE and without a NAK.
 #[test]
 fn chrony_keeps_synchronising_across_a_server_restart() {
-    if !require("chronyd", std::path::Path::new(CHRONYD).exists()) || !require("root", is_root()) {
+    if !chrony_usable() {
         return;
     }
     let dir = common::pki_dir();
