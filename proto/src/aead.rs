@@ -5,8 +5,8 @@
 //! nonce-based use. The output of sealing is the 16-byte SIV tag followed by
 //! the ciphertext, which is what NTS carries on the wire.
 
-use aes_siv::siv::{Aes128Siv, Aes256Siv};
-use aes_siv::KeyInit;
+use crate::siv::Siv;
+use aes::{Aes128Enc, Aes256Enc};
 
 /// Length of the SIV tag that prefixes every ciphertext.
 pub const TAG_LEN: usize = 16;
@@ -103,7 +103,7 @@ impl AeadKey {
     /// Encrypts `buf[TAG_LEN..]` in place and writes the SIV tag into
     /// `buf[..TAG_LEN]`.
     pub fn seal(&self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
-        self.seal_with_headers(&[ad, nonce], buf)
+        self.cipher()?.seal(ad, nonce, buf)
     }
 
     /// Authenticates and decrypts `buf` (tag then ciphertext) in place and
@@ -114,33 +114,74 @@ impl AeadKey {
         nonce: &[u8],
         buf: &'b mut [u8],
     ) -> Result<&'b mut [u8], AeadError> {
+        self.cipher()?.open(ad, nonce, buf)
+    }
+
+    /// The expanded key, for a caller that seals or opens more than once
+    /// with it, or that wants the key setup done before a time-critical
+    /// seal (the server expands the reply key before it reads the transmit
+    /// timestamp).
+    pub fn cipher(&self) -> Result<Cipher, AeadError> {
+        let key = self.as_bytes();
+        match self.algorithm {
+            AeadAlgorithm::AesSivCmac256 => Siv::new(key).map(Expanded::Siv128),
+            AeadAlgorithm::AesSivCmac512 => Siv::new(key).map(Expanded::Siv256),
+        }
+        .map(Cipher)
+        .ok_or(AeadError)
+    }
+}
+
+/// An AES-SIV key with its key schedule expanded, ready to seal and open
+/// any number of times. Key material is zeroed on drop.
+// Lives inline (on the stack for one reply, inside each cookie master key);
+// boxing the larger variant would put a heap allocation on the hot path.
+#[derive(Clone)]
+pub struct Cipher(Expanded);
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Expanded {
+    Siv128(Siv<Aes128Enc>),
+    Siv256(Siv<Aes256Enc>),
+}
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cipher { .. }")
+    }
+}
+
+impl Cipher {
+    /// As [`AeadKey::seal`].
+    pub fn seal(&self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
+        self.seal_with_headers(&[ad, nonce], buf)
+    }
+
+    /// As [`AeadKey::open`].
+    pub fn open<'b>(
+        &self,
+        ad: &[u8],
+        nonce: &[u8],
+        buf: &'b mut [u8],
+    ) -> Result<&'b mut [u8], AeadError> {
         self.open_with_headers(&[ad, nonce], buf)
     }
 
-    pub(crate) fn seal_with_headers(
-        &self,
-        headers: &[&[u8]],
-        buf: &mut [u8],
-    ) -> Result<(), AeadError> {
-        self.sealer()?.seal_with_headers(headers, buf)
+    fn seal_with_headers(&self, headers: &[&[u8]], buf: &mut [u8]) -> Result<(), AeadError> {
+        if buf.len() < TAG_LEN {
+            return Err(AeadError);
+        }
+        let (tag_out, text) = buf.split_at_mut(TAG_LEN);
+        let tag = match &self.0 {
+            Expanded::Siv128(c) => c.seal(headers, text),
+            Expanded::Siv256(c) => c.seal(headers, text),
+        };
+        tag_out.copy_from_slice(&tag);
+        Ok(())
     }
 
-    /// The expanded cipher state, so that a caller can do the key setup
-    /// before a time-critical seal (the server expands the reply key before
-    /// reading the transmit timestamp).
-    pub fn sealer(&self) -> Result<Sealer, AeadError> {
-        let key = self.as_bytes();
-        Ok(match self.algorithm {
-            AeadAlgorithm::AesSivCmac256 => {
-                Sealer::Siv128(Aes128Siv::new_from_slice(key).map_err(|_| AeadError)?)
-            }
-            AeadAlgorithm::AesSivCmac512 => {
-                Sealer::Siv256(Aes256Siv::new_from_slice(key).map_err(|_| AeadError)?)
-            }
-        })
-    }
-
-    pub(crate) fn open_with_headers<'b>(
+    fn open_with_headers<'b>(
         &self,
         headers: &[&[u8]],
         buf: &'b mut [u8],
@@ -149,54 +190,17 @@ impl AeadKey {
             return Err(AeadError);
         }
         let (tag, text) = buf.split_at_mut(TAG_LEN);
-        let tag = aes_siv::Tag::clone_from_slice(tag);
-        let key = self.as_bytes();
-        match self.algorithm {
-            AeadAlgorithm::AesSivCmac256 => Aes128Siv::new_from_slice(key)
-                .map_err(|_| AeadError)?
-                .decrypt_in_place_detached(headers, text, &tag),
-            AeadAlgorithm::AesSivCmac512 => Aes256Siv::new_from_slice(key)
-                .map_err(|_| AeadError)?
-                .decrypt_in_place_detached(headers, text, &tag),
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        let ok = match &self.0 {
+            Expanded::Siv128(c) => c.open(headers, text, &t),
+            Expanded::Siv256(c) => c.open(headers, text, &t),
+        };
+        if ok {
+            Ok(text)
+        } else {
+            Err(AeadError)
         }
-        .map_err(|_| AeadError)?;
-        Ok(text)
-    }
-}
-
-/// An expanded AES-SIV key, ready to seal. Zeroed on drop by `aes-siv`.
-// Lives on the stack for one reply; boxing the larger variant would put a
-// heap allocation on the hot path.
-#[allow(clippy::large_enum_variant)]
-pub enum Sealer {
-    Siv128(Aes128Siv),
-    Siv256(Aes256Siv),
-}
-
-impl std::fmt::Debug for Sealer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sealer { .. }")
-    }
-}
-
-impl Sealer {
-    /// As [`AeadKey::seal`].
-    pub fn seal(&mut self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
-        self.seal_with_headers(&[ad, nonce], buf)
-    }
-
-    fn seal_with_headers(&mut self, headers: &[&[u8]], buf: &mut [u8]) -> Result<(), AeadError> {
-        if buf.len() < TAG_LEN {
-            return Err(AeadError);
-        }
-        let (tag_out, text) = buf.split_at_mut(TAG_LEN);
-        let tag = match self {
-            Sealer::Siv128(c) => c.encrypt_in_place_detached(headers, text),
-            Sealer::Siv256(c) => c.encrypt_in_place_detached(headers, text),
-        }
-        .map_err(|_| AeadError)?;
-        tag_out.copy_from_slice(tag.as_slice());
-        Ok(())
     }
 }
 
@@ -221,9 +225,10 @@ mod tests {
         let expected = unhex("85632d07 c6e8f37f 950acd32 0a2ecc93 40c02b96 90c4dc04 daef7f6a fe5c");
         let mut buf = vec![0u8; TAG_LEN];
         buf.extend_from_slice(&pt);
-        key.seal_with_headers(&[&ad], &mut buf).expect("seal");
+        let cipher = key.cipher().expect("cipher");
+        cipher.seal_with_headers(&[&ad], &mut buf).expect("seal");
         assert_eq!(buf, expected);
-        let opened = key.open_with_headers(&[&ad], &mut buf).expect("open");
+        let opened = cipher.open_with_headers(&[&ad], &mut buf).expect("open");
         assert_eq!(opened, pt.as_slice());
     }
 
@@ -248,7 +253,9 @@ mod tests {
         );
         let mut buf = vec![0u8; TAG_LEN];
         buf.extend_from_slice(&pt);
-        key.seal_with_headers(&[&ad1, &ad2, &nonce], &mut buf)
+        key.cipher()
+            .expect("cipher")
+            .seal_with_headers(&[&ad1, &ad2, &nonce], &mut buf)
             .expect("seal");
         assert_eq!(buf, expected);
     }

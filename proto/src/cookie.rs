@@ -13,7 +13,7 @@
 //! bytes, a multiple of 4 and below chrony's 104-byte limit, and makes every
 //! cookie of one AEAD the same length whatever the master key.
 
-use crate::aead::{AeadAlgorithm, AeadKey, TAG_LEN};
+use crate::aead::{AeadAlgorithm, AeadKey, Cipher, TAG_LEN};
 use crate::reader::Reader;
 
 pub const COOKIE_NONCE_LEN: usize = 16;
@@ -31,23 +31,39 @@ pub const fn cookie_len(algorithm: AeadAlgorithm) -> usize {
     KEY_ID_LEN + COOKIE_NONCE_LEN + TAG_LEN + 2 * key_len
 }
 
-/// A 256-bit master key that seals cookies. `Debug` is redacted.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct MasterKey(AeadKey);
+/// A 256-bit master key that seals cookies, kept with its AES-SIV key
+/// schedule expanded so that no packet pays for the expansion. `Debug` is
+/// redacted.
+#[derive(Clone, Debug)]
+pub struct MasterKey {
+    key: AeadKey,
+    cipher: Cipher,
+}
+
+impl PartialEq for MasterKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for MasterKey {}
 
 impl MasterKey {
     pub const LEN: usize = MASTER_KEY_LEN;
 
     pub fn from_bytes(bytes: &[u8; MASTER_KEY_LEN]) -> Self {
         // 32 bytes is exactly the AES-SIV-CMAC-256 key length, so this cannot fail.
-        match AeadKey::new(AeadAlgorithm::AesSivCmac256, bytes) {
-            Some(k) => Self(k),
-            None => unreachable_key(),
-        }
+        let Some(key) = AeadKey::new(AeadAlgorithm::AesSivCmac256, bytes) else {
+            unreachable_key()
+        };
+        let Ok(cipher) = key.cipher() else {
+            unreachable_key()
+        };
+        Self { key, cipher }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.key.as_bytes()
     }
 }
 
@@ -120,7 +136,7 @@ pub fn seal_cookie(
     c2s_out.copy_from_slice(keys.c2s.as_bytes());
     s2c_out.copy_from_slice(keys.s2c.as_bytes());
     master
-        .0
+        .cipher
         .seal(&id, nonce, sealed)
         .map_err(|_| CookieError::BufferTooSmall)?;
     Ok(len)
@@ -155,7 +171,7 @@ pub fn open_cookie(
         .ok_or(CookieError::BufferTooSmall)?;
     let opened = masters.iter().any(|master| {
         buf.copy_from_slice(sealed);
-        master.0.open(&id_bytes, nonce, buf).is_ok()
+        master.cipher.open(&id_bytes, nonce, buf).is_ok()
     });
     if !opened {
         return Err(CookieError::BadTag);

@@ -28,6 +28,7 @@ pub mod ke;
 pub mod packet;
 pub mod reader;
 pub mod server;
+mod siv;
 pub mod time;
 
 pub use aead::{AeadAlgorithm, AeadKey};

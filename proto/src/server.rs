@@ -366,7 +366,7 @@ fn nts_reply<K: CookieKeys>(
             body.get_mut(clen..).unwrap_or_default().fill(0);
         }
     }
-    let mut sealer = keys.s2c.sealer().map_err(|_| BufferTooSmall)?;
+    let sealer = keys.s2c.cipher().map_err(|_| BufferTooSmall)?;
     ad.get_mut(TRANSMIT_OFFSET..HEADER_LEN)
         .ok_or(BufferTooSmall)?
         .copy_from_slice(&transmit().0.to_be_bytes());
