@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use keyrotate::RotatingKeys;
-use nts_proto::{Action, NtpTimestamp, Server};
+use nts_proto::{Action, NtpTimestamp, ReplyKind, Server};
 
 use crate::clock::now_ntp;
 use crate::config::{Backend, NtpConfig};
@@ -38,6 +38,46 @@ pub struct Worker {
     counters: Arc<NtpCounters>,
     rng: WorkerRng,
     stop: Arc<AtomicBool>,
+    seal_delay: SealDelay,
+}
+
+/// How long the seal of an NTS reply takes after its transmit timestamp is
+/// read, learned per worker and per request size. The authenticator covers
+/// the transmit timestamp, so it must be read before the seal; adding the
+/// expected seal time makes it name the moment the finished reply goes to
+/// the kernel, as chrony does for its symmetric-key replies. Without it, an
+/// NTS client sees the server's clock late by half the seal time.
+#[derive(Debug, Default)]
+struct SealDelay {
+    /// Exponential averages in NTP timestamp units (2^-32 s).
+    estimate: [u64; SealDelay::BUCKETS],
+}
+
+impl SealDelay {
+    const BUCKETS: usize = MAX_PACKET / 128;
+    /// Longer samples are preemptions or page faults, not seal time.
+    const MAX_SAMPLE: u64 = (1 << 32) / 20_000; // 50 µs
+
+    fn bucket(request_len: usize) -> usize {
+        (request_len / 128).min(Self::BUCKETS - 1)
+    }
+
+    fn get(&self, bucket: usize) -> u64 {
+        self.estimate.get(bucket).copied().unwrap_or(0)
+    }
+
+    fn learn(&mut self, bucket: usize, sample: u64) {
+        if sample > Self::MAX_SAMPLE {
+            return;
+        }
+        if let Some(e) = self.estimate.get_mut(bucket) {
+            *e = if *e == 0 {
+                sample
+            } else {
+                (*e * 7 + sample) / 8
+            };
+        }
+    }
 }
 
 impl Worker {
@@ -63,7 +103,22 @@ impl Worker {
             keys: &**ring,
             system: &system,
         };
-        let action = server.handle_timed(received, now_ntp, request, reply, &mut self.rng);
+        let bucket = SealDelay::bucket(request.len());
+        let ahead = self.seal_delay.get(bucket);
+        let mut read_at = NtpTimestamp(0);
+        let transmit = || {
+            read_at = now_ntp();
+            NtpTimestamp(read_at.0.wrapping_add(ahead))
+        };
+        let action = server.handle_timed(received, transmit, request, reply, &mut self.rng);
+        if let Action::Reply {
+            kind: ReplyKind::Nts,
+            ..
+        } = action
+        {
+            let sealed = now_ntp().0.wrapping_sub(read_at.0);
+            self.seal_delay.learn(bucket, sealed);
+        }
         self.counters.add(NtpEvent::of(&action));
         match action {
             Action::Reply { len, .. } => Some(len),
@@ -183,6 +238,7 @@ pub fn start(
                 counters: c.clone(),
                 rng: WorkerRng::new().map_err(|_| "system random number generator failed")?,
                 stop: stop.clone(),
+                seal_delay: SealDelay::default(),
             })
         };
         match backend {
@@ -289,5 +345,34 @@ pub(crate) mod sys {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SealDelay;
+
+    const US: u64 = (1 << 32) / 1_000_000;
+
+    #[test]
+    fn seal_delay_learns_per_size_and_ignores_preemption() {
+        let mut d = SealDelay::default();
+        let small = SealDelay::bucket(228);
+        let large = SealDelay::bucket(1100);
+        assert_ne!(small, large);
+        assert_eq!(SealDelay::bucket(100_000), SealDelay::BUCKETS - 1);
+        assert_eq!(d.get(small), 0, "nothing is added before a seal was timed");
+        d.learn(small, US);
+        assert_eq!(d.get(small), US, "the first sample is taken as it is");
+        for _ in 0..100 {
+            d.learn(small, 2 * US);
+        }
+        assert!(d.get(small).abs_diff(2 * US) < US / 100, "converges");
+        d.learn(small, 1000 * US);
+        assert!(
+            d.get(small).abs_diff(2 * US) < US / 100,
+            "a preempted seal is ignored"
+        );
+        assert_eq!(d.get(large), 0, "other sizes are learned on their own");
     }
 }
