@@ -69,6 +69,9 @@ pub fn key_exchange(
     let addr = resolve(host, port)?;
     let tcp = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("NTS-KE connect to {addr}: {e}"))?;
+    // The TLS Finished and the NTS-KE request are two small writes; with
+    // Nagle's algorithm the second waits for the server's delayed ACK (~40 ms).
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(timeout))
