@@ -1,18 +1,27 @@
 //! The generator against an in-process responder running the real protocol
-//! core: every reply verifies, NAKs and silence are counted as such.
+//! core (every reply verifies, NAKs and silence are counted as such), and
+//! the `ntsd-bench` binary against its own reflector and against ntsd
+//! (`ntsd-bench ntsd-demo`, the `ntsd demo` server), parsing the RESULT
+//! line. Every process a test starts is killed when the test ends, also
+//! when it fails.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nts_proto::client::NtsClient;
 use nts_proto::cookie::{seal_cookie, CookieKeys, MasterKey};
 use nts_proto::{
     Action, AeadAlgorithm, AeadKey, NtpTimestamp, Random, Server, SessionKeys, SystemInfo,
 };
-use ntsd_bench::{flood, FloodConfig};
+use ntsd_bench::{flood, FloodConfig, Session};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ntsd-bench");
 
 struct Ring(MasterKey);
 
@@ -71,7 +80,7 @@ fn responder(stop: Arc<AtomicBool>, master: [u8; 32]) -> (u16, std::thread::Join
     (port, handle)
 }
 
-fn sessions(count: usize, master: [u8; 32]) -> Vec<NtsClient> {
+fn sessions(count: usize, master: [u8; 32]) -> Vec<Session> {
     let master = MasterKey::from_bytes(&master);
     (0..count)
         .map(|i| {
@@ -80,14 +89,14 @@ fn sessions(count: usize, master: [u8; 32]) -> Vec<NtsClient> {
                 c2s: AeadKey::new(alg, &[i as u8; 32]).unwrap(),
                 s2c: AeadKey::new(alg, &[i as u8 ^ 0xff; 32]).unwrap(),
             };
-            let cookies = (0..8)
+            let cookies: Vec<Vec<u8>> = (0..8)
                 .map(|j| {
                     let mut c = vec![0u8; 100];
                     seal_cookie(1, &master, &[j; 16], &keys, &mut c).unwrap();
                     c
                 })
                 .collect();
-            NtsClient::new(keys, cookies)
+            Session::new(keys, &cookies).unwrap()
         })
         .collect()
 }
@@ -95,20 +104,18 @@ fn sessions(count: usize, master: [u8; 32]) -> Vec<NtsClient> {
 fn run(master_server: [u8; 32], master_client: [u8; 32], nts: bool) -> ntsd_bench::FloodReport {
     let stop = Arc::new(AtomicBool::new(false));
     let (port, handle) = responder(stop.clone(), master_server);
-    let cfg = FloodConfig {
-        target: ([127, 0, 0, 1], port).into(),
-        window: 4,
-        duration: Duration::from_millis(500),
-    };
-    let mut s = if nts {
+    let mut cfg = FloodConfig::new(([127, 0, 0, 1], port).into(), 4, Duration::from_millis(500));
+    cfg.threads = 2;
+    cfg.sockets = 2;
+    let s = if nts {
         sessions(4, master_client)
     } else {
         Vec::new()
     };
-    let report = flood(&cfg, &mut s).unwrap();
+    let report = flood(&cfg, s);
     stop.store(true, Ordering::Relaxed);
     handle.join().unwrap();
-    report
+    report.unwrap()
 }
 
 #[test]
@@ -116,7 +123,10 @@ fn nts_flood_verifies_every_reply_and_reuses_new_cookies() {
     let r = run([5; 32], [5; 32], true);
     // Far more replies than the 32 initial cookies: new cookies were used.
     assert!(r.valid > 100, "{r:?}");
-    assert_eq!((r.invalid, r.naks, r.lost), (0, 0, 0));
+    assert_eq!(
+        (r.invalid, r.naks, r.lost, r.late, r.errors),
+        (0, 0, 0, 0, 0)
+    );
     assert_eq!(r.sent, r.valid);
     assert!(r.percentile_us(0.5) > 0);
 }
@@ -133,4 +143,247 @@ fn cookies_under_an_unknown_key_are_counted_as_naks() {
     let r = run([5; 32], [6; 32], true);
     assert_eq!(r.valid, 0);
     assert_eq!(r.naks, 32, "{r:?}");
+}
+
+#[test]
+fn silence_is_counted_lost_within_the_timeout() {
+    // A bound socket that never answers.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut cfg = FloodConfig::new(sink.local_addr().unwrap(), 3, Duration::from_millis(100));
+    cfg.sockets = 1;
+    let t0 = Instant::now();
+    let r = flood(&cfg, Vec::new()).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert_eq!((r.sent, r.lost, r.valid), (3, 3, 0), "{r:?}");
+}
+
+/// A child process killed (and reaped) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ntsd-bench args`, returns it and its stdout lines as they come.
+fn start(args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Proc(child), rx)
+}
+
+/// Lines until one contains `marker` (panics after 10 s).
+fn wait_for(rx: &mpsc::Receiver<String>, marker: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let done = l.contains(marker);
+                lines.push(l);
+                if done {
+                    return lines;
+                }
+            }
+            Err(_) => panic!("no {marker:?} within 10 s; got {lines:?}"),
+        }
+    }
+}
+
+/// Runs `ntsd-bench args` to completion (killed after 20 s); returns the
+/// exit success and the RESULT line's pairs.
+fn bench(args: &[&str]) -> (bool, HashMap<String, String>) {
+    let (mut p, rx) = start(args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ntsd-bench {args:?} ran over 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<String> = rx.iter().collect();
+    let last = lines.last().cloned().unwrap_or_default();
+    let kv = ntsd_bench::report::parse(&last)
+        .unwrap_or_else(|| panic!("last line is no RESULT line: {lines:?}"));
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("RESULT ")).count(),
+        1,
+        "{lines:?}"
+    );
+    let kv = kv
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (status.success(), kv)
+}
+
+fn num(kv: &HashMap<String, String>, key: &str) -> f64 {
+    kv.get(key)
+        .unwrap_or_else(|| panic!("no {key} in {kv:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {kv:?}"))
+}
+
+/// `ntsd-bench ntsd-demo`: returns it, the NTS-KE target and the CA path.
+fn ntsd_demo() -> (Proc, String, String) {
+    let (p, rx) = start(&["ntsd-demo"]);
+    let lines = wait_for(&rx, "Stop with");
+    let query = lines
+        .iter()
+        .find(|l| l.contains(" query localhost:"))
+        .unwrap();
+    let words: Vec<&str> = query.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "query").unwrap();
+    let ca = words.iter().position(|w| *w == "--ca").unwrap();
+    (p, words[at + 1].to_owned(), words[ca + 1].to_owned())
+}
+
+#[test]
+fn plain_flood_against_the_reflector_with_two_threads() {
+    let (echo, rx) = start(&["echo", "--listen", "127.0.0.1:0", "--threads", "2"]);
+    let line = wait_for(&rx, "echo listening on").pop().unwrap();
+    let addr = line.split_whitespace().nth(3).unwrap().to_owned();
+    let pid = echo.0.id().to_string();
+    let (ok, kv) = bench(&[
+        "flood",
+        &addr,
+        "--plain",
+        "--threads",
+        "2",
+        "--sockets",
+        "4",
+        "--seconds",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(ok, "{kv:?}");
+    assert_eq!(kv["kind"], "flood");
+    assert_eq!(kv["mode"], "plain");
+    assert_eq!(kv["threads"], "2");
+    assert!(num(&kv, "valid") > 100.0, "{kv:?}");
+    assert_eq!(
+        (num(&kv, "invalid"), num(&kv, "naks")),
+        (0.0, 0.0),
+        "{kv:?}"
+    );
+    assert!(num(&kv, "server_rss_peak_kb") > 0.0, "{kv:?}");
+    assert!(num(&kv, "server_cpu_us_per_reply") >= 0.0, "{kv:?}");
+    assert!(num(&kv, "p99_us") >= num(&kv, "p50_us"), "{kv:?}");
+    drop(echo);
+}
+
+#[test]
+fn paced_plain_flood_keeps_to_the_rate() {
+    let (echo, rx) = start(&["echo", "--listen", "127.0.0.1:0"]);
+    let line = wait_for(&rx, "echo listening on").pop().unwrap();
+    let addr = line.split_whitespace().nth(3).unwrap().to_owned();
+    let (ok, kv) = bench(&[
+        "flood",
+        &addr,
+        "--plain",
+        "--rate",
+        "2000",
+        "--seconds",
+        "1",
+        "--threads",
+        "2",
+    ]);
+    assert!(ok, "{kv:?}");
+    let sent = num(&kv, "sent");
+    assert!((1500.0..=2200.0).contains(&sent), "{kv:?}");
+    assert_eq!(num(&kv, "invalid"), 0.0, "{kv:?}");
+    drop(echo);
+}
+
+#[test]
+fn nts_flood_against_ntsd_with_two_threads() {
+    let (server, target, ca) = ntsd_demo();
+    let pid = server.0.id().to_string();
+    let (ok, kv) = bench(&[
+        "flood",
+        &target,
+        "--ca",
+        &ca,
+        "--threads",
+        "2",
+        "--sessions",
+        "4",
+        "--window",
+        "16",
+        "--seconds",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(ok, "{kv:?}");
+    assert_eq!(kv["mode"], "nts");
+    // More replies than the 32 cookies from NTS-KE: new cookies were used.
+    assert!(num(&kv, "valid") > 32.0, "{kv:?}");
+    for k in ["invalid", "naks", "lost", "errors"] {
+        assert_eq!(num(&kv, k), 0.0, "{k} in {kv:?}");
+    }
+    assert!(num(&kv, "server_cpu_pct") > 0.0, "{kv:?}");
+    assert!(num(&kv, "server_rss_peak_kb") > 0.0, "{kv:?}");
+    drop(server);
+}
+
+#[test]
+fn keflood_against_ntsd() {
+    let (server, target, ca) = ntsd_demo();
+    let pid = server.0.id().to_string();
+    let (ok, kv) = bench(&[
+        "keflood",
+        &target,
+        "--ca",
+        &ca,
+        "--concurrency",
+        "2",
+        "--seconds",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(ok, "{kv:?}");
+    assert_eq!(kv["kind"], "keflood");
+    assert!(num(&kv, "ok") > 0.0, "{kv:?}");
+    assert_eq!(num(&kv, "failed"), 0.0, "{kv:?}");
+    assert!(num(&kv, "server_handshakes_per_cpu_s") > 0.0, "{kv:?}");
+    assert!(num(&kv, "rate") > 0.0, "{kv:?}");
+    drop(server);
+}
+
+#[test]
+fn keflood_counts_refused_connections_by_reason() {
+    // A port nobody listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let (ok, kv) = bench(&["keflood", &target, "--concurrency", "1", "--seconds", "0.2"]);
+    assert!(!ok);
+    assert_eq!(num(&kv, "ok"), 0.0);
+    assert!(num(&kv, "fail_refused") > 0.0, "{kv:?}");
 }
