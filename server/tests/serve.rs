@@ -302,6 +302,66 @@ fn bad_ntp_input_is_dropped_or_nakked_and_service_continues() {
     }
 }
 
+/// A burst of more datagrams than the io_uring back end has receive buffers
+/// (256) and send slots (256) per worker: every datagram the server took in
+/// is answered once, with its own origin timestamp, and service goes on.
+#[test]
+fn bursts_beyond_the_receive_buffers_are_all_answered() {
+    const SOCKETS: u64 = 12;
+    const PER_SOCKET: u64 = 100;
+    for backend in ["io-uring", "portable"] {
+        let s = Ntsd::start(backend);
+        let socks: Vec<_> = (0..SOCKETS).map(|_| udp_client(s.ntp_port)).collect();
+        for (i, sock) in socks.iter().enumerate() {
+            for j in 0..PER_SOCKET {
+                let mut req = [0u8; 48];
+                req[0] = 0x23;
+                req[40..48].copy_from_slice(&(i as u64 * 1000 + j + 1).to_be_bytes());
+                sock.send(&req).unwrap();
+            }
+        }
+        // Replies come within microseconds each; let the last ones land.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut answered = 0u64;
+        for (i, sock) in socks.iter().enumerate() {
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = [0u8; 128];
+            while let Ok(n) = sock.recv(&mut buf) {
+                assert_eq!(n, 48, "{backend}: reply length");
+                let origin = u64::from_be_bytes(buf[24..32].try_into().unwrap());
+                let j = origin.wrapping_sub(i as u64 * 1000 + 1);
+                assert!(
+                    j < PER_SOCKET,
+                    "{backend}: reply to another socket's request"
+                );
+                assert!(seen.insert(j), "{backend}: request {j} answered twice");
+            }
+            answered += seen.len() as u64;
+        }
+        let received = s.metric("ntsd_ntp_requests_total");
+        eprintln!("{backend}: {answered} of {} answered", SOCKETS * PER_SOCKET);
+        assert!(
+            answered > 2 * 256,
+            "{backend}: only {answered} of {} answered",
+            SOCKETS * PER_SOCKET
+        );
+        assert_eq!(
+            answered, received,
+            "{backend}: every request the server took in is answered"
+        );
+        assert_eq!(s.metric("ntsd_ntp_io_errors_total{op=\"receive\"}"), 0);
+        assert_eq!(s.metric("ntsd_ntp_io_errors_total{op=\"send\"}"), 0);
+        let mut req = [0u8; 48];
+        req[0] = 0x23;
+        assert!(
+            exchange(&socks[0], &req).is_some(),
+            "{backend}: no answer after the burst"
+        );
+    }
+}
+
 /// The server keeps no per-client state: serving many distinct clients
 /// (source ports, cookies) does not grow its memory.
 #[test]

@@ -346,6 +346,23 @@ pub(crate) mod sys {
         }
         None
     }
+
+    /// The kernel receive timestamp in `control`, control messages as the
+    /// kernel laid them out (a multishot receive's buffer).
+    pub fn rx_timestamp_in(control: &[u8]) -> Option<NtpTimestamp> {
+        let mut aligned: ControlBuf = [0; 8];
+        let len = control.len().min(std::mem::size_of::<ControlBuf>());
+        // SAFETY: copies `len` bytes, within both buffers, into an aligned
+        // buffer, so the cmsg headers are read at their natural alignment.
+        unsafe {
+            std::ptr::copy_nonoverlapping(control.as_ptr(), aligned.as_mut_ptr().cast::<u8>(), len);
+        }
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_control = aligned.as_mut_ptr().cast();
+        msg.msg_controllen = len;
+        rx_timestamp(&msg)
+    }
 }
 
 #[cfg(test)]

@@ -1,114 +1,99 @@
-//! The io_uring back end: one ring per worker, a fixed set of slots per
-//! socket, each slot alternating between a `RecvMsg` and a `SendMsg` on its
-//! own buffers. Buffers and message headers are allocated once at start and
-//! never move while the kernel may reference them.
+//! The io_uring back end: one ring per worker. Each socket has one
+//! multishot `RecvMsg` that stays armed and takes its buffers from a ring of
+//! provided buffers, so a datagram costs one completion and no new
+//! submission. Replies go out from a pool of send slots, batched on the ring
+//! when busy. All buffers are allocated once at start and never move while
+//! the kernel may reference them.
 #![allow(unsafe_code)]
 
+use std::alloc::Layout;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::types::{BufRingEntry, RecvMsgOut};
+use io_uring::{cqueue, opcode, types, IoUring};
 
-use super::sys::{empty_storage, rx_timestamp, ControlBuf};
+use super::sys::{empty_storage, rx_timestamp_in, ControlBuf};
 use super::{Worker, MAX_PACKET, STOP_POLL};
 use crate::stats::NtpEvent;
 
-/// Receives kept in flight per socket.
-const SLOTS_PER_SOCKET: usize = 64;
+/// Provided receive buffers per worker (a power of two, as the kernel
+/// requires). When all are taken the multishot receive stops with ENOBUFS
+/// and is re-armed once buffers are back; datagrams wait in the socket.
+const RECV_BUFFERS: u16 = 256;
+/// Replies that can be queued on the ring at once.
+const SEND_SLOTS: usize = 256;
+/// The buffer group of the provided receive buffers.
+const BUF_GROUP: u16 = 0;
+
 const OP_RECV: u64 = 0;
 const OP_SEND: u64 = 1 << 32;
 const OP_CANCEL: u64 = 2 << 32;
-const SLOT_MASK: u64 = 0xffff_ffff;
+const OP_MASK: u64 = !0xffff_ffff;
+const INDEX_MASK: u64 = 0xffff_ffff;
 
-/// Checks that io_uring can be set up here (it is blocked by some seccomp
-/// profiles and by `kernel.io_uring_disabled`).
+/// One provided buffer: the kernel's `io_uring_recvmsg_out` header, the
+/// peer address, the control messages, then the datagram.
+const NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_storage>();
+const CONTROL_LEN: usize = std::mem::size_of::<ControlBuf>();
+/// `struct io_uring_recvmsg_out`: four u32s.
+const RECV_HEADER_LEN: usize = 16;
+const BUF_LEN: usize = (RECV_HEADER_LEN + NAME_LEN + CONTROL_LEN + MAX_PACKET).next_multiple_of(64);
+
+/// Checks that this kernel runs what the back end needs (io_uring itself,
+/// which some seccomp profiles and `kernel.io_uring_disabled` block, a
+/// provided-buffer ring, Linux 5.19, and multishot `RecvMsg`, Linux 6.0) by
+/// receiving one datagram on a Unix socket pair, so no network is needed.
 pub fn probe() -> std::io::Result<()> {
-    IoUring::new(8).map(|_| ())
+    let unsupported = |what: &str| std::io::Error::new(std::io::ErrorKind::Unsupported, what);
+    let (a, b) = std::os::unix::net::UnixDatagram::pair()?;
+    let msg = recv_template();
+    let mut rx = Rx::new(8, 2)?;
+    let sqe = recv_entry(a.as_raw_fd(), &msg).user_data(OP_RECV);
+    // SAFETY: the entry points at `msg`, declared before `rx` and so
+    // dropped after the ring.
+    unsafe { rx.ring.submission().push(&sqe) }
+        .map_err(|_| std::io::Error::other("submission queue full"))?;
+    b.send(b"probe")?;
+    let timeout = types::Timespec::new().sec(1);
+    let args = types::SubmitArgs::new().timespec(&timeout);
+    match rx.ring.submitter().submit_with_args(1, &args) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+        Err(e) => return Err(e),
+    }
+    let cqe = rx
+        .ring
+        .completion()
+        .next()
+        .ok_or_else(|| unsupported("no completion for a multishot receive"))?;
+    if cqe.result() < 0 {
+        return Err(std::io::Error::from_raw_os_error(-cqe.result()));
+    }
+    let bid = cqueue::buffer_select(cqe.flags())
+        .ok_or_else(|| unsupported("no provided buffer used (multishot receive unsupported)"))?;
+    match RecvMsgOut::parse(rx.buffers.get(bid), &msg) {
+        Ok(out) if out.payload_data() == b"probe" => Ok(()),
+        _ => Err(unsupported(
+            "multishot receive returned an unexpected layout",
+        )),
+    }
 }
 
-struct Slot {
-    fd: i32,
-    request: [u8; MAX_PACKET],
-    reply: [u8; MAX_PACKET],
-    addr: libc::sockaddr_storage,
-    control: ControlBuf,
-    recv_iov: libc::iovec,
-    recv_msg: libc::msghdr,
-    send_iov: libc::iovec,
-    send_msg: libc::msghdr,
+/// A ring and its provided receive buffers. The ring is declared first so
+/// that it is dropped first: closing it ends every operation that may
+/// still write into the buffers.
+struct Rx {
+    ring: IoUring,
+    buffers: RecvBuffers,
 }
 
-impl Slot {
-    fn new(fd: i32) -> Box<Slot> {
-        // SAFETY: iovec and msghdr are plain old data; zero is valid. They are
-        // pointed at the slot's own fields in `arm_recv` / `arm_send`, after
-        // the slot has reached its final heap address.
-        Box::new(Slot {
-            fd,
-            request: [0; MAX_PACKET],
-            reply: [0; MAX_PACKET],
-            addr: empty_storage(),
-            control: [0; 8],
-            recv_iov: unsafe { std::mem::zeroed() },
-            recv_msg: unsafe { std::mem::zeroed() },
-            send_iov: unsafe { std::mem::zeroed() },
-            send_msg: unsafe { std::mem::zeroed() },
-        })
-    }
-
-    fn arm_recv(&mut self) -> io_uring::squeue::Entry {
-        self.recv_iov = libc::iovec {
-            iov_base: self.request.as_mut_ptr().cast(),
-            iov_len: MAX_PACKET,
-        };
-        self.recv_msg.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
-        self.recv_msg.msg_namelen =
-            std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        self.recv_msg.msg_iov = &mut self.recv_iov;
-        self.recv_msg.msg_iovlen = 1;
-        self.recv_msg.msg_control = self.control.as_mut_ptr().cast();
-        self.recv_msg.msg_controllen = std::mem::size_of::<ControlBuf>();
-        self.recv_msg.msg_flags = 0;
-        opcode::RecvMsg::new(types::Fd(self.fd), &mut self.recv_msg).build()
-    }
-
-    /// Sends the reply at once with sendmsg(2); `false` if the socket buffer
-    /// is full (then the send goes through the ring). Sending directly keeps
-    /// the time between the transmit timestamp and the wire as short as with
-    /// the portable back end; through the ring it measured ~3 µs longer on
-    /// loopback, which showed as a negative offset bias in chrony's samples.
-    /// It costs a syscall per reply, so it is used only at light load.
-    fn send_now(&mut self, len: usize) -> Result<bool, i32> {
-        self.prepare_send(len);
-        // SAFETY: send_msg points at this slot's reply buffer and address,
-        // both valid for the duration of the call.
-        let r = unsafe { libc::sendmsg(self.fd, &self.send_msg, libc::MSG_DONTWAIT) };
-        if r >= 0 {
-            return Ok(true);
-        }
-        match super::sys::errno() {
-            libc::EAGAIN => Ok(false),
-            e => Err(e),
-        }
-    }
-
-    fn prepare_send(&mut self, len: usize) {
-        self.send_iov = libc::iovec {
-            iov_base: self.reply.as_mut_ptr().cast(),
-            iov_len: len,
-        };
-        self.send_msg.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
-        self.send_msg.msg_namelen = self.recv_msg.msg_namelen;
-        self.send_msg.msg_iov = &mut self.send_iov;
-        self.send_msg.msg_iovlen = 1;
-        self.send_msg.msg_control = std::ptr::null_mut();
-        self.send_msg.msg_controllen = 0;
-        self.send_msg.msg_flags = 0;
-    }
-
-    fn arm_send(&mut self, len: usize) -> io_uring::squeue::Entry {
-        self.prepare_send(len);
-        opcode::SendMsg::new(types::Fd(self.fd), &self.send_msg).build()
+impl Rx {
+    fn new(entries: u32, buffers: u16) -> std::io::Result<Rx> {
+        let ring = new_ring(entries)?;
+        let buffers = RecvBuffers::new(&ring, buffers)?;
+        Ok(Rx { ring, buffers })
     }
 }
 
@@ -124,36 +109,243 @@ fn new_ring(entries: u32) -> std::io::Result<IoUring> {
         .or_else(|_| IoUring::new(entries))
 }
 
-pub fn run(mut worker: Worker, sockets: Vec<UdpSocket>) {
-    // Slots are declared before the ring so that the ring is dropped (and its
-    // operations torn down) before the buffers they point into.
-    let mut slots: Vec<Box<Slot>> = sockets
-        .iter()
-        .flat_map(|s| (0..SLOTS_PER_SOCKET).map(move |_| Slot::new(s.as_raw_fd())))
-        .collect();
-    let entries = (slots.len() * 2).next_power_of_two() as u32;
-    let mut ring = match new_ring(entries) {
-        Ok(r) => r,
+/// The `msghdr` a multishot receive reads its name and control lengths from.
+fn recv_template() -> Box<libc::msghdr> {
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+    msg.msg_namelen = NAME_LEN as libc::socklen_t;
+    msg.msg_controllen = CONTROL_LEN;
+    msg
+}
+
+fn recv_entry(fd: i32, template: &libc::msghdr) -> io_uring::squeue::Entry {
+    opcode::RecvMsgMulti::new(types::Fd(fd), template, BUF_GROUP).build()
+}
+
+/// The provided-buffer ring and the buffers it hands to the kernel.
+struct RecvBuffers {
+    /// Page-aligned ring of `entries` descriptors shared with the kernel.
+    ring: *mut BufRingEntry,
+    ring_layout: Layout,
+    entries: u16,
+    /// The next tail to publish; the kernel sees it at `publish`.
+    tail: u16,
+    /// `entries` buffers of `BUF_LEN` bytes, 64-byte aligned.
+    data: *mut u8,
+    data_layout: Layout,
+}
+
+impl RecvBuffers {
+    /// Allocates `entries` (a power of two) buffers, registers them with
+    /// `ring` as group `BUF_GROUP` and hands them all to the kernel. The
+    /// memory must outlive the ring: see [`Rx`].
+    fn new(ring: &IoUring, entries: u16) -> std::io::Result<RecvBuffers> {
+        let ring_layout = Layout::from_size_align(
+            usize::from(entries) * std::mem::size_of::<BufRingEntry>(),
+            4096,
+        )
+        .map_err(std::io::Error::other)?;
+        let data_layout = Layout::from_size_align(usize::from(entries) * BUF_LEN, 64)
+            .map_err(std::io::Error::other)?;
+        // SAFETY: both layouts have a non-zero size (entries > 0).
+        let (ring_mem, data) = unsafe {
+            (
+                std::alloc::alloc_zeroed(ring_layout).cast::<BufRingEntry>(),
+                std::alloc::alloc_zeroed(data_layout),
+            )
+        };
+        let mut bufs = RecvBuffers {
+            ring: ring_mem,
+            ring_layout,
+            entries,
+            tail: 0,
+            data,
+            data_layout,
+        };
+        if ring_mem.is_null() || data.is_null() {
+            return Err(std::io::ErrorKind::OutOfMemory.into());
+        }
+        // SAFETY: the ring memory is page aligned, sized for `entries`, and
+        // freed only when `bufs` drops, after the ring (see `Rx`).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                ring_mem as u64,
+                entries,
+                BUF_GROUP,
+                0,
+            )?;
+        }
+        for bid in 0..entries {
+            bufs.recycle(bid);
+        }
+        bufs.publish();
+        Ok(bufs)
+    }
+
+    /// The buffer with id `bid` (masked into range).
+    fn get(&self, bid: u16) -> &[u8] {
+        let i = usize::from(bid % self.entries);
+        // SAFETY: buffer `i` lies within the allocation; the kernel wrote it
+        // before posting the completion that named it and does not touch it
+        // again until it is recycled.
+        unsafe { std::slice::from_raw_parts(self.data.add(i * BUF_LEN), BUF_LEN) }
+    }
+
+    /// Queues buffer `bid` for the kernel again (seen after `publish`).
+    fn recycle(&mut self, bid: u16) {
+        let bid = bid % self.entries;
+        let slot = usize::from(self.tail & (self.entries - 1));
+        // SAFETY: `slot` < entries; the descriptor at the tail is not in the
+        // kernel's hands until the tail is published. The tail field shares
+        // descriptor 0's last two bytes, which these setters leave alone.
+        unsafe {
+            let e = &mut *self.ring.add(slot);
+            e.set_addr(self.data.add(usize::from(bid) * BUF_LEN) as u64);
+            e.set_len(BUF_LEN as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the recycled buffers visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail is a naturally aligned u16 inside the ring memory,
+        // which the kernel reads concurrently; the release store orders the
+        // descriptor writes before it.
+        unsafe {
+            let tail = BufRingEntry::tail(self.ring).cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for RecvBuffers {
+    /// Frees the memory; the ring that used it is already dropped (`Rx`).
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts (or null).
+        unsafe {
+            if !self.ring.is_null() {
+                std::alloc::dealloc(self.ring.cast(), self.ring_layout);
+            }
+            if !self.data.is_null() {
+                std::alloc::dealloc(self.data, self.data_layout);
+            }
+        }
+    }
+}
+
+/// A reply and where it goes, kept still while a queued send runs.
+struct SendSlot {
+    fd: i32,
+    reply: [u8; MAX_PACKET],
+    addr: libc::sockaddr_storage,
+    iov: libc::iovec,
+    msg: libc::msghdr,
+}
+
+impl SendSlot {
+    fn new() -> Box<SendSlot> {
+        Box::new(SendSlot {
+            fd: -1,
+            reply: [0; MAX_PACKET],
+            addr: empty_storage(),
+            // SAFETY: iovec and msghdr are plain old data; zero is valid.
+            // They are pointed at the slot's own fields in `prepare`, after
+            // the slot has reached its final heap address.
+            iov: unsafe { std::mem::zeroed() },
+            msg: unsafe { std::mem::zeroed() },
+        })
+    }
+
+    fn prepare(&mut self, len: usize, namelen: usize) {
+        self.iov = libc::iovec {
+            iov_base: self.reply.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        self.msg.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
+        self.msg.msg_namelen = namelen as libc::socklen_t;
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.msg.msg_control = std::ptr::null_mut();
+        self.msg.msg_controllen = 0;
+        self.msg.msg_flags = 0;
+    }
+
+    /// Sends at once with sendmsg(2); `false` if the socket buffer is full.
+    /// Sending directly keeps the time between the transmit timestamp and
+    /// the wire as short as with the portable back end; through the ring it
+    /// measured ~3 µs longer on loopback, which showed as a negative offset
+    /// bias in chrony's samples. It costs a syscall per reply, so it is used
+    /// only at light load.
+    fn send_now(&self) -> Result<bool, i32> {
+        // SAFETY: msg points at this slot's reply buffer and address, both
+        // valid for the duration of the call.
+        let r = unsafe { libc::sendmsg(self.fd, &self.msg, libc::MSG_DONTWAIT) };
+        if r >= 0 {
+            return Ok(true);
+        }
+        match super::sys::errno() {
+            libc::EAGAIN => Ok(false),
+            e => Err(e),
+        }
+    }
+
+    fn send_entry(&self) -> io_uring::squeue::Entry {
+        opcode::SendMsg::new(types::Fd(self.fd), &self.msg).build()
+    }
+}
+
+pub fn run(worker: Worker, sockets: Vec<UdpSocket>) {
+    let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+    // Declared before the ring, so dropped after it: queued operations point
+    // into the template and the slots. The last slot is never queued: it
+    // holds replies sent at once.
+    let template = recv_template();
+    let mut slots: Vec<Box<SendSlot>> = (0..=SEND_SLOTS).map(|_| SendSlot::new()).collect();
+    let entries = (fds.len() + SEND_SLOTS + 1).next_power_of_two() as u32;
+    let mut rx = match Rx::new(entries, RECV_BUFFERS) {
+        Ok(rx) => rx,
         Err(e) => {
-            tracing::error!(error = %e, "cannot create io_uring; worker not started");
+            tracing::error!(error = %e, "cannot set up io_uring; worker not started");
             return;
         }
     };
+    serve(worker, &mut rx, &template, &mut slots, &fds);
+    drop(rx);
+    drop(sockets);
+}
+
+fn serve(
+    mut worker: Worker,
+    Rx { ring, buffers }: &mut Rx,
+    template: &libc::msghdr,
+    slots: &mut [Box<SendSlot>],
+    fds: &[i32],
+) {
+    // Operations the kernel still holds: armed receives and queued sends.
     let mut in_flight = 0usize;
-    for (i, slot) in slots.iter_mut().enumerate() {
-        let sqe = slot.arm_recv().user_data(OP_RECV | i as u64);
-        // SAFETY: the entry points into a boxed slot that lives until the
-        // ring is gone; the queue was sized for every slot.
-        if unsafe { ring.submission().push(&sqe) }.is_ok() {
-            in_flight += 1;
-        }
+    // Receives to (re-)arm and sends to queue, pushed after each pass.
+    let mut pending = Vec::<io_uring::squeue::Entry>::with_capacity(fds.len() + slots.len());
+    let scratch = slots.len().saturating_sub(1);
+    let mut free: Vec<u32> = (0..scratch as u32).rev().collect();
+    for (i, &fd) in fds.iter().enumerate() {
+        pending.push(recv_entry(fd, template).user_data(OP_RECV | i as u64));
     }
     let timeout = types::Timespec::new().nsec(STOP_POLL.as_nanos() as u32);
     let args = types::SubmitArgs::new().timespec(&timeout);
     let mut cancelled = false;
-    // Refills for the slots that completed; sized once, reused every pass.
-    let mut pending = Vec::<io_uring::squeue::Entry>::with_capacity(slots.len());
-    while in_flight > 0 {
+    loop {
+        for sqe in pending.drain(..) {
+            // SAFETY: every entry points at the template or a send slot,
+            // both of which outlive the ring; the queue has room for one
+            // receive per socket plus every send slot.
+            if unsafe { ring.submission().push(&sqe) }.is_ok() {
+                in_flight += 1;
+            } else if sqe.get_user_data() & OP_MASK == OP_SEND {
+                worker.count(NtpEvent::SendError);
+                free.push((sqe.get_user_data() & INDEX_MASK) as u32);
+            }
+        }
         if worker.stopping() && !cancelled {
             let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()
@@ -163,6 +355,9 @@ pub fn run(mut worker: Worker, sockets: Vec<UdpSocket>) {
                 break;
             }
             cancelled = true;
+        }
+        if in_flight == 0 {
+            break;
         }
         match ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
@@ -177,70 +372,127 @@ pub fn run(mut worker: Worker, sockets: Vec<UdpSocket>) {
         // Light load (one completion): send at once for the best timestamps.
         // Busy: queue the sends on the ring, where they go out in one batch.
         let direct = ring.completion().len() == 1;
+        let mut recycled = false;
         for cqe in ring.completion() {
             let data = cqe.user_data();
-            if data == OP_CANCEL {
-                continue;
-            }
-            in_flight -= 1;
-            let Some(slot) = slots.get_mut((data & SLOT_MASK) as usize) else {
-                continue;
-            };
-            let op = data & !SLOT_MASK;
-            let next = if cancelled {
-                None
-            } else if op == OP_RECV {
-                on_receive(&mut worker, slot, cqe.result())
-            } else {
-                if cqe.result() < 0 {
-                    worker.count(NtpEvent::SendError);
-                }
-                None
-            };
-            if !cancelled {
-                let queued_send = match next {
-                    Some(len) if direct => match slot.send_now(len) {
-                        Ok(true) => None,
-                        Ok(false) => Some(len),
-                        Err(_) => {
-                            worker.count(NtpEvent::SendError);
-                            None
+            let index = (data & INDEX_MASK) as usize;
+            match data & OP_MASK {
+                OP_RECV => {
+                    let flags = cqe.flags();
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        if let Some(&fd) = fds.get(index) {
+                            let buf = buffers.get(bid);
+                            let out = Out {
+                                fd,
+                                slots,
+                                free: &mut free,
+                                scratch,
+                                direct,
+                                pending: &mut pending,
+                            };
+                            on_receive(&mut worker, buf, cqe.result(), template, out);
                         }
-                    },
-                    other => other,
-                };
-                let sqe = match queued_send {
-                    Some(len) => slot.arm_send(len).user_data(OP_SEND | (data & SLOT_MASK)),
-                    None => slot.arm_recv().user_data(OP_RECV | (data & SLOT_MASK)),
-                };
-                pending.push(sqe);
+                        buffers.recycle(bid);
+                        recycled = true;
+                    } else if cqe.result() < 0
+                        && cqe.result() != -libc::ENOBUFS
+                        && cqe.result() != -libc::ECANCELED
+                    {
+                        worker.count(NtpEvent::ReceiveError);
+                    }
+                    if !cqueue::more(flags) {
+                        in_flight -= 1;
+                        if let (false, Some(&fd)) = (cancelled, fds.get(index)) {
+                            pending.push(recv_entry(fd, template).user_data(data));
+                        }
+                    }
+                }
+                OP_SEND => {
+                    in_flight -= 1;
+                    if cqe.result() < 0 && cqe.result() != -libc::ECANCELED {
+                        worker.count(NtpEvent::SendError);
+                    }
+                    free.push(index as u32);
+                }
+                _ => {}
             }
         }
-        for sqe in pending.drain(..) {
-            // SAFETY: as above, the entry points into a live boxed slot.
-            if unsafe { ring.submission().push(&sqe) }.is_ok() {
-                in_flight += 1;
-            }
+        if recycled {
+            buffers.publish();
         }
     }
-    drop(ring);
-    drop(slots);
-    drop(sockets);
 }
 
-/// Handles a finished receive; returns the reply length to send, if any.
-fn on_receive(worker: &mut Worker, slot: &mut Slot, result: i32) -> Option<usize> {
+/// Where the reply to a datagram goes.
+struct Out<'a> {
+    fd: i32,
+    slots: &'a mut [Box<SendSlot>],
+    /// Slots not queued on the ring.
+    free: &'a mut Vec<u32>,
+    /// The slot for replies sent at once when every other one is queued.
+    scratch: usize,
+    /// Send at once (light load) instead of queueing on the ring.
+    direct: bool,
+    pending: &'a mut Vec<io_uring::squeue::Entry>,
+}
+
+/// Handles one received datagram in a provided buffer: answers it into a
+/// send slot and sends it at once or queues the send on the ring.
+fn on_receive(worker: &mut Worker, buf: &[u8], result: i32, template: &libc::msghdr, o: Out) {
     if result < 0 {
         worker.count(NtpEvent::ReceiveError);
-        return None;
+        return;
     }
-    if slot.recv_msg.msg_flags & libc::MSG_TRUNC != 0 {
+    let written = (result as usize).min(buf.len());
+    let Ok(msg) = RecvMsgOut::parse(buf.get(..written).unwrap_or(buf), template) else {
+        worker.count(NtpEvent::ReceiveError);
+        return;
+    };
+    if msg.is_payload_truncated() {
         worker.count(NtpEvent::Received);
         worker.count(NtpEvent::DropMalformed);
-        return None;
+        return;
     }
-    let len = (result as usize).min(MAX_PACKET);
-    let received = rx_timestamp(&slot.recv_msg);
-    let Slot { request, reply, .. } = slot;
-    worker.process(received, &request[..len], reply)
+    if msg.is_name_data_truncated() {
+        worker.count(NtpEvent::ReceiveError);
+        return;
+    }
+    // A free slot can be queued if the socket is full; the scratch slot,
+    // used when all are queued, only sends at once.
+    let (index, queueable) = match o.free.last() {
+        Some(&i) => (i as usize, true),
+        None => (o.scratch, false),
+    };
+    let Some(slot) = o.slots.get_mut(index) else {
+        return;
+    };
+    let received = rx_timestamp_in(msg.control_data());
+    let Some(len) = worker.process(received, msg.payload_data(), &mut slot.reply) else {
+        return;
+    };
+    let name = msg.name_data();
+    let namelen = name.len().min(NAME_LEN);
+    // SAFETY: sockaddr_storage is plain old data of NAME_LEN bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            name.as_ptr(),
+            (&mut slot.addr as *mut libc::sockaddr_storage).cast::<u8>(),
+            namelen,
+        );
+    }
+    slot.fd = o.fd;
+    slot.prepare(len, namelen);
+    if o.direct || !queueable {
+        match slot.send_now() {
+            Ok(true) => return,
+            Ok(false) if queueable => {}
+            Ok(false) | Err(_) => {
+                worker.count(NtpEvent::SendError);
+                return;
+            }
+        }
+    }
+    o.free.pop();
+    o.pending
+        .push(slot.send_entry().user_data(OP_SEND | index as u64));
 }
