@@ -303,8 +303,9 @@ fn bad_ntp_input_is_dropped_or_nakked_and_service_continues() {
 }
 
 /// A burst of more datagrams than the io_uring back end has receive buffers
-/// (256) and send slots (256) per worker: every datagram the server took in
-/// is answered once, with its own origin timestamp, and service goes on.
+/// (256 per worker) and than fit one send batch: every datagram the server
+/// took in is answered once, with its own origin timestamp, and service
+/// goes on.
 #[test]
 fn bursts_beyond_the_receive_buffers_are_all_answered() {
     const SOCKETS: u64 = 12;

@@ -1,8 +1,8 @@
 //! The io_uring back end: one ring per worker. Each socket has one
 //! multishot `RecvMsg` that stays armed and takes its buffers from a ring of
 //! provided buffers, so a datagram costs one completion and no new
-//! submission. Replies go out from a pool of send slots, batched on the ring
-//! when busy. All buffers are allocated once at start and never move while
+//! submission. The replies of each pass over the completions go out with
+//! `sendmmsg`. All buffers are allocated once at start and never move while
 //! the kernel may reference them.
 #![allow(unsafe_code)]
 
@@ -22,14 +22,14 @@ use crate::stats::NtpEvent;
 /// requires). When all are taken the multishot receive stops with ENOBUFS
 /// and is re-armed once buffers are back; datagrams wait in the socket.
 const RECV_BUFFERS: u16 = 256;
-/// Replies that can be queued on the ring at once.
-const SEND_SLOTS: usize = 256;
+/// Replies sent with one `sendmmsg` at most; as in the portable back end,
+/// this bounds how long a built reply waits for its batch.
+const SEND_BATCH: usize = 32;
 /// The buffer group of the provided receive buffers.
 const BUF_GROUP: u16 = 0;
 
 const OP_RECV: u64 = 0;
-const OP_SEND: u64 = 1 << 32;
-const OP_CANCEL: u64 = 2 << 32;
+const OP_CANCEL: u64 = 1 << 32;
 const OP_MASK: u64 = !0xffff_ffff;
 const INDEX_MASK: u64 = 0xffff_ffff;
 
@@ -91,7 +91,7 @@ struct Rx {
 
 impl Rx {
     fn new(entries: u32, buffers: u16) -> std::io::Result<Rx> {
-        let ring = new_ring(entries)?;
+        let ring = new_ring(entries, buffers)?;
         let buffers = RecvBuffers::new(&ring, buffers)?;
         Ok(Rx { ring, buffers })
     }
@@ -101,12 +101,16 @@ impl Rx {
 /// completes the receives only when the worker asks for completions, in
 /// one batch, instead of interrupting it for each arriving datagram; older
 /// kernels get a plain ring.
-fn new_ring(entries: u32) -> std::io::Result<IoUring> {
+/// The completion queue holds a completion for every provided buffer
+/// twice over, so that a burst never overflows it.
+fn new_ring(entries: u32, buffers: u16) -> std::io::Result<IoUring> {
+    let cq = (u32::from(buffers) * 2).max(entries * 2);
     IoUring::builder()
+        .setup_cqsize(cq)
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(entries)
-        .or_else(|_| IoUring::new(entries))
+        .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))
 }
 
 /// The `msghdr` a multishot receive reads its name and control lengths from.
@@ -234,75 +238,111 @@ impl Drop for RecvBuffers {
     }
 }
 
-/// A reply and where it goes, kept still while a queued send runs.
-struct SendSlot {
+/// Replies built in one pass over the completions, sent with one
+/// `sendmmsg(2)` per socket: at light load a single reply goes out as soon
+/// as it is built, as with `sendmsg`; when busy, up to `SEND_BATCH` go in
+/// one call. (Queuing each reply as an io_uring `SendMsg` cost more: the
+/// kernel copies and checks every message header per operation.)
+struct SendBatch {
+    replies: Box<[[u8; MAX_PACKET]; SEND_BATCH]>,
+    addrs: Box<[libc::sockaddr_storage; SEND_BATCH]>,
+    iov: Box<[libc::iovec; SEND_BATCH]>,
+    msgs: Box<[libc::mmsghdr; SEND_BATCH]>,
+    /// The socket of the replies in the batch (one socket per batch).
     fd: i32,
-    reply: [u8; MAX_PACKET],
-    addr: libc::sockaddr_storage,
-    iov: libc::iovec,
-    msg: libc::msghdr,
+    len: usize,
 }
 
-impl SendSlot {
-    fn new() -> Box<SendSlot> {
-        Box::new(SendSlot {
+impl SendBatch {
+    fn new() -> SendBatch {
+        SendBatch {
+            replies: Box::new([[0; MAX_PACKET]; SEND_BATCH]),
+            addrs: Box::new([empty_storage(); SEND_BATCH]),
+            // SAFETY: iovec and mmsghdr are plain old data; zero is valid.
+            // Entries are pointed at the batch's own buffers in `commit`.
+            iov: Box::new(unsafe { std::mem::zeroed() }),
+            msgs: Box::new(unsafe { std::mem::zeroed() }),
             fd: -1,
-            reply: [0; MAX_PACKET],
-            addr: empty_storage(),
-            // SAFETY: iovec and msghdr are plain old data; zero is valid.
-            // They are pointed at the slot's own fields in `prepare`, after
-            // the slot has reached its final heap address.
-            iov: unsafe { std::mem::zeroed() },
-            msg: unsafe { std::mem::zeroed() },
-        })
+            len: 0,
+        }
     }
 
-    fn prepare(&mut self, len: usize, namelen: usize) {
-        self.iov = libc::iovec {
-            iov_base: self.reply.as_mut_ptr().cast(),
+    /// Makes room for a reply on `fd`, sending what is queued for another
+    /// socket or a full batch first.
+    fn reserve(&mut self, worker: &Worker, fd: i32) {
+        if self.len == SEND_BATCH || (self.len > 0 && self.fd != fd) {
+            self.flush(worker);
+        }
+        self.fd = fd;
+    }
+
+    /// The buffer for the next reply.
+    fn next_reply(&mut self) -> &mut [u8; MAX_PACKET] {
+        &mut self.replies[self.len.min(SEND_BATCH - 1)]
+    }
+
+    /// Queues the reply built in `next_reply`, `len` bytes, to `name`.
+    fn commit(&mut self, len: usize, name: &[u8]) {
+        let i = self.len.min(SEND_BATCH - 1);
+        let namelen = name.len().min(NAME_LEN);
+        // SAFETY: sockaddr_storage is plain old data of NAME_LEN bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                name.as_ptr(),
+                (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast::<u8>(),
+                namelen,
+            );
+        }
+        self.iov[i] = libc::iovec {
+            iov_base: self.replies[i].as_mut_ptr().cast(),
             iov_len: len,
         };
-        self.msg.msg_name = (&mut self.addr as *mut libc::sockaddr_storage).cast();
-        self.msg.msg_namelen = namelen as libc::socklen_t;
-        self.msg.msg_iov = &mut self.iov;
-        self.msg.msg_iovlen = 1;
-        self.msg.msg_control = std::ptr::null_mut();
-        self.msg.msg_controllen = 0;
-        self.msg.msg_flags = 0;
+        let h = &mut self.msgs[i].msg_hdr;
+        h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = namelen as libc::socklen_t;
+        h.msg_iov = &mut self.iov[i];
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+        self.len = i + 1;
     }
 
-    /// Sends at once with sendmsg(2); `false` if the socket buffer is full.
-    /// Sending directly keeps the time between the transmit timestamp and
-    /// the wire as short as with the portable back end; through the ring it
-    /// measured ~3 µs longer on loopback, which showed as a negative offset
-    /// bias in chrony's samples. It costs a syscall per reply, so it is used
-    /// only at light load.
-    fn send_now(&self) -> Result<bool, i32> {
-        // SAFETY: msg points at this slot's reply buffer and address, both
-        // valid for the duration of the call.
-        let r = unsafe { libc::sendmsg(self.fd, &self.msg, libc::MSG_DONTWAIT) };
-        if r >= 0 {
-            return Ok(true);
+    /// Sends every queued reply; a datagram the kernel refuses (e.g. an
+    /// unreachable peer) is counted and skipped.
+    fn flush(&mut self, worker: &Worker) {
+        let mut sent = 0;
+        while sent < self.len {
+            // SAFETY: `msgs[sent..len]` point at replies and addresses owned
+            // by the batch, valid for the duration of the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    self.fd,
+                    self.msgs[sent..].as_mut_ptr(),
+                    (self.len - sent) as u32,
+                    0,
+                )
+            };
+            if r < 0 {
+                if super::sys::errno() == libc::EINTR {
+                    continue;
+                }
+                worker.count(NtpEvent::SendError);
+                sent += 1;
+            } else {
+                sent += r as usize;
+            }
         }
-        match super::sys::errno() {
-            libc::EAGAIN => Ok(false),
-            e => Err(e),
-        }
-    }
-
-    fn send_entry(&self) -> io_uring::squeue::Entry {
-        opcode::SendMsg::new(types::Fd(self.fd), &self.msg).build()
+        self.len = 0;
     }
 }
 
 pub fn run(worker: Worker, sockets: Vec<UdpSocket>) {
     let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
-    // Declared before the ring, so dropped after it: queued operations point
-    // into the template and the slots. The last slot is never queued: it
-    // holds replies sent at once.
+    // Declared before the ring, so dropped after it: the receives point at
+    // the template.
     let template = recv_template();
-    let mut slots: Vec<Box<SendSlot>> = (0..=SEND_SLOTS).map(|_| SendSlot::new()).collect();
-    let entries = (fds.len() + SEND_SLOTS + 1).next_power_of_two() as u32;
+    let entries = (fds.len() + 1).next_power_of_two() as u32;
     let mut rx = match Rx::new(entries, RECV_BUFFERS) {
         Ok(rx) => rx,
         Err(e) => {
@@ -310,40 +350,29 @@ pub fn run(worker: Worker, sockets: Vec<UdpSocket>) {
             return;
         }
     };
-    serve(worker, &mut rx, &template, &mut slots, &fds);
+    serve(worker, &mut rx, &template, &fds);
     drop(rx);
     drop(sockets);
 }
 
-fn serve(
-    mut worker: Worker,
-    Rx { ring, buffers }: &mut Rx,
-    template: &libc::msghdr,
-    slots: &mut [Box<SendSlot>],
-    fds: &[i32],
-) {
-    // Operations the kernel still holds: armed receives and queued sends.
+fn serve(mut worker: Worker, Rx { ring, buffers }: &mut Rx, template: &libc::msghdr, fds: &[i32]) {
+    // Armed receives (one per socket until the worker stops).
     let mut in_flight = 0usize;
-    // Receives to (re-)arm and sends to queue, pushed after each pass.
-    let mut pending = Vec::<io_uring::squeue::Entry>::with_capacity(fds.len() + slots.len());
-    let scratch = slots.len().saturating_sub(1);
-    let mut free: Vec<u32> = (0..scratch as u32).rev().collect();
+    // Receives to (re-)arm, pushed after each pass.
+    let mut rearm = Vec::<io_uring::squeue::Entry>::with_capacity(fds.len());
     for (i, &fd) in fds.iter().enumerate() {
-        pending.push(recv_entry(fd, template).user_data(OP_RECV | i as u64));
+        rearm.push(recv_entry(fd, template).user_data(OP_RECV | i as u64));
     }
+    let mut batch = SendBatch::new();
     let timeout = types::Timespec::new().nsec(STOP_POLL.as_nanos() as u32);
     let args = types::SubmitArgs::new().timespec(&timeout);
     let mut cancelled = false;
     loop {
-        for sqe in pending.drain(..) {
-            // SAFETY: every entry points at the template or a send slot,
-            // both of which outlive the ring; the queue has room for one
-            // receive per socket plus every send slot.
+        for sqe in rearm.drain(..) {
+            // SAFETY: the entry points at the template, which outlives the
+            // ring; the queue has room for one receive per socket.
             if unsafe { ring.submission().push(&sqe) }.is_ok() {
                 in_flight += 1;
-            } else if sqe.get_user_data() & OP_MASK == OP_SEND {
-                worker.count(NtpEvent::SendError);
-                free.push((sqe.get_user_data() & INDEX_MASK) as u32);
             }
         }
         if worker.stopping() && !cancelled {
@@ -369,76 +398,57 @@ fn serve(
                 break;
             }
         }
-        // Light load (one completion): send at once for the best timestamps.
-        // Busy: queue the sends on the ring, where they go out in one batch.
-        let direct = ring.completion().len() == 1;
         let mut recycled = false;
         for cqe in ring.completion() {
             let data = cqe.user_data();
+            if data & OP_MASK != OP_RECV {
+                continue;
+            }
             let index = (data & INDEX_MASK) as usize;
-            match data & OP_MASK {
-                OP_RECV => {
-                    let flags = cqe.flags();
-                    if let Some(bid) = cqueue::buffer_select(flags) {
-                        if let Some(&fd) = fds.get(index) {
-                            let buf = buffers.get(bid);
-                            let out = Out {
-                                fd,
-                                slots,
-                                free: &mut free,
-                                scratch,
-                                direct,
-                                pending: &mut pending,
-                            };
-                            on_receive(&mut worker, buf, cqe.result(), template, out);
-                        }
-                        buffers.recycle(bid);
-                        recycled = true;
-                    } else if cqe.result() < 0
-                        && cqe.result() != -libc::ENOBUFS
-                        && cqe.result() != -libc::ECANCELED
-                    {
-                        worker.count(NtpEvent::ReceiveError);
-                    }
-                    if !cqueue::more(flags) {
-                        in_flight -= 1;
-                        if let (false, Some(&fd)) = (cancelled, fds.get(index)) {
-                            pending.push(recv_entry(fd, template).user_data(data));
-                        }
-                    }
+            let flags = cqe.flags();
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                if let (false, Some(&fd)) = (cancelled, fds.get(index)) {
+                    on_receive(
+                        &mut worker,
+                        buffers.get(bid),
+                        cqe.result(),
+                        template,
+                        fd,
+                        &mut batch,
+                    );
                 }
-                OP_SEND => {
-                    in_flight -= 1;
-                    if cqe.result() < 0 && cqe.result() != -libc::ECANCELED {
-                        worker.count(NtpEvent::SendError);
-                    }
-                    free.push(index as u32);
+                buffers.recycle(bid);
+                recycled = true;
+            } else if cqe.result() < 0
+                && cqe.result() != -libc::ENOBUFS
+                && cqe.result() != -libc::ECANCELED
+            {
+                worker.count(NtpEvent::ReceiveError);
+            }
+            if !cqueue::more(flags) {
+                in_flight -= 1;
+                if let (false, Some(&fd)) = (cancelled, fds.get(index)) {
+                    rearm.push(recv_entry(fd, template).user_data(data));
                 }
-                _ => {}
             }
         }
+        batch.flush(&worker);
         if recycled {
             buffers.publish();
         }
     }
 }
 
-/// Where the reply to a datagram goes.
-struct Out<'a> {
+/// Handles one received datagram in a provided buffer: answers it into the
+/// send batch.
+fn on_receive(
+    worker: &mut Worker,
+    buf: &[u8],
+    result: i32,
+    template: &libc::msghdr,
     fd: i32,
-    slots: &'a mut [Box<SendSlot>],
-    /// Slots not queued on the ring.
-    free: &'a mut Vec<u32>,
-    /// The slot for replies sent at once when every other one is queued.
-    scratch: usize,
-    /// Send at once (light load) instead of queueing on the ring.
-    direct: bool,
-    pending: &'a mut Vec<io_uring::squeue::Entry>,
-}
-
-/// Handles one received datagram in a provided buffer: answers it into a
-/// send slot and sends it at once or queues the send on the ring.
-fn on_receive(worker: &mut Worker, buf: &[u8], result: i32, template: &libc::msghdr, o: Out) {
+    batch: &mut SendBatch,
+) {
     if result < 0 {
         worker.count(NtpEvent::ReceiveError);
         return;
@@ -457,42 +467,9 @@ fn on_receive(worker: &mut Worker, buf: &[u8], result: i32, template: &libc::msg
         worker.count(NtpEvent::ReceiveError);
         return;
     }
-    // A free slot can be queued if the socket is full; the scratch slot,
-    // used when all are queued, only sends at once.
-    let (index, queueable) = match o.free.last() {
-        Some(&i) => (i as usize, true),
-        None => (o.scratch, false),
-    };
-    let Some(slot) = o.slots.get_mut(index) else {
-        return;
-    };
+    batch.reserve(worker, fd);
     let received = rx_timestamp_in(msg.control_data());
-    let Some(len) = worker.process(received, msg.payload_data(), &mut slot.reply) else {
-        return;
-    };
-    let name = msg.name_data();
-    let namelen = name.len().min(NAME_LEN);
-    // SAFETY: sockaddr_storage is plain old data of NAME_LEN bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            name.as_ptr(),
-            (&mut slot.addr as *mut libc::sockaddr_storage).cast::<u8>(),
-            namelen,
-        );
+    if let Some(len) = worker.process(received, msg.payload_data(), batch.next_reply()) {
+        batch.commit(len, msg.name_data());
     }
-    slot.fd = o.fd;
-    slot.prepare(len, namelen);
-    if o.direct || !queueable {
-        match slot.send_now() {
-            Ok(true) => return,
-            Ok(false) if queueable => {}
-            Ok(false) | Err(_) => {
-                worker.count(NtpEvent::SendError);
-                return;
-            }
-        }
-    }
-    o.free.pop();
-    o.pending
-        .push(slot.send_entry().user_data(OP_SEND | index as u64));
 }
