@@ -3,14 +3,25 @@
 # touching the clock: -x) measures ntsd and a chrony NTS server at the same
 # time, both over NTS with the same certificate, and prints the median and
 # spread of offset and delay for each from chrony's measurements log.
-# Needs root (chronyd) and Debian's chrony. Usage: bench/accuracy.sh [SECONDS]
+# Needs root (chronyd) and Debian's chrony.
+#
+# Usage: bench/accuracy.sh [SECONDS]
+#   BACKEND=io-uring|portable  ntsd's NTP back end (default io-uring)
+#   PLAIN=1                    both clients use plain NTPv4 instead of NTS
+#   SERVER_CORE=N              pin both servers to core N (default: unpinned)
+#   CLIENT_CORE=N              pin both clients to core N (default: unpinned)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_RUN=${1:-30}
+BACKEND=${BACKEND:-io-uring}
 CHRONYD=${CHRONYD:-/usr/sbin/chronyd}
 [ -x "$CHRONYD" ] || { echo "chronyd not found (apt-get install chrony)" >&2; exit 1; }
+PIN=()
+[ -z "${SERVER_CORE:-}" ] || PIN=(taskset -c "$SERVER_CORE")
+CLIENT_PIN=()
+[ -z "${CLIENT_CORE:-}" ] || CLIENT_PIN=(taskset -c "$CLIENT_CORE")
 
-cargo build --release --locked -q -p ntsd
+cargo build --release --locked -q -p ntsd -p ntsd-bench
 NTSD=$PWD/target/release/ntsd
 WORK=$(mktemp -d /tmp/ntsd-accuracy.XXXXXX)
 chmod 700 "$WORK"
@@ -20,13 +31,36 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# ntsd: the demo (loopback, throwaway CA, local source, 1 worker).
-"$NTSD" demo >"$WORK/demo.out" 2>"$WORK/demo.err" &
+PKI=$WORK/pki
+"$PWD/target/release/ntsd-bench" pki "$PKI" >/dev/null
+
+# ntsd: one worker, source "local", the chosen back end.
+NTSD_NTP=$(free_port); NTSD_KE=$(free_port)
+mkdir -m 700 "$WORK/ntsd-server"
+cat >"$WORK/ntsd-server/config.toml" <<CONF
+[ntp]
+listen = ["127.0.0.1:$NTSD_NTP"]
+workers = 1
+backend = "$BACKEND"
+
+[nts_ke]
+listen = ["127.0.0.1:$NTSD_KE"]
+certificate_chain = "$PKI/chain.pem"
+private_key = "$PKI/key.pem"
+threads = 1
+
+[keys]
+dump_dir = "$WORK/ntsd-server/keys"
+
+[time]
+source = "local"
+CONF
+"${PIN[@]}" "$NTSD" run --config "$WORK/ntsd-server/config.toml" >"$WORK/ntsd-server/log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do grep -q "Stop with" "$WORK/demo.out" 2>/dev/null && break; sleep 0.1; done
-PKI=$(grep -o '/tmp/ntsd-demo-[A-Za-z0-9]*' "$WORK/demo.out" | head -1)
-NTSD_KE=$(grep -o 'localhost:[0-9]*' "$WORK/demo.out" | head -1 | cut -d: -f2)
-NTSD_NTP=$(grep -o 'port [0-9]*' "$WORK/demo.out" | head -1 | cut -d' ' -f2)
+for _ in $(seq 50); do
+    "$NTSD" query "localhost:$NTSD_KE" --ca "$PKI/ca.pem" --timeout 1 >/dev/null 2>&1 && break
+    sleep 0.2
+done
 
 # chrony as the NTS server, with the same certificate.
 C_NTP=$(free_port); C_KE=$(free_port)
@@ -43,7 +77,7 @@ pidfile $WORK/server/pid
 cmdport 0
 bindcmdaddress /
 CONF
-"$CHRONYD" -d -x -u root -f "$WORK/server/chrony.conf" >"$WORK/server/log" 2>&1 &
+"${PIN[@]}" "$CHRONYD" -d -x -u root -f "$WORK/server/chrony.conf" >"$WORK/server/log" 2>&1 &
 pids+=($!)
 sleep 1
 
@@ -53,7 +87,7 @@ sleep 1
 client() { # NAME NTP_PORT KE_PORT
     mkdir -m 700 "$WORK/$1"
     cat >"$WORK/$1/chrony.conf" <<CONF
-server localhost port $2 nts ntsport $3 minpoll -4 maxpoll -4 iburst
+server localhost port $2 $(nts_opts "$3") minpoll -4 maxpoll -4 iburst
 ntstrustedcerts $PKI/ca.pem
 logdir $WORK/$1
 log measurements
@@ -61,10 +95,11 @@ pidfile $WORK/$1/pid
 cmdport 0
 bindcmdaddress /
 CONF
-    "$CHRONYD" -d -x -u root -f "$WORK/$1/chrony.conf" >"$WORK/$1/log" 2>&1 &
+    "${CLIENT_PIN[@]}" "$CHRONYD" -d -x -u root -f "$WORK/$1/chrony.conf" >"$WORK/$1/log" 2>&1 &
     clients+=($!)
     pids+=($!)
 }
+nts_opts() { [ -n "${PLAIN:-}" ] || echo "nts ntsport $1"; }
 clients=()
 client ntsd "$NTSD_NTP" "$NTSD_KE"
 client chrony "$C_NTP" "$C_KE"
@@ -82,5 +117,5 @@ for name, path in zip(["ntsd", "chronyd 4.3 (NTS server)"], sys.argv[1:]):
     # Columns: date time ip L St 123 567 ABCD LP RP Score Offset PeerDel PeerDisp RootDel RootDisp Refid MTxRx
     rows = [l.split() for l in open(path) if l[:1].isdigit()]
     off = [float(r[11]) * 1e6 for r in rows]; dl = [float(r[12]) * 1e6 for r in rows]
-    print(f"| {name} | {len(rows)} | {statistics.median(off):+.1f} | {q(off,.75)-q(off,.25):.1f} | {q(off,.05):+.1f} .. {q(off,.95):+.1f} | {statistics.median(dl):.1f} | {q(dl,.75)-q(dl,.25):.1f} |")
+    print(f"| {name} | {len(rows)} | {statistics.median(off):+.2f} | {q(off,.75)-q(off,.25):.2f} | {q(off,.05):+.2f} .. {q(off,.95):+.2f} | {statistics.median(dl):.2f} | {q(dl,.75)-q(dl,.25):.2f} |")
 PY

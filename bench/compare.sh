@@ -131,7 +131,7 @@ if [ -n "$BUILD" ]; then
     log "building ntsd and ntsd-bench (release)"
     cargo build --release --locked -q -p ntsd -p ntsd-bench
 fi
-NTSD=$ROOT/target/release/ntsd
+NTSD=${NTSD:-$ROOT/target/release/ntsd}
 BENCH=${NTSD_BENCH:-$ROOT/target/release/ntsd-bench}
 { [ -x "$NTSD" ] && [ -x "$BENCH" ]; } || die "target/release/ntsd or ntsd-bench missing (drop --no-build)"
 
