@@ -16,6 +16,7 @@ pub mod flood;
 pub mod histogram;
 pub mod ke;
 pub mod keflood;
+pub mod path;
 pub mod procstat;
 pub mod random;
 pub mod report;

@@ -59,6 +59,25 @@ enum Command {
         #[arg(long = "server-pid", value_name = "PID")]
         server_pid: Vec<u32>,
     },
+    /// A server's response path on one clock: paced requests, one at a
+    /// time, and for each verified reply its kernel receive timestamp T4
+    /// minus the server's transmit timestamp T3 (meaningful for a server
+    /// on this machine, over loopback).
+    Path {
+        /// NTS-KE server, HOST[:PORT] (with --plain: the NTP server HOST:PORT).
+        target: String,
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Plain NTPv4 instead of NTS.
+        #[arg(long)]
+        plain: bool,
+        /// Requests to send.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Seconds between requests (fractions allowed).
+        #[arg(long, default_value_t = 0.02)]
+        interval: f64,
+    },
     /// A bare UDP reflector answering NTP requests with minimal server
     /// replies (until killed); the ceiling of the harness.
     Echo {
@@ -147,6 +166,63 @@ fn nts_sessions(
         out.push(Session::new(ke.keys, &ke.result.cookies).map_err(|e| e.to_string())?);
     }
     Ok((out, ntp))
+}
+
+fn run_path(
+    target: &str,
+    ca: Option<&std::path::Path>,
+    plain: bool,
+    count: usize,
+    interval: f64,
+) -> Result<(), String> {
+    let interval = Duration::try_from_secs_f64(interval)
+        .map_err(|_| "--interval must be a number of seconds, 0 or more")?;
+    let (host, port) = split_host_port(target, if plain { 123 } else { DEFAULT_KE_PORT })?;
+    let (session, ntp) = if plain {
+        (None, (host, port))
+    } else {
+        let (mut s, ntp) = nts_sessions(&host, port, ca, 1)?;
+        (s.pop(), ntp)
+    };
+    let target = (ntp.0.trim_end_matches('.'), ntp.1)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", ntp.0))?
+        .next()
+        .ok_or("NTP server has no address")?;
+    let cfg = ntsd_bench::path::PathConfig {
+        target,
+        count,
+        interval,
+    };
+    let r = ntsd_bench::path::measure(&cfg, session).map_err(|e| e.to_string())?;
+    let q = |p| r.quantile_us(p);
+    let mode = if plain { "plain" } else { "nts" };
+    println!(
+        "mode {mode} target {target} replies {} lost {} invalid {} no_timestamp {} | T4-T3 median {:.2} us, IQR {:.2}, p5..p95 {:.2}..{:.2}",
+        r.samples_ns.len(),
+        r.lost,
+        r.invalid,
+        r.no_timestamp,
+        q(0.5),
+        q(0.75) - q(0.25),
+        q(0.05),
+        q(0.95)
+    );
+    let mut line = ResultLine::new("path");
+    line.push("mode", mode)
+        .push("replies", r.samples_ns.len())
+        .push("lost", r.lost)
+        .push("invalid", r.invalid)
+        .push("no_timestamp", r.no_timestamp)
+        .push("t4_t3_p50_us", format!("{:.3}", q(0.5)))
+        .push("t4_t3_iqr_us", format!("{:.3}", q(0.75) - q(0.25)))
+        .push("t4_t3_p5_us", format!("{:.3}", q(0.05)))
+        .push("t4_t3_p95_us", format!("{:.3}", q(0.95)));
+    print_result(&line);
+    if r.samples_ns.is_empty() {
+        return Err("no verified reply with a kernel timestamp".into());
+    }
+    Ok(())
 }
 
 fn run_flood(a: FloodArgs) -> Result<(), String> {
@@ -382,6 +458,13 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Flood(a) => run_flood(a),
+        Command::Path {
+            target,
+            ca,
+            plain,
+            count,
+            interval,
+        } => run_path(&target, ca.as_deref(), plain, count, interval),
         Command::Keflood {
             target,
             ca,

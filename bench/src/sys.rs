@@ -1,11 +1,14 @@
 //! The system calls the generator and the reflector make directly: batched
-//! UDP I/O (`recvmmsg`/`sendmmsg`), `ppoll`, and the clock tick rate. Every
+//! UDP I/O (`recvmmsg`/`sendmmsg`), `ppoll`, the clock tick rate, and a
+//! single receive with its kernel timestamp (for `path`). Every
 //! `unsafe` block of the crate is here, behind safe, bounds-checked wrappers.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
+
+use nts_proto::NtpTimestamp;
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 64;
@@ -340,6 +343,33 @@ pub fn clock_ticks_per_second() -> f64 {
     } else {
         100.0
     }
+}
+
+/// Receives one datagram from a connected socket into `buf` (blocking, up
+/// to the socket's read timeout); returns its length and the kernel's
+/// receive timestamp if one came with it (the socket needs
+/// `ntsd::ntp::sys::enable_rx_timestamps`).
+pub fn recv_timestamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<NtpTimestamp>)> {
+    // Room for SCM_TIMESTAMPNS (CMSG_SPACE of a timespec), u64-aligned.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at `buf` and `control`, both valid for the call;
+    // the kernel writes at most their lengths.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(last_error());
+    }
+    let stamp = ntsd::ntp::sys::rx_timestamp(&msg);
+    Ok((n as usize, stamp))
 }
 
 #[cfg(test)]

@@ -349,6 +349,34 @@ fn nts_flood_against_ntsd_with_two_threads() {
 }
 
 #[test]
+fn path_against_ntsd_measures_every_reply() {
+    let (server, target, ca) = ntsd_demo();
+    let (ok, kv) = bench(&[
+        "path",
+        &target,
+        "--ca",
+        &ca,
+        "--count",
+        "40",
+        "--interval",
+        "0.001",
+    ]);
+    assert!(ok, "{kv:?}");
+    assert_eq!(kv["mode"], "nts");
+    // 40 requests from one NTS-KE session of 8 cookies: new cookies were used.
+    assert_eq!(num(&kv, "replies"), 40.0, "{kv:?}");
+    for k in ["lost", "invalid", "no_timestamp"] {
+        assert_eq!(num(&kv, k), 0.0, "{k} in {kv:?}");
+    }
+    // The reply reaches the kernel after the server read T3 (less any seal
+    // compensation, well under a microsecond), and within 10 ms on loopback.
+    let p50 = num(&kv, "t4_t3_p50_us");
+    assert!(p50 > 0.0 && p50 < 10_000.0, "{kv:?}");
+    assert!(num(&kv, "t4_t3_p5_us") <= p50, "{kv:?}");
+    drop(server);
+}
+
+#[test]
 fn keflood_against_ntsd() {
     let (server, target, ca) = ntsd_demo();
     let pid = server.0.id().to_string();

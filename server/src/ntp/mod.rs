@@ -277,9 +277,10 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
 }
 
 /// Socket options, control messages and other helpers shared by both back
-/// ends.
+/// ends (and by `ntsd-bench path`, which reads kernel timestamps the same
+/// way).
 #[allow(unsafe_code)]
-pub(crate) mod sys {
+pub mod sys {
     use std::os::fd::AsRawFd;
 
     use nts_proto::NtpTimestamp;
@@ -299,7 +300,7 @@ pub(crate) mod sys {
 
     /// Asks the kernel for a software receive timestamp on every datagram
     /// (SO_TIMESTAMPNS, CLOCK_REALTIME, taken when the packet arrives).
-    pub fn enable_rx_timestamps(socket: &socket2::Socket) -> std::io::Result<()> {
+    pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> std::io::Result<()> {
         let on: libc::c_int = 1;
         // SAFETY: the option value is a c_int that outlives the call.
         let r = unsafe {
