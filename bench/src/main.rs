@@ -195,18 +195,15 @@ fn run_path(
         interval,
     };
     let r = ntsd_bench::path::measure(&cfg, session).map_err(|e| e.to_string())?;
-    let q = |p| r.quantile_us(p);
+    let [p5, p25, p50, p75, p95] = [0.05, 0.25, 0.5, 0.75, 0.95].map(|p| r.quantile_us(p));
+    let iqr = p75 - p25;
     let mode = if plain { "plain" } else { "nts" };
     println!(
-        "mode {mode} target {target} replies {} lost {} invalid {} no_timestamp {} | T4-T3 median {:.2} us, IQR {:.2}, p5..p95 {:.2}..{:.2}",
+        "mode {mode} target {target} replies {} lost {} invalid {} no_timestamp {} | T4-T3 median {p50:.2} us, IQR {iqr:.2}, p5..p95 {p5:.2}..{p95:.2}",
         r.samples_ns.len(),
         r.lost,
         r.invalid,
         r.no_timestamp,
-        q(0.5),
-        q(0.75) - q(0.25),
-        q(0.05),
-        q(0.95)
     );
     let mut line = ResultLine::new("path");
     line.push("mode", mode)
@@ -214,10 +211,10 @@ fn run_path(
         .push("lost", r.lost)
         .push("invalid", r.invalid)
         .push("no_timestamp", r.no_timestamp)
-        .push("t4_t3_p50_us", format!("{:.3}", q(0.5)))
-        .push("t4_t3_iqr_us", format!("{:.3}", q(0.75) - q(0.25)))
-        .push("t4_t3_p5_us", format!("{:.3}", q(0.05)))
-        .push("t4_t3_p95_us", format!("{:.3}", q(0.95)));
+        .push("t4_t3_p50_us", format!("{p50:.3}"))
+        .push("t4_t3_iqr_us", format!("{iqr:.3}"))
+        .push("t4_t3_p5_us", format!("{p5:.3}"))
+        .push("t4_t3_p95_us", format!("{p95:.3}"));
     print_result(&line);
     if r.samples_ns.is_empty() {
         return Err("no verified reply with a kernel timestamp".into());

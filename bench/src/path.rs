@@ -15,11 +15,14 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use nts_proto::client::{NONCE_LEN, UNIQUE_ID_LEN};
+use nts_proto::packet::{NtpHeader, HEADER_LEN};
+use nts_proto::reader::Reader;
 use nts_proto::NtpTimestamp;
 
 use crate::random::{RandomError, RandomPool};
 use crate::session::Session;
 use crate::sys::{self, DATAGRAM_MAX};
+use crate::table::verify_plain;
 
 #[derive(Debug)]
 pub struct PathConfig {
@@ -104,10 +107,9 @@ pub fn measure(cfg: &PathConfig, mut session: Option<Session>) -> Result<PathRep
                 .build_request(transmit, &random, &mut request)
                 .map_err(|_| PathError::NoCookies(i))?,
             None => {
-                request[..48].fill(0);
-                request[0] = 0x23; // NTPv4, client
-                request[40..48].copy_from_slice(&transmit.0.to_be_bytes());
-                48
+                request[..HEADER_LEN]
+                    .copy_from_slice(&NtpHeader::client_request(transmit).to_bytes());
+                HEADER_LEN
             }
         };
         sock.send(&request[..len])?;
@@ -140,16 +142,13 @@ pub fn measure(cfg: &PathConfig, mut session: Option<Session>) -> Result<PathRep
                     .map_err(|_| PathError::Random)?;
                 s.verify_reply(&reply[..n], transmit, uid).is_ok()
             }
-            None => reply[0] & 0x07 == 4,
+            None => verify_plain(&reply[..n], transmit).is_ok(),
         };
+        let header = NtpHeader::decode(&mut Reader::new(&reply[..n]));
         if !valid {
             report.invalid += 1;
-        } else if let Some(t4) = stamp {
-            let mut t3 = [0u8; 8];
-            t3.copy_from_slice(&reply[40..48]);
-            report
-                .samples_ns
-                .push(diff_ns(t4, NtpTimestamp(u64::from_be_bytes(t3))));
+        } else if let (Some(t4), Some(h)) = (stamp, header) {
+            report.samples_ns.push(diff_ns(t4, h.transmit));
         } else {
             report.no_timestamp += 1;
         }
