@@ -298,6 +298,56 @@ pub mod sys {
         std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
     }
 
+    /// Points `msg` (through `iov`) at `reply`, addressed to the first
+    /// `namelen` bytes of `addr`, for [`send_all`].
+    pub fn point_reply(
+        msg: &mut libc::mmsghdr,
+        iov: &mut libc::iovec,
+        reply: &mut [u8],
+        addr: &mut libc::sockaddr_storage,
+        namelen: libc::socklen_t,
+    ) {
+        *iov = libc::iovec {
+            iov_base: reply.as_mut_ptr().cast(),
+            iov_len: reply.len(),
+        };
+        let h = &mut msg.msg_hdr;
+        h.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = namelen;
+        h.msg_iov = iov;
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+    }
+
+    /// Sends every message in `msgs` with `sendmmsg(2)`, retrying on EINTR;
+    /// a datagram the kernel refuses (e.g. an unreachable peer) is skipped.
+    /// Returns how many were refused.
+    ///
+    /// # Safety
+    /// Every header must point (as [`point_reply`] sets it) at a buffer and
+    /// an address that are valid for the duration of the call.
+    pub unsafe fn send_all(fd: i32, msgs: &mut [libc::mmsghdr]) -> usize {
+        let (mut sent, mut refused) = (0, 0);
+        while sent < msgs.len() {
+            let rest = &mut msgs[sent..];
+            // SAFETY: the caller guarantees the headers; `rest` holds
+            // `rest.len()` of them.
+            let r = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as u32, 0) };
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                refused += 1;
+                sent += 1;
+            } else {
+                sent += r as usize;
+            }
+        }
+        refused
+    }
+
     /// Asks the kernel for a software receive timestamp on every datagram
     /// (SO_TIMESTAMPNS, CLOCK_REALTIME, taken when the packet arrives).
     pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> std::io::Result<()> {

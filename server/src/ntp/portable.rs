@@ -4,7 +4,7 @@
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
-use super::sys::{empty_storage, errno, rx_timestamp, ControlBuf};
+use super::sys::{empty_storage, errno, point_reply, rx_timestamp, send_all, ControlBuf};
 use super::{Worker, MAX_PACKET};
 use crate::stats::NtpEvent;
 
@@ -78,35 +78,23 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
             else {
                 continue;
             };
-            out_iov[m] = libc::iovec {
-                iov_base: b.replies[i].as_mut_ptr().cast(),
-                iov_len: reply_len,
+            let Some(reply) = b.replies[i].get_mut(..reply_len) else {
+                continue;
             };
-            let h = &mut out[m].msg_hdr;
-            h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = msg.msg_hdr.msg_namelen;
-            h.msg_iov = &mut out_iov[m];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            point_reply(
+                &mut out[m],
+                &mut out_iov[m],
+                reply,
+                &mut b.addrs[i],
+                msg.msg_hdr.msg_namelen,
+            );
             m += 1;
         }
-        let mut sent = 0;
-        while sent < m {
-            // SAFETY: `out[sent..m]` point at reply buffers and addresses
-            // owned by `b`, valid for the duration of the call.
-            let r = unsafe { libc::sendmmsg(fd, out[sent..].as_mut_ptr(), (m - sent) as u32, 0) };
-            if r < 0 {
-                if errno() == libc::EINTR {
-                    continue;
-                }
-                // Skip the datagram that failed (e.g. an unreachable peer).
-                worker.count(NtpEvent::SendError);
-                sent += 1;
-            } else {
-                sent += r as usize;
-            }
+        // SAFETY: `out[..m]` point at reply buffers and addresses owned by
+        // `b`, untouched until the call returns.
+        let refused = unsafe { send_all(fd, &mut out[..m]) };
+        for _ in 0..refused {
+            worker.count(NtpEvent::SendError);
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::{BufRingEntry, RecvMsgOut};
 use io_uring::{cqueue, opcode, types, IoUring};
 
-use super::sys::{empty_storage, rx_timestamp_in, ControlBuf};
+use super::sys::{empty_storage, point_reply, rx_timestamp_in, send_all, ControlBuf};
 use super::{Worker, MAX_PACKET, STOP_POLL};
 use crate::stats::NtpEvent;
 
@@ -101,6 +101,7 @@ impl Rx {
 /// completes the receives only when the worker asks for completions, in
 /// one batch, instead of interrupting it for each arriving datagram; older
 /// kernels get a plain ring.
+///
 /// The completion queue holds a completion for every provided buffer
 /// twice over, so that a burst never overflows it.
 fn new_ring(entries: u32, buffers: u16) -> std::io::Result<IoUring> {
@@ -293,45 +294,27 @@ impl SendBatch {
                 namelen,
             );
         }
-        self.iov[i] = libc::iovec {
-            iov_base: self.replies[i].as_mut_ptr().cast(),
-            iov_len: len,
+        let Some(reply) = self.replies[i].get_mut(..len) else {
+            return;
         };
-        let h = &mut self.msgs[i].msg_hdr;
-        h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-        h.msg_namelen = namelen as libc::socklen_t;
-        h.msg_iov = &mut self.iov[i];
-        h.msg_iovlen = 1;
-        h.msg_control = std::ptr::null_mut();
-        h.msg_controllen = 0;
-        h.msg_flags = 0;
+        point_reply(
+            &mut self.msgs[i],
+            &mut self.iov[i],
+            reply,
+            &mut self.addrs[i],
+            namelen as libc::socklen_t,
+        );
         self.len = i + 1;
     }
 
     /// Sends every queued reply; a datagram the kernel refuses (e.g. an
     /// unreachable peer) is counted and skipped.
     fn flush(&mut self, worker: &Worker) {
-        let mut sent = 0;
-        while sent < self.len {
-            // SAFETY: `msgs[sent..len]` point at replies and addresses owned
-            // by the batch, valid for the duration of the call.
-            let r = unsafe {
-                libc::sendmmsg(
-                    self.fd,
-                    self.msgs[sent..].as_mut_ptr(),
-                    (self.len - sent) as u32,
-                    0,
-                )
-            };
-            if r < 0 {
-                if super::sys::errno() == libc::EINTR {
-                    continue;
-                }
-                worker.count(NtpEvent::SendError);
-                sent += 1;
-            } else {
-                sent += r as usize;
-            }
+        // SAFETY: `msgs[..len]` point at replies and addresses owned by the
+        // batch, untouched until the call returns.
+        let refused = unsafe { send_all(self.fd, &mut self.msgs[..self.len]) };
+        for _ in 0..refused {
+            worker.count(NtpEvent::SendError);
         }
         self.len = 0;
     }
