@@ -6,9 +6,12 @@
 # throwaway ECDSA P-256 PKI for localhost), NTS on, no rate limiting, and
 # serves as a local stratum 1 that never touches the system clock.
 #
-# For each server and repetition: an NTS flood, a plain NTPv4 flood and an
-# NTS-KE handshake flood (echo: plain only). Prints one Markdown table of the
-# medians (min-max over the repetitions) and keeps every RESULT line in a log.
+# The run is made of rounds (--reps); in each, every server in turn is
+# started, gets an NTS flood, a plain NTPv4 flood and an NTS-KE handshake
+# flood (echo: plain only), and is stopped. Prints one Markdown table of the
+# medians (min-max over the rounds), a table of ntsd's paired ratios to its
+# peers against the targets (each round's ratio, so that the host's drift
+# between rounds cancels), and keeps every RESULT line in a log.
 #
 # Usage: bench/compare.sh [--server-cores LIST] [--gen-cores LIST] [--workers N]
 #          [--reps N] [--seconds S] [--gen-threads N] [--servers LIST]
@@ -30,7 +33,7 @@ Usage: bench/compare.sh [options]
   --gen-cores LIST      CPUs for the generator ntsd-bench               [1]
   --workers N           NTP worker threads / SO_REUSEPORT instances     [number of server cores]
   --gen-threads N       generator threads                               [number of generator cores]
-  --reps N              repetitions per server and test                 [3]
+  --reps N              rounds (repetitions per server and test)        [3]
   --seconds S           seconds per test                                [10]
   --servers LIST        subset of ntsd-uring,ntsd-portable,chrony,ntpd-rs,echo [all]
   --sessions N          NTS-KE sessions of an NTS flood                 [generator default]
@@ -198,12 +201,12 @@ for f in "$CA" "$CHAIN" "$KEY"; do [ -s "$f" ] || die "ntsd-bench pki did not wr
 # Each start_* appends its pids to `started` (the generator measures each
 # with its descendants), and sets SRV_LOG, KE_PORT, NTP_PORT and SRV_NOTE
 # (what the worker count means for it).
-SRV_LOG='' KE_PORT='' NTP_PORT='' SRV_NOTE=''
+SRV_LOG='' KE_PORT='' NTP_PORT='' SRV_NOTE='' ROUND=''
 all_alive() { local p; for p in "${started[@]}"; do alive "$p" || return 1; done; }
 declare -A NOTES=()
 
 start_ntsd() { # BACKEND
-    local dir=$WORK/ntsd-$1
+    local dir=$ROUND/ntsd-$1
     mkdir -m 700 "$dir"
     NTP_PORT=$(free_port) KE_PORT=$(free_port)
     cat >"$dir/config.toml" <<CONF
@@ -237,7 +240,7 @@ CONF
 # writes ntsdumpdir/ntskeys at start, the others load it and never rotate
 # (ntsrotate 0). The NTS-KE helpers (ntsprocesses) add up to the server cores.
 start_chrony() {
-    local dir=$WORK/chrony i per
+    local dir=$ROUND/chrony i per
     mkdir -m 700 "$dir" "$dir/nts"
     NTP_PORT=$(free_port) KE_PORT=$(free_port)
     per=$(( (N_SERVER_CORES + WORKERS - 1) / WORKERS ))
@@ -275,7 +278,7 @@ CONF
 # set SO_REUSEPORT, so --workers does not apply; its tokio runtime (NTS-KE)
 # gets one thread per server core. No [[source]]: it never touches the clock.
 start_ntpd_rs() {
-    local dir=$WORK/ntpd-rs
+    local dir=$ROUND/ntpd-rs
     mkdir -m 700 "$dir"
     NTP_PORT=$(free_port) KE_PORT=$(free_port)
     cat >"$dir/ntp.toml" <<CONF
@@ -304,9 +307,9 @@ CONF
 }
 
 start_echo() {
-    mkdir -m 700 "$WORK/echo"
+    mkdir -m 700 "$ROUND/echo"
     NTP_PORT=$(free_port) KE_PORT=
-    SRV_LOG=$WORK/echo/log
+    SRV_LOG=$ROUND/echo/log
     local threads=()
     if "$BENCH" echo --help 2>/dev/null | grep -q -- --threads; then threads=(--threads "$WORKERS"); fi
     taskset -c "$SERVER_CORES" "$BENCH" echo --listen "127.0.0.1:$NTP_PORT" "${threads[@]}" >"$SRV_LOG" 2>&1 &
@@ -369,34 +372,42 @@ run_test() { # SERVER TEST REP
     fi
 }
 
-for s in "${SERVER_LIST[@]}"; do
-    log "starting $s on CPUs $SERVER_CORES"
-    case "$s" in
-        ntsd-uring) start_ntsd io-uring ;;
-        ntsd-portable) start_ntsd portable ;;
-        chrony) start_chrony ;;
-        ntpd-rs) start_ntpd_rs ;;
-        echo) start_echo ;;
-    esac
-    wait_up "$s"
-    NOTES[$s]=$SRV_NOTE
-    if [ "$s" = echo ]; then
-        tests=(plain)
-        log "$s up: pid(s) ${started[*]}, UDP 127.0.0.1:$NTP_PORT"
-    else
-        tests=(nts plain ke)
-        log "$s up: pid(s) ${started[*]}, NTS-KE localhost:$KE_PORT, NTP 127.0.0.1:$NTP_PORT; $(grep '^server:' "$WORK/$s.query" || true)"
-        "$BENCH" ke "localhost:$KE_PORT" --ca "$CA" >"$WORK/$s.ke" 2>&1 || fail_start "$s" "ntsd-bench ke failed: $(tail -n 1 "$WORK/$s.ke")"
-        log "$s ke: $(tail -n 1 "$WORK/$s.ke")"
-    fi
-    for ((rep = 1; rep <= REPS; rep++)); do
+# Rounds: each round starts every server afresh, runs its tests and stops it
+# before the next; round r begins with the r-th server, so no server is
+# always first or last. A drift of the host's speed over the run then hits
+# all servers alike, and each round gives one paired ratio per figure.
+N_SERVERS=${#SERVER_LIST[@]}
+for ((rep = 1; rep <= REPS; rep++)); do
+    ROUND=$WORK/round$rep
+    mkdir -m 700 "$ROUND"
+    for ((k = 0; k < N_SERVERS; k++)); do
+        s=${SERVER_LIST[$(((k + rep - 1) % N_SERVERS))]}
+        log "round $rep/$REPS: starting $s on CPUs $SERVER_CORES"
+        case "$s" in
+            ntsd-uring) start_ntsd io-uring ;;
+            ntsd-portable) start_ntsd portable ;;
+            chrony) start_chrony ;;
+            ntpd-rs) start_ntpd_rs ;;
+            echo) start_echo ;;
+        esac
+        wait_up "$s"
+        NOTES[$s]=$SRV_NOTE
+        if [ "$s" = echo ]; then
+            tests=(plain)
+            log "$s up: pid(s) ${started[*]}, UDP 127.0.0.1:$NTP_PORT"
+        else
+            tests=(nts plain ke)
+            log "$s up: pid(s) ${started[*]}, NTS-KE localhost:$KE_PORT, NTP 127.0.0.1:$NTP_PORT; $(grep '^server:' "$WORK/$s.query" || true)"
+            "$BENCH" ke "localhost:$KE_PORT" --ca "$CA" >"$WORK/$s.ke" 2>&1 || fail_start "$s" "ntsd-bench ke failed: $(tail -n 1 "$WORK/$s.ke")"
+            log "$s ke: $(tail -n 1 "$WORK/$s.ke")"
+        fi
         for t in "${tests[@]}"; do
             run_test "$s" "$t" "$rep"
             all_alive || fail_start "$s" "it died during the $t test"
         done
+        for p in "${started[@]}"; do kill_tree "$p"; done
+        started=()
     done
-    for p in "${started[@]}"; do kill_tree "$p"; done
-    started=()
 done
 
 # --- the table ----------------------------------------------------------------
@@ -466,6 +477,52 @@ for s in servers:
         f"{max(rss) / 1024:.1f}" if rss else "—",
     ]) + " |")
 print()
+
+# Paired ratios: each round's ntsd figure over the same round's peer figure,
+# so that a drift of the host between rounds cancels out.
+def per_round(s, t, key):
+    out = {}
+    for r in ok(s, t):
+        try:
+            out[r["rep"]] = float(r[key])
+        except (KeyError, ValueError):
+            pass
+    return out
+
+TARGETS = [
+    # (figure, test, key, peer, target, lower is better)
+    ("server CPU per NTS reply vs chrony", "nts", "server_cpu_us_per_reply", "chrony", 0.65, True),
+    ("server CPU per NTS reply vs ntpd-rs", "nts", "server_cpu_us_per_reply", "ntpd-rs", 0.45, True),
+    ("server CPU per plain reply vs echo", "plain", "server_cpu_us_per_reply", "echo", 1.10, True),
+    ("NTS-KE handshakes per CPU-s vs chrony", "ke", "server_handshakes_per_cpu_s", "chrony", 1.5, False),
+    ("NTS-KE handshakes per CPU-s vs ntpd-rs", "ke", "server_handshakes_per_cpu_s", "ntpd-rs", 1.0, False),
+]
+ntsds = [s for s in servers if s.startswith("ntsd")]
+rows = []
+for name, t, key, peer, target, lower in TARGETS:
+    if peer not in servers:
+        continue
+    cells = []
+    for s in ntsds:
+        a, b = per_round(s, t, key), per_round(peer, t, key)
+        ratios = [a[k] / b[k] for k in sorted(a) if k in b and b[k] > 0]
+        if not ratios:
+            cells.append("—")
+            continue
+        m = statistics.median(ratios)
+        met = m <= target if lower else m >= target
+        cell = f"{m:.2f}x"
+        if len(ratios) > 1:
+            cell += f" ({min(ratios):.2f}–{max(ratios):.2f})"
+        cells.append(cell + (" met" if met else " **not met**"))
+    rows.append(f"| {name} | {'≤' if lower else '≥'} {target:.2f}x | " + " | ".join(cells) + " |")
+if rows and ntsds:
+    print("Paired ratios: the median over the rounds of each round's ratio (min–max), against the target.")
+    print()
+    print("| ratio | target | " + " | ".join(ntsds) + " |")
+    print("|---|---|" + "---|" * len(ntsds))
+    print("\n".join(rows))
+    print()
 for n in notes.splitlines():
     print(f"- {n}")
 # Anything a reader must know before trusting a cell.
