@@ -5,7 +5,7 @@
 //! nonce-based use. The output of sealing is the 16-byte SIV tag followed by
 //! the ciphertext, which is what NTS carries on the wire.
 
-use crate::siv::Siv;
+use crate::siv::{self, Siv, SivRef};
 use aes::{Aes128Enc, Aes256Enc};
 
 /// Length of the SIV tag that prefixes every ciphertext.
@@ -103,7 +103,7 @@ impl AeadKey {
     /// Encrypts `buf[TAG_LEN..]` in place and writes the SIV tag into
     /// `buf[..TAG_LEN]`.
     pub fn seal(&self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
-        self.cipher()?.seal(ad, nonce, buf)
+        self.with_cipher(|c| c.seal(ad, nonce, buf))?
     }
 
     /// Authenticates and decrypts `buf` (tag then ciphertext) in place and
@@ -114,13 +114,30 @@ impl AeadKey {
         nonce: &[u8],
         buf: &'b mut [u8],
     ) -> Result<&'b mut [u8], AeadError> {
-        self.cipher()?.open(ad, nonce, buf)
+        self.with_cipher(|c| c.open(ad, nonce, buf))?
     }
 
-    /// The expanded key, for a caller that seals or opens more than once
-    /// with it, or that wants the key setup done before a time-critical
-    /// seal (the server expands the reply key before it reads the transmit
-    /// timestamp).
+    /// Expands the key on the stack and lends it to `f`: for a key used for
+    /// one packet, or for a caller that wants the key setup done before a
+    /// time-critical seal (the server expands the reply key before it reads
+    /// the transmit timestamp). The expanded key is never moved, and is
+    /// zeroed when `f` returns.
+    pub fn with_cipher<R>(&self, f: impl FnOnce(CipherRef<'_>) -> R) -> Result<R, AeadError> {
+        let key = self.as_bytes();
+        match self.algorithm {
+            AeadAlgorithm::AesSivCmac256 => {
+                siv::with_key::<Aes128Enc, _>(key, |s| f(CipherRef(Borrowed::Siv128(s))))
+            }
+            AeadAlgorithm::AesSivCmac512 => {
+                siv::with_key::<Aes256Enc, _>(key, |s| f(CipherRef(Borrowed::Siv256(s))))
+            }
+        }
+        .ok_or(AeadError)
+    }
+
+    /// The expanded key as a value, for a caller that keeps it (a cookie
+    /// master key, a client session). It is about 2 KiB: a key used once is
+    /// better lent by [`AeadKey::with_cipher`].
     pub fn cipher(&self) -> Result<Cipher, AeadError> {
         let key = self.as_bytes();
         match self.algorithm {
@@ -134,8 +151,8 @@ impl AeadKey {
 
 /// An AES-SIV key with its key schedule expanded, ready to seal and open
 /// any number of times. Key material is zeroed on drop.
-// Lives inline (on the stack for one reply, inside each cookie master key);
-// boxing the larger variant would put a heap allocation on the hot path.
+// Lives inline (inside each cookie master key and client session); boxing
+// the larger variant would allocate per key.
 #[derive(Clone)]
 pub struct Cipher(Expanded);
 
@@ -153,9 +170,17 @@ impl std::fmt::Debug for Cipher {
 }
 
 impl Cipher {
+    /// The key by reference, as [`AeadKey::with_cipher`] lends it.
+    pub fn as_ref(&self) -> CipherRef<'_> {
+        CipherRef(match &self.0 {
+            Expanded::Siv128(c) => Borrowed::Siv128(c.as_ref()),
+            Expanded::Siv256(c) => Borrowed::Siv256(c.as_ref()),
+        })
+    }
+
     /// As [`AeadKey::seal`].
     pub fn seal(&self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
-        self.seal_with_headers(&[ad, nonce], buf)
+        self.as_ref().seal(ad, nonce, buf)
     }
 
     /// As [`AeadKey::open`].
@@ -165,24 +190,58 @@ impl Cipher {
         nonce: &[u8],
         buf: &'b mut [u8],
     ) -> Result<&'b mut [u8], AeadError> {
+        self.as_ref().open(ad, nonce, buf)
+    }
+}
+
+/// An expanded key, borrowed: from a [`Cipher`] or lent by
+/// [`AeadKey::with_cipher`].
+#[derive(Clone, Copy)]
+pub struct CipherRef<'a>(Borrowed<'a>);
+
+#[derive(Clone, Copy)]
+enum Borrowed<'a> {
+    Siv128(SivRef<'a, Aes128Enc>),
+    Siv256(SivRef<'a, Aes256Enc>),
+}
+
+impl std::fmt::Debug for CipherRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CipherRef { .. }")
+    }
+}
+
+impl CipherRef<'_> {
+    /// As [`AeadKey::seal`].
+    pub fn seal(self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
+        self.seal_with_headers(&[ad, nonce], buf)
+    }
+
+    /// As [`AeadKey::open`].
+    pub fn open<'b>(
+        self,
+        ad: &[u8],
+        nonce: &[u8],
+        buf: &'b mut [u8],
+    ) -> Result<&'b mut [u8], AeadError> {
         self.open_with_headers(&[ad, nonce], buf)
     }
 
-    fn seal_with_headers(&self, headers: &[&[u8]], buf: &mut [u8]) -> Result<(), AeadError> {
+    fn seal_with_headers(self, headers: &[&[u8]], buf: &mut [u8]) -> Result<(), AeadError> {
         if buf.len() < TAG_LEN {
             return Err(AeadError);
         }
         let (tag_out, text) = buf.split_at_mut(TAG_LEN);
-        let tag = match &self.0 {
-            Expanded::Siv128(c) => c.seal(headers, text),
-            Expanded::Siv256(c) => c.seal(headers, text),
+        let tag = match self.0 {
+            Borrowed::Siv128(c) => c.seal(headers, text),
+            Borrowed::Siv256(c) => c.seal(headers, text),
         };
         tag_out.copy_from_slice(&tag);
         Ok(())
     }
 
     fn open_with_headers<'b>(
-        &self,
+        self,
         headers: &[&[u8]],
         buf: &'b mut [u8],
     ) -> Result<&'b mut [u8], AeadError> {
@@ -192,9 +251,9 @@ impl Cipher {
         let (tag, text) = buf.split_at_mut(TAG_LEN);
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag);
-        let ok = match &self.0 {
-            Expanded::Siv128(c) => c.open(headers, text, &t),
-            Expanded::Siv256(c) => c.open(headers, text, &t),
+        let ok = match self.0 {
+            Borrowed::Siv128(c) => c.open(headers, text, &t),
+            Borrowed::Siv256(c) => c.open(headers, text, &t),
         };
         if ok {
             Ok(text)
@@ -226,6 +285,7 @@ mod tests {
         let mut buf = vec![0u8; TAG_LEN];
         buf.extend_from_slice(&pt);
         let cipher = key.cipher().expect("cipher");
+        let cipher = cipher.as_ref();
         cipher.seal_with_headers(&[&ad], &mut buf).expect("seal");
         assert_eq!(buf, expected);
         let opened = cipher.open_with_headers(&[&ad], &mut buf).expect("open");
@@ -253,9 +313,8 @@ mod tests {
         );
         let mut buf = vec![0u8; TAG_LEN];
         buf.extend_from_slice(&pt);
-        key.cipher()
+        key.with_cipher(|c| c.seal_with_headers(&[&ad1, &ad2, &nonce], &mut buf))
             .expect("cipher")
-            .seal_with_headers(&[&ad1, &ad2, &nonce], &mut buf)
             .expect("seal");
         assert_eq!(buf, expected);
     }

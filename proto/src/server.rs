@@ -366,13 +366,15 @@ fn nts_reply<K: CookieKeys>(
             body.get_mut(clen..).unwrap_or_default().fill(0);
         }
     }
-    let sealer = keys.s2c.cipher().map_err(|_| BufferTooSmall)?;
-    ad.get_mut(TRANSMIT_OFFSET..HEADER_LEN)
-        .ok_or(BufferTooSmall)?
-        .copy_from_slice(&transmit().0.to_be_bytes());
-    sealer
-        .seal(ad, &nonce, sealed)
-        .map_err(|_| BufferTooSmall)?;
+    // The reply key is expanded before the transmit timestamp is read.
+    keys.s2c
+        .with_cipher(|sealer| {
+            ad.get_mut(TRANSMIT_OFFSET..HEADER_LEN)
+                .ok_or(BufferTooSmall)?
+                .copy_from_slice(&transmit().0.to_be_bytes());
+            sealer.seal(ad, &nonce, sealed).map_err(|_| BufferTooSmall)
+        })
+        .map_err(|_| BufferTooSmall)??;
     Ok(total)
 }
 

@@ -18,7 +18,7 @@
 
 use aes::cipher::consts::U16;
 use aes::cipher::generic_array::GenericArray;
-use aes::cipher::{BlockBackend, BlockClosure, BlockEncrypt, BlockSizeUser, KeyInit};
+use aes::cipher::{BlockBackend, BlockClosure, BlockEncrypt, BlockSizeUser, Key, KeyInit};
 use zeroize::Zeroize;
 
 pub(crate) const BLOCK: usize = 16;
@@ -27,17 +27,24 @@ type Block = [u8; BLOCK];
 /// independent blocks overlap in the pipeline.
 const CTR_PAR: usize = 8;
 
-/// An AES-SIV key with its schedules and constants expanded.
+/// An AES-SIV key with its schedules and constants expanded, owned (a
+/// cookie master key keeps one for its lifetime).
 #[derive(Clone)]
 pub(crate) struct Siv<C> {
     mac: C,
     ctr: C,
+    consts: Consts,
+}
+
+/// The constants of a MAC key: its CMAC subkeys and CMAC(0^128).
+#[derive(Clone)]
+struct Consts {
     k1: Block,
     k2: Block,
     d0: Block,
 }
 
-impl<C> Drop for Siv<C> {
+impl Drop for Consts {
     fn drop(&mut self) {
         // The AES schedules zeroize themselves (the `zeroize` feature of `aes`).
         self.k1.zeroize();
@@ -45,6 +52,24 @@ impl<C> Drop for Siv<C> {
         self.d0.zeroize();
     }
 }
+
+/// An expanded AES-SIV key by reference: what sealing and opening work on.
+/// A schedule of the `aes` crate is a union sized for its software
+/// fallback (704 bytes for AES-128, 960 for AES-256), so a key expanded for
+/// one packet is lent, never moved: see [`with_key`].
+pub(crate) struct SivRef<'a, C> {
+    mac: &'a C,
+    ctr: &'a C,
+    consts: &'a Consts,
+}
+
+impl<C> Clone for SivRef<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for SivRef<'_, C> {}
 
 fn encrypt<C: BlockEncrypt<BlockSize = U16>>(cipher: &C, block: &mut Block) {
     let mut b = GenericArray::from(*block);
@@ -296,38 +321,81 @@ impl BlockClosure for S2v<'_> {
     }
 }
 
-impl<C: BlockEncrypt<BlockSize = U16> + KeyInit + Clone> Siv<C> {
-    /// Expands a key of twice the AES key length; `None` for any other length.
-    pub(crate) fn new(key: &[u8]) -> Option<Self> {
-        if key.len() % 2 != 0 {
-            return None;
-        }
-        let (mac_key, ctr_key) = key.split_at(key.len() / 2);
-        let mac = C::new_from_slice(mac_key).ok()?;
-        let ctr = C::new_from_slice(ctr_key).ok()?;
+/// The two halves of an AES-SIV key as the cipher's key type; `None` unless
+/// `key` is exactly twice the cipher's key length.
+fn split_key<C: KeyInit>(key: &[u8]) -> Option<(Key<C>, Key<C>)> {
+    if key.len() % 2 != 0 {
+        return None;
+    }
+    let (mac, ctr) = key.split_at(key.len() / 2);
+    let mac = Key::<C>::from_exact_iter(mac.iter().copied())?;
+    let ctr = Key::<C>::from_exact_iter(ctr.iter().copied())?;
+    Some((mac, ctr))
+}
+
+impl Consts {
+    fn new<C: BlockEncrypt<BlockSize = U16>>(mac: &C) -> Self {
         let mut l = [0u8; BLOCK];
-        encrypt(&mac, &mut l);
+        encrypt(mac, &mut l);
         let k1 = dbl(&l);
         let k2 = dbl(&k1);
         l.zeroize();
         // CMAC of one whole zero block: E(0 xor K1).
         let mut d0 = k1;
-        encrypt(&mac, &mut d0);
-        Some(Self {
-            mac,
-            ctr,
-            k1,
-            k2,
-            d0,
-        })
+        encrypt(mac, &mut d0);
+        Self { k1, k2, d0 }
+    }
+}
+
+/// Expands `key` (twice the AES key length) in this stack frame and lends it
+/// to `f`; `None` for any other length. Built in place and borrowed, the
+/// schedules are never copied, which matters for the two session keys that
+/// every NTS reply expands.
+pub(crate) fn with_key<C, R>(key: &[u8], f: impl FnOnce(SivRef<'_, C>) -> R) -> Option<R>
+where
+    C: BlockEncrypt<BlockSize = U16> + KeyInit,
+{
+    let (mut mac_key, mut ctr_key) = split_key::<C>(key)?;
+    let mac = C::new(&mac_key);
+    let ctr = C::new(&ctr_key);
+    mac_key.zeroize();
+    ctr_key.zeroize();
+    let consts = Consts::new(&mac);
+    Some(f(SivRef {
+        mac: &mac,
+        ctr: &ctr,
+        consts: &consts,
+    }))
+}
+
+impl<C: BlockEncrypt<BlockSize = U16> + KeyInit> Siv<C> {
+    /// Expands a key of twice the AES key length; `None` for any other length.
+    pub(crate) fn new(key: &[u8]) -> Option<Self> {
+        let (mut mac_key, mut ctr_key) = split_key::<C>(key)?;
+        let mac = C::new(&mac_key);
+        let ctr = C::new(&ctr_key);
+        mac_key.zeroize();
+        ctr_key.zeroize();
+        let consts = Consts::new(&mac);
+        Some(Self { mac, ctr, consts })
     }
 
+    pub(crate) fn as_ref(&self) -> SivRef<'_, C> {
+        SivRef {
+            mac: &self.mac,
+            ctr: &self.ctr,
+            consts: &self.consts,
+        }
+    }
+}
+
+impl<C: BlockEncrypt<BlockSize = U16>> SivRef<'_, C> {
     fn s2v(&self, headers: &[&[u8]], message: &[u8]) -> Block {
         let mut out = [0u8; BLOCK];
         self.mac.encrypt_with_backend(S2v {
-            k1: &self.k1,
-            k2: &self.k2,
-            d0: &self.d0,
+            k1: &self.consts.k1,
+            k2: &self.consts.k2,
+            d0: &self.consts.d0,
             headers,
             message,
             out: &mut out,
@@ -415,7 +483,7 @@ mod tests {
             for piece in self.data.chunks(self.pieces) {
                 m.update(aes, piece);
             }
-            *self.out = m.finish(aes, &self.siv.k1, &self.siv.k2);
+            *self.out = m.finish(aes, &self.siv.consts.k1, &self.siv.consts.k2);
         }
     }
 
@@ -436,9 +504,15 @@ mod tests {
         let mut key = hex::decode("2b7e151628aed2a6abf7158809cf4f3c").unwrap();
         key.extend_from_slice(&[0; 16]);
         let siv = Siv::<Aes128Enc>::new(&key).unwrap();
-        assert_eq!(hex::encode(siv.k1), "fbeed618357133667c85e08f7236a8de");
-        assert_eq!(hex::encode(siv.k2), "f7ddac306ae266ccf90bc11ee46d513b");
-        assert_eq!(siv.d0, cmac(&siv, &[0; 16], 16));
+        assert_eq!(
+            hex::encode(siv.consts.k1),
+            "fbeed618357133667c85e08f7236a8de"
+        );
+        assert_eq!(
+            hex::encode(siv.consts.k2),
+            "f7ddac306ae266ccf90bc11ee46d513b"
+        );
+        assert_eq!(siv.consts.d0, cmac(&siv, &[0; 16], 16));
         let msg = hex::decode(
             "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51\
              30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710",
@@ -483,9 +557,15 @@ mod tests {
     fn seal(key: &[u8], headers: &[&[u8]], text: &[u8]) -> Vec<u8> {
         let mut buf = text.to_vec();
         let tag = if key.len() == 32 {
-            Siv::<Aes128Enc>::new(key).unwrap().seal(headers, &mut buf)
+            Siv::<Aes128Enc>::new(key)
+                .unwrap()
+                .as_ref()
+                .seal(headers, &mut buf)
         } else {
-            Siv::<Aes256Enc>::new(key).unwrap().seal(headers, &mut buf)
+            Siv::<Aes256Enc>::new(key)
+                .unwrap()
+                .as_ref()
+                .seal(headers, &mut buf)
         };
         let mut out = tag.to_vec();
         out.extend_from_slice(&buf);
@@ -510,9 +590,9 @@ mod tests {
             tag.copy_from_slice(&ours[..BLOCK]);
             let mut buf = ours[BLOCK..].to_vec();
             let opened = if wide {
-                Siv::<Aes256Enc>::new(key).unwrap().open(&[&ad, &nonce], &mut buf, &tag)
+                Siv::<Aes256Enc>::new(key).unwrap().as_ref().open(&[&ad, &nonce], &mut buf, &tag)
             } else {
-                Siv::<Aes128Enc>::new(key).unwrap().open(&[&ad, &nonce], &mut buf, &tag)
+                Siv::<Aes128Enc>::new(key).unwrap().as_ref().open(&[&ad, &nonce], &mut buf, &tag)
             };
             prop_assert!(opened);
             prop_assert_eq!(&buf, &text);
@@ -539,7 +619,8 @@ mod tests {
 
     #[test]
     fn failed_open_leaves_ciphertext_unchanged() {
-        let siv = Siv::<Aes128Enc>::new(&[5; 32]).unwrap();
+        let owned = Siv::<Aes128Enc>::new(&[5; 32]).unwrap();
+        let siv = owned.as_ref();
         let mut buf = [9u8; 100];
         let tag = siv.seal(&[b"ad"], &mut buf);
         let sealed = buf;
@@ -551,6 +632,31 @@ mod tests {
         assert_eq!(buf, sealed);
         assert!(siv.open(&[b"ad"], &mut buf, &tag));
         assert_eq!(buf, [9u8; 100]);
+    }
+
+    #[test]
+    fn a_lent_key_seals_as_an_owned_one() {
+        for key in [&[3u8; 32][..], &[4u8; 64][..]] {
+            let text = [7u8; 40];
+            let lent = if key.len() == 32 {
+                with_key::<Aes128Enc, _>(key, |s| {
+                    let mut b = text;
+                    (s.seal(&[b"ad", b"nonce"], &mut b), b)
+                })
+            } else {
+                with_key::<Aes256Enc, _>(key, |s| {
+                    let mut b = text;
+                    (s.seal(&[b"ad", b"nonce"], &mut b), b)
+                })
+            };
+            let (tag, sealed) = lent.expect("key length");
+            let mut both = tag.to_vec();
+            both.extend_from_slice(&sealed);
+            assert_eq!(both, seal(key, &[b"ad", b"nonce"], &text));
+        }
+        assert!(with_key::<Aes128Enc, _>(&[0; 31], |_| ()).is_none());
+        assert!(with_key::<Aes128Enc, _>(&[0; 64], |_| ()).is_none());
+        assert!(with_key::<Aes256Enc, _>(&[0; 32], |_| ()).is_none());
     }
 
     #[test]
