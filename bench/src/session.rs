@@ -254,23 +254,8 @@ impl Session {
 mod tests {
     use super::*;
     use nts_proto::client::NtsClient;
-    use nts_proto::cookie::{seal_cookie, CookieKeys, MasterKey};
+    use nts_proto::cookie::{seal_cookie, MasterKey, SingleKey};
     use nts_proto::{Action, AeadAlgorithm, AeadKey, Random, Server, SystemInfo};
-
-    struct Ring(MasterKey);
-
-    impl CookieKeys for Ring {
-        fn sealing_key(&self) -> (u32, &MasterKey) {
-            (1, &self.0)
-        }
-        fn opening_keys(&self, id: u32) -> &[MasterKey] {
-            if id == 1 {
-                std::slice::from_ref(&self.0)
-            } else {
-                &[]
-            }
-        }
-    }
 
     struct Counter(u8);
 
@@ -308,7 +293,7 @@ mod tests {
     fn behaves_exactly_like_nts_client() {
         for alg in AeadAlgorithm::ALL {
             let master = MasterKey::from_bytes(&[9; 32]);
-            let ring = Ring(MasterKey::from_bytes(&[9; 32]));
+            let ring = SingleKey::new(1, MasterKey::from_bytes(&[9; 32]));
             let mut system = SystemInfo::unsynchronized();
             system.stratum = 1;
             let server = Server {

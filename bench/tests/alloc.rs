@@ -9,7 +9,7 @@ use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use nts_proto::cookie::{seal_cookie, CookieKeys, MasterKey};
+use nts_proto::cookie::{seal_cookie, MasterKey, SingleKey};
 use nts_proto::{
     Action, AeadAlgorithm, AeadKey, NtpTimestamp, Random, Server, SessionKeys, SystemInfo,
 };
@@ -40,21 +40,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-struct Ring(MasterKey);
-
-impl CookieKeys for Ring {
-    fn sealing_key(&self) -> (u32, &MasterKey) {
-        (1, &self.0)
-    }
-    fn opening_keys(&self, id: u32) -> &[MasterKey] {
-        if id == 1 {
-            std::slice::from_ref(&self.0)
-        } else {
-            &[]
-        }
-    }
-}
 
 struct Counter(u8);
 
@@ -119,7 +104,7 @@ fn no_allocation_per_request() {
     std::thread::scope(|s| {
         s.spawn(|| echo::serve(&sock, &stop));
         s.spawn(|| {
-            let ring = Ring(MasterKey::from_bytes(&[5; 32]));
+            let ring = SingleKey::new(1, MasterKey::from_bytes(&[5; 32]));
             let mut system = SystemInfo::unsynchronized();
             system.stratum = 1;
             let server = Server {

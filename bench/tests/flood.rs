@@ -15,28 +15,13 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nts_proto::cookie::{seal_cookie, CookieKeys, MasterKey};
+use nts_proto::cookie::{seal_cookie, MasterKey, SingleKey};
 use nts_proto::{
     Action, AeadAlgorithm, AeadKey, NtpTimestamp, Random, Server, SessionKeys, SystemInfo,
 };
 use ntsd_bench::{flood, FloodConfig, Session};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ntsd-bench");
-
-struct Ring(MasterKey);
-
-impl CookieKeys for Ring {
-    fn sealing_key(&self) -> (u32, &MasterKey) {
-        (1, &self.0)
-    }
-    fn opening_keys(&self, id: u32) -> &[MasterKey] {
-        if id == 1 {
-            std::slice::from_ref(&self.0)
-        } else {
-            &[]
-        }
-    }
-}
 
 struct Counter(u8);
 
@@ -56,7 +41,7 @@ fn responder(stop: Arc<AtomicBool>, master: [u8; 32]) -> (u16, std::thread::Join
         .unwrap();
     let port = sock.local_addr().unwrap().port();
     let handle = std::thread::spawn(move || {
-        let ring = Ring(MasterKey::from_bytes(&master));
+        let ring = SingleKey::new(1, MasterKey::from_bytes(&master));
         let mut system = SystemInfo::unsynchronized();
         system.leap = nts_proto::Leap::NoWarning;
         system.stratum = 1;

@@ -9,25 +9,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use nts_proto::client::NtsClient;
 use nts_proto::cookie::{open_cookie, seal_cookie, COOKIE_NONCE_LEN, MAX_COOKIE_LEN};
 use nts_proto::{
-    AeadAlgorithm, AeadKey, CookieKeys, Leap, MasterKey, NtpShort, NtpTimestamp, Random, Server,
-    SessionKeys, SystemInfo,
+    AeadAlgorithm, AeadKey, Leap, MasterKey, NtpShort, NtpTimestamp, Random, Server, SessionKeys,
+    SingleKey, SystemInfo,
 };
 use std::hint::black_box;
-
-struct OneKey(MasterKey);
-
-impl CookieKeys for OneKey {
-    fn sealing_key(&self) -> (u32, &MasterKey) {
-        (7, &self.0)
-    }
-    fn opening_keys(&self, id: u32) -> &[MasterKey] {
-        if id == 7 {
-            std::slice::from_ref(&self.0)
-        } else {
-            &[]
-        }
-    }
-}
 
 struct Counter(u8);
 
@@ -61,14 +46,14 @@ fn system() -> SystemInfo {
     }
 }
 
-fn cookie(ring: &OneKey, keys: &SessionKeys, seed: u8) -> Vec<u8> {
+fn cookie(ring: &SingleKey, keys: &SessionKeys, seed: u8) -> Vec<u8> {
     let mut out = [0u8; MAX_COOKIE_LEN];
-    let n = seal_cookie(7, &ring.0, &[seed; COOKIE_NONCE_LEN], keys, &mut out).expect("seal");
+    let n = seal_cookie(7, ring.key(), &[seed; COOKIE_NONCE_LEN], keys, &mut out).expect("seal");
     out[..n].to_vec()
 }
 
 fn pieces(c: &mut Criterion) {
-    let ring = OneKey(MasterKey::from_bytes(&[0x42; 32]));
+    let ring = SingleKey::new(7, MasterKey::from_bytes(&[0x42; 32]));
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let a_cookie = cookie(&ring, &keys, 1);
     let ad = [0x5a_u8; 188];
@@ -79,7 +64,7 @@ fn pieces(c: &mut Criterion) {
         b.iter(|| {
             seal_cookie(
                 7,
-                &ring.0,
+                ring.key(),
                 &[1; COOKIE_NONCE_LEN],
                 &keys,
                 black_box(&mut out),
@@ -108,7 +93,7 @@ fn pieces(c: &mut Criterion) {
 }
 
 fn whole(c: &mut Criterion) {
-    let ring = OneKey(MasterKey::from_bytes(&[0x42; 32]));
+    let ring = SingleKey::new(7, MasterKey::from_bytes(&[0x42; 32]));
     let sys = system();
     let server = Server {
         keys: &ring,

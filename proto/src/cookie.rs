@@ -83,6 +83,44 @@ pub trait CookieKeys {
     fn opening_keys(&self, id: u32) -> &[MasterKey];
 }
 
+/// A ring of one master key under a fixed id, which never rotates: for
+/// tests, benchmarks and tools that run a [`crate::Server`] without
+/// `keyrotate`.
+#[derive(Clone, Debug)]
+pub struct SingleKey {
+    id: u32,
+    key: MasterKey,
+}
+
+impl SingleKey {
+    pub fn new(id: u32, key: MasterKey) -> Self {
+        Self { id, key }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The key, for sealing cookies by hand with [`seal_cookie`].
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+}
+
+impl CookieKeys for SingleKey {
+    fn sealing_key(&self) -> (u32, &MasterKey) {
+        (self.id, &self.key)
+    }
+
+    fn opening_keys(&self, id: u32) -> &[MasterKey] {
+        if id == self.id {
+            std::slice::from_ref(&self.key)
+        } else {
+            &[]
+        }
+    }
+}
+
 /// The session keys carried by a cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionKeys {
@@ -188,21 +226,6 @@ pub fn open_cookie(
 mod tests {
     use super::*;
 
-    struct OneKey(u32, MasterKey);
-
-    impl CookieKeys for OneKey {
-        fn sealing_key(&self) -> (u32, &MasterKey) {
-            (self.0, &self.1)
-        }
-        fn opening_keys(&self, id: u32) -> &[MasterKey] {
-            if id == self.0 {
-                std::slice::from_ref(&self.1)
-            } else {
-                &[]
-            }
-        }
-    }
-
     fn session(alg: AeadAlgorithm) -> SessionKeys {
         SessionKeys {
             c2s: AeadKey::new(alg, &vec![1; alg.key_len()]).unwrap(),
@@ -220,11 +243,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_failures() {
-        let ring = OneKey(7, MasterKey::from_bytes(&[9; 32]));
+        let ring = SingleKey::new(7, MasterKey::from_bytes(&[9; 32]));
         for alg in AeadAlgorithm::ALL {
             let keys = session(alg);
             let mut cookie = [0u8; MAX_COOKIE_LEN];
-            let n = seal_cookie(7, &ring.1, &[3; 16], &keys, &mut cookie).unwrap();
+            let n = seal_cookie(7, ring.key(), &[3; 16], &keys, &mut cookie).unwrap();
             let cookie = &cookie[..n];
             assert_eq!(&cookie[..4], &[0, 0, 0, 7]);
             let mut scratch = [0u8; MAX_COOKIE_LEN];
@@ -247,11 +270,11 @@ mod tests {
                 Err(CookieError::BadLength)
             );
         }
-        let other = OneKey(7, MasterKey::from_bytes(&[8; 32]));
+        let other = SingleKey::new(7, MasterKey::from_bytes(&[8; 32]));
         let mut cookie = [0u8; 100];
         seal_cookie(
             7,
-            &ring.1,
+            ring.key(),
             &[3; 16],
             &session(AeadAlgorithm::AesSivCmac256),
             &mut cookie,
@@ -282,7 +305,7 @@ mod tests {
             &cookie[..20],
             &hex::decode("01020304111111111111111111111111111111111111").unwrap()[..20]
         );
-        let ring = OneKey(0x0102_0304, master);
+        let ring = SingleKey::new(0x0102_0304, master);
         let mut scratch = [0u8; MAX_COOKIE_LEN];
         assert!(open_cookie(&ring, &cookie, &mut scratch).is_ok());
     }

@@ -32,7 +32,7 @@ mod siv;
 pub mod time;
 
 pub use aead::{AeadAlgorithm, AeadKey};
-pub use cookie::{CookieKeys, MasterKey, SessionKeys};
+pub use cookie::{CookieKeys, MasterKey, SessionKeys, SingleKey};
 pub use packet::{Leap, NtpHeader};
 pub use server::{Action, DropReason, NakReason, Random, ReplyKind, Server, SystemInfo};
 pub use time::{NtpShort, NtpTimestamp};

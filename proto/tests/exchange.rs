@@ -12,7 +12,7 @@ use nts_proto::packet::Mode;
 use nts_proto::reader::Reader;
 use nts_proto::{
     Action, AeadAlgorithm, AeadKey, DropReason, Leap, NakReason, NtpHeader, NtpTimestamp,
-    ReplyKind, Server, SessionKeys,
+    ReplyKind, Server, SessionKeys, SingleKey,
 };
 
 const TYPE_UID: u16 = field_type::UNIQUE_IDENTIFIER;
@@ -22,7 +22,7 @@ const TYPE_AUTH: u16 = field_type::AUTHENTICATOR;
 
 /// Runs `handle` with a 2048-byte reply buffer; returns the action and the
 /// reply bytes (empty when ignored).
-fn serve(ring: &OneKey, request: &[u8], rng: &mut Counter) -> (Action, Vec<u8>) {
+fn serve(ring: &SingleKey, request: &[u8], rng: &mut Counter) -> (Action, Vec<u8>) {
     let sys = system();
     let server = Server {
         keys: ring,
@@ -68,14 +68,14 @@ fn reply_cookies(reply: &[u8], s2c: &AeadKey) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn client_with(alg: AeadAlgorithm, ring: &OneKey, n: u8) -> (NtsClient, SessionKeys) {
+fn client_with(alg: AeadAlgorithm, ring: &SingleKey, n: u8) -> (NtsClient, SessionKeys) {
     let keys = session(alg);
     let cookies = (0..n).map(|i| cookie(ring, &keys, i)).collect();
     (NtsClient::new(keys.clone(), cookies), keys)
 }
 
 fn full_exchange(alg: AeadAlgorithm) {
-    let ring = OneKey::default();
+    let ring = one_key();
     let sys = system();
     let (mut client, keys) = client_with(alg, &ring, 2);
     let mut rng = Counter::default();
@@ -145,7 +145,7 @@ fn full_exchange_aead_17() {
 #[test]
 fn seven_placeholders_get_eight_cookies() {
     for alg in AeadAlgorithm::ALL {
-        let ring = OneKey::default();
+        let ring = one_key();
         let (mut client, keys) = client_with(alg, &ring, 1);
         let mut out = [0u8; 2048];
         let (len, pending) = client.build_request(T1, &[7; 48], 8, &mut out).unwrap();
@@ -163,7 +163,7 @@ fn seven_placeholders_get_eight_cookies() {
 #[test]
 fn short_placeholders_cap_the_cookie_count() {
     // Placeholders shorter than a cookie must not buy a larger reply.
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let c = cookie(&ring, &keys, 1);
     let mut req = header(first_byte(4, 3), T1);
@@ -189,7 +189,7 @@ fn short_placeholders_cap_the_cookie_count() {
 
 #[test]
 fn encrypted_placeholders_are_counted() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let c = cookie(&ring, &keys, 1);
     let mut req = header(first_byte(4, 3), T1);
@@ -213,7 +213,7 @@ fn encrypted_placeholders_are_counted() {
 
 #[test]
 fn plain_ntp_gets_plain_reply() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let sys = system();
     for version in 1..=4u8 {
         let req = header(first_byte(version, 3), T1);
@@ -253,7 +253,7 @@ fn plain_ntp_gets_plain_reply() {
 
 /// Checks a NAK byte by byte against RFC 8915, section 5.7, and that the
 /// client recognises it.
-fn assert_nak(ring: &OneKey, request: &[u8], uid: &[u8], reason: NakReason) {
+fn assert_nak(ring: &SingleKey, request: &[u8], uid: &[u8], reason: NakReason) {
     let (action, reply) = serve(ring, request, &mut Counter::default());
     assert_eq!(
         action,
@@ -288,8 +288,8 @@ fn assert_nak(ring: &OneKey, request: &[u8], uid: &[u8], reason: NakReason) {
 
 #[test]
 fn nak_unknown_key() {
-    let ring = OneKey::default();
-    let retired = OneKey::new(KEY_ID + 1, MASTER);
+    let ring = one_key();
+    let retired = one_key_with(KEY_ID + 1, MASTER);
     for alg in AeadAlgorithm::ALL {
         let (mut client, _) = client_with(alg, &retired, 1);
         let mut out = [0u8; 2048];
@@ -302,7 +302,7 @@ fn nak_unknown_key() {
 
 #[test]
 fn nak_tampered_cookie() {
-    let ring = OneKey::default();
+    let ring = one_key();
     for alg in AeadAlgorithm::ALL {
         for at in [4, 20, 36, 99] {
             let (mut client, _) = client_with(alg, &ring, 1);
@@ -317,7 +317,7 @@ fn nak_tampered_cookie() {
 
 #[test]
 fn nak_wrong_length_cookie() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let good = cookie(&ring, &keys, 1);
     let uid = [6u8; 32];
@@ -331,7 +331,7 @@ fn nak_wrong_length_cookie() {
 
 #[test]
 fn nak_tampered_authenticator() {
-    let ring = OneKey::default();
+    let ring = one_key();
     for alg in AeadAlgorithm::ALL {
         let (mut client, _) = client_with(alg, &ring, 1);
         let mut out = [0u8; 2048];
@@ -348,7 +348,7 @@ fn nak_tampered_authenticator() {
 
 #[test]
 fn nak_wrong_c2s_key() {
-    let ring = OneKey::default();
+    let ring = one_key();
     for alg in AeadAlgorithm::ALL {
         let keys = session(alg);
         let c = cookie(&ring, &keys, 1);
@@ -367,7 +367,7 @@ fn nak_wrong_c2s_key() {
 
 #[test]
 fn nak_missing_or_malformed_authenticator() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let c = cookie(&ring, &keys, 1);
     let uid = [8u8; 32];
@@ -411,7 +411,7 @@ fn nak_missing_or_malformed_authenticator() {
 
 #[test]
 fn nak_short_nonce() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let c = cookie(&ring, &keys, 1);
     let uid = [10u8; 32];
@@ -438,21 +438,21 @@ fn nak_short_nonce() {
 
 #[test]
 fn nak_echoes_long_unique_identifier() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let uid = [0x5a; 64];
     let req = nts_request(&keys, &[0; 100], &uid, 0, &[9; 16]);
     assert_nak(&ring, &req, &uid, NakReason::CookieUnknownKey);
 }
 
-fn assert_drop(ring: &OneKey, request: &[u8], reason: DropReason) {
+fn assert_drop(ring: &SingleKey, request: &[u8], reason: DropReason) {
     let (action, _) = serve(ring, request, &mut Counter::default());
     assert_eq!(action, Action::Ignore(reason), "{}", hex::encode(request));
 }
 
 #[test]
 fn drop_paths() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let c = cookie(&ring, &keys, 1);
     let uid = [11u8; 32];
@@ -558,7 +558,7 @@ fn drop_paths() {
 
 #[test]
 fn small_reply_buffer_is_counted_not_panicked() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let sys = system();
     let server = Server {
         keys: &ring,
@@ -583,7 +583,7 @@ fn small_reply_buffer_is_counted_not_panicked() {
 
 #[test]
 fn client_rejects_unsolicited_and_forged_replies() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let (mut client, _) = client_with(AeadAlgorithm::AesSivCmac256, &ring, 2);
     let mut out = [0u8; 2048];
     let (len, pending) = client.build_request(T1, &[1; 48], 2, &mut out).unwrap();
@@ -633,7 +633,7 @@ fn client_rejects_unsolicited_and_forged_replies() {
 /// sealing would invalidate every cookie in the field after an upgrade.
 #[test]
 fn cookie_known_answer() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let cases = [
         (AeadAlgorithm::AesSivCmac256, COOKIE_15),
         (AeadAlgorithm::AesSivCmac512, COOKIE_17),
@@ -723,7 +723,7 @@ const KAT_REPLY: &str = concat!(
 /// placeholder, unique id 0xa0..0xbf, request nonce 0xc0..0xcf, transmit T1,
 /// server time T2, server randomness counting up from 0.
 fn kat_exchange() -> (Vec<u8>, Vec<u8>, NtsClient, Pending) {
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let mut client = NtsClient::new(
         keys,
@@ -754,7 +754,7 @@ fn nts_exchange_known_answer() {
     assert_eq!(hex::encode(&request), KAT_REQUEST);
     assert_eq!(hex::encode(&reply), KAT_REPLY);
     let keys = session(AeadAlgorithm::AesSivCmac256);
-    let ring = OneKey::default();
+    let ring = one_key();
 
     // The request, decoded by hand.
     assert_eq!(request.len(), 48 + 36 + 104 + 104 + 40);
@@ -824,7 +824,7 @@ fn nts_exchange_known_answer() {
 fn late_fields_after_authenticator_are_ignored() {
     // Fields after the authenticator are unauthenticated; the server ignores
     // them (and trailing bytes) rather than act on them.
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(AeadAlgorithm::AesSivCmac256);
     let c = cookie(&ring, &keys, 1);
     let good = nts_request(&keys, &c, &[1; 32], 0, &[9; 16]);
@@ -855,7 +855,7 @@ fn late_fields_after_authenticator_are_ignored() {
 /// last: for NTS before sealing, so the authenticated reply carries it.
 #[test]
 fn transmit_time_is_read_last_and_authenticated() {
-    let ring = OneKey::default();
+    let ring = one_key();
     let sys = system();
     let server = Server {
         keys: &ring,

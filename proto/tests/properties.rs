@@ -12,8 +12,7 @@ use nts_proto::ke::{self, KeRequest, Record};
 use nts_proto::packet::Mode;
 use nts_proto::reader::{Reader, Writer};
 use nts_proto::{
-    Action, AeadAlgorithm, AeadKey, Leap, MasterKey, NtpHeader, NtpShort, NtpTimestamp, Server,
-    SessionKeys,
+    Action, AeadAlgorithm, AeadKey, Leap, NtpHeader, NtpShort, NtpTimestamp, Server, SessionKeys,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -45,7 +44,7 @@ fn valid_request(
     placeholders: usize,
     random: [u8; 48],
 ) -> (Vec<u8>, Pending, NtsClient) {
-    let ring = OneKey::default();
+    let ring = one_key();
     let keys = session(alg);
     let mut client = NtsClient::new(keys.clone(), vec![cookie(&ring, &keys, random[0])]);
     let mut out = [0u8; 2048];
@@ -120,7 +119,7 @@ fn any_request() -> impl Strategy<Value = Vec<u8>> {
 
 /// Handles `request` with a 2048-byte buffer and checks the reply bound.
 fn handle_checked(request: &[u8], rng: u8) -> Result<Option<Vec<u8>>, TestCaseError> {
-    let ring = OneKey::default();
+    let ring = one_key();
     let sys = system();
     let server = Server {
         keys: &ring,
@@ -295,7 +294,7 @@ proptest! {
 
     #[test]
     fn open_cookie_is_total(b in bytes(300), scratch_len in 0..200usize) {
-        let ring = OneKey::default();
+        let ring = one_key();
         let mut scratch = vec![0u8; scratch_len];
         let _ = open_cookie(&ring, &b, &mut scratch);
         let mut scratch = [0u8; MAX_COOKIE_LEN];
@@ -322,7 +321,7 @@ proptest! {
 
     #[test]
     fn handle_respects_small_reply_buffers(request in any_request(), n in 0..1600usize) {
-        let ring = OneKey::default();
+        let ring = one_key();
         let sys = system();
         let server = Server { keys: &ring, system: &sys };
         let mut reply = vec![0u8; n];
@@ -416,9 +415,9 @@ proptest! {
         nonce in any::<[u8; 16]>(),
         flip in any::<(Index, u8)>(),
     ) {
-        let ring = OneKey { id: key_id, key: MasterKey::from_bytes(&master) };
+        let ring = one_key_with(key_id, master);
         let mut out = [0u8; MAX_COOKIE_LEN];
-        let n = seal_cookie(key_id, &ring.key, &nonce, &keys, &mut out).unwrap();
+        let n = seal_cookie(key_id, ring.key(), &nonce, &keys, &mut out).unwrap();
         prop_assert_eq!(n, nts_proto::cookie::cookie_len(keys.algorithm()));
         let cookie = &out[..n];
         let mut scratch = [0u8; MAX_COOKIE_LEN];
@@ -431,6 +430,6 @@ proptest! {
         prop_assert!(open_cookie(&ring, &bad, &mut scratch).is_err());
         // Too small an output buffer is an error, not a panic.
         let mut small = vec![0u8; n - 1];
-        prop_assert!(seal_cookie(key_id, &ring.key, &nonce, &keys, &mut small).is_err());
+        prop_assert!(seal_cookie(key_id, ring.key(), &nonce, &keys, &mut small).is_err());
     }
 }

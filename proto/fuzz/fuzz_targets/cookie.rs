@@ -5,10 +5,10 @@
 use libfuzzer_sys::fuzz_target;
 use nts_proto::cookie::{open_cookie, MAX_COOKIE_LEN};
 use nts_proto::AeadAlgorithm;
-use nts_proto_fuzz::{cookie, mutate, session, OneKey};
+use nts_proto_fuzz::{cookie, mutate, one_key, session};
 
 fuzz_target!(|data: &[u8]| {
-    let ring = OneKey::default();
+    let ring = one_key();
     let mut scratch = [0u8; MAX_COOKIE_LEN];
     let Some((&mode, rest)) = data.split_first() else {
         return;

@@ -9,13 +9,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use nts_proto::{Action, AeadAlgorithm, ReplyKind, Server};
-use nts_proto_fuzz::{mutate, system, valid_request, Counter, OneKey, T2};
+use nts_proto_fuzz::{mutate, one_key, system, valid_request, Counter, T2};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let ring = OneKey::default();
+    let ring = one_key();
     let sys = system();
     let server = Server {
         keys: &ring,

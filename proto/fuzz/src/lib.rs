@@ -4,35 +4,17 @@
 use nts_proto::client::{NtsClient, Pending};
 use nts_proto::cookie::{seal_cookie, MAX_COOKIE_LEN};
 use nts_proto::{
-    AeadAlgorithm, AeadKey, CookieKeys, Leap, MasterKey, NtpShort, NtpTimestamp, Random,
-    SessionKeys, SystemInfo,
+    AeadAlgorithm, AeadKey, Leap, MasterKey, NtpShort, NtpTimestamp, Random, SessionKeys,
+    SingleKey, SystemInfo,
 };
 
 pub const KEY_ID: u32 = 0x0102_0304;
 pub const T1: NtpTimestamp = NtpTimestamp(0xe9a0_1234_5678_9abc);
 pub const T2: NtpTimestamp = NtpTimestamp(0xe9a0_1234_8000_0000);
 
-/// One master key under one id.
-#[derive(Debug)]
-pub struct OneKey(pub MasterKey);
-
-impl Default for OneKey {
-    fn default() -> Self {
-        Self(MasterKey::from_bytes(&[0x42; 32]))
-    }
-}
-
-impl CookieKeys for OneKey {
-    fn sealing_key(&self) -> (u32, &MasterKey) {
-        (KEY_ID, &self.0)
-    }
-    fn opening_keys(&self, id: u32) -> &[MasterKey] {
-        if id == KEY_ID {
-            std::slice::from_ref(&self.0)
-        } else {
-            &[]
-        }
-    }
+/// One master key under [`KEY_ID`].
+pub fn one_key() -> SingleKey {
+    SingleKey::new(KEY_ID, MasterKey::from_bytes(&[0x42; 32]))
 }
 
 /// Deterministic "randomness": a byte counter.
@@ -72,10 +54,10 @@ pub fn session(alg: AeadAlgorithm) -> SessionKeys {
     }
 }
 
-/// A cookie for `session(alg)` sealed under [`OneKey`].
-pub fn cookie(ring: &OneKey, alg: AeadAlgorithm, seed: u8) -> Vec<u8> {
+/// A cookie for `session(alg)` sealed under [`one_key`].
+pub fn cookie(ring: &SingleKey, alg: AeadAlgorithm, seed: u8) -> Vec<u8> {
     let mut out = [0u8; MAX_COOKIE_LEN];
-    match seal_cookie(KEY_ID, &ring.0, &[seed; 16], &session(alg), &mut out) {
+    match seal_cookie(ring.id(), ring.key(), &[seed; 16], &session(alg), &mut out) {
         Ok(n) => out.get(..n).unwrap_or_default().to_vec(),
         Err(e) => unreachable!("sealing a cookie failed: {e}"),
     }
@@ -88,7 +70,7 @@ pub fn valid_request(
     placeholders: usize,
     seed: u8,
 ) -> (Vec<u8>, NtsClient, Pending) {
-    let ring = OneKey::default();
+    let ring = one_key();
     let mut client = NtsClient::new(session(alg), vec![cookie(&ring, alg, seed)]);
     let mut out = [0u8; 2048];
     match client.build_request(T1, &[seed; 48], placeholders + 1, &mut out) {

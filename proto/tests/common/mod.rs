@@ -7,46 +7,21 @@ use nts_proto::cookie::{seal_cookie, COOKIE_NONCE_LEN, MAX_COOKIE_LEN};
 use nts_proto::ef::{field_type, write_field};
 use nts_proto::reader::Writer;
 use nts_proto::{
-    AeadAlgorithm, AeadKey, CookieKeys, Leap, MasterKey, NtpShort, NtpTimestamp, Random,
-    SessionKeys, SystemInfo,
+    AeadAlgorithm, AeadKey, Leap, MasterKey, NtpShort, NtpTimestamp, Random, SessionKeys,
+    SingleKey, SystemInfo,
 };
 
 pub const KEY_ID: u32 = 0x0102_0304;
 pub const MASTER: [u8; 32] = [0x42; 32];
 
-/// A key ring with exactly one master key, accepted under one id.
-#[derive(Debug)]
-pub struct OneKey {
-    pub id: u32,
-    pub key: MasterKey,
+/// The tests' cookie ring: one master key ([`MASTER`]) under [`KEY_ID`].
+pub fn one_key() -> SingleKey {
+    one_key_with(KEY_ID, MASTER)
 }
 
-impl OneKey {
-    pub fn new(id: u32, bytes: [u8; 32]) -> Self {
-        Self {
-            id,
-            key: MasterKey::from_bytes(&bytes),
-        }
-    }
-}
-
-impl Default for OneKey {
-    fn default() -> Self {
-        Self::new(KEY_ID, MASTER)
-    }
-}
-
-impl CookieKeys for OneKey {
-    fn sealing_key(&self) -> (u32, &MasterKey) {
-        (self.id, &self.key)
-    }
-    fn opening_keys(&self, id: u32) -> &[MasterKey] {
-        if id == self.id {
-            std::slice::from_ref(&self.key)
-        } else {
-            &[]
-        }
-    }
+/// A ring of one master key made of `bytes`, accepted under `id`.
+pub fn one_key_with(id: u32, bytes: [u8; 32]) -> SingleKey {
+    SingleKey::new(id, MasterKey::from_bytes(&bytes))
 }
 
 /// Deterministic "randomness": a byte counter.
@@ -71,11 +46,11 @@ pub fn session(alg: AeadAlgorithm) -> SessionKeys {
 }
 
 /// A cookie sealed under `ring` with a nonce of `seed` bytes.
-pub fn cookie(ring: &OneKey, keys: &SessionKeys, seed: u8) -> Vec<u8> {
+pub fn cookie(ring: &SingleKey, keys: &SessionKeys, seed: u8) -> Vec<u8> {
     let mut out = [0u8; MAX_COOKIE_LEN];
     let n = seal_cookie(
-        ring.id,
-        &ring.key,
+        ring.id(),
+        ring.key(),
         &[seed; COOKIE_NONCE_LEN],
         keys,
         &mut out,
