@@ -21,9 +21,9 @@
 //! they are dropped. What is not: the intermediate blocks of one message
 //! (CMAC chains, CTR keystream) and the key halves copied by [`with_key`].
 //! They live in the worker's stack frame, which the next packet overwrites,
-//! next to the session keys they come from, which the cookie put there
-//! unwiped; wiping them byte by byte with volatile stores cost 1,815 of
-//! 12,021 instructions per NTS reply (callgrind).
+//! next to the session keys themselves ([`crate::SessionKeys`]), which are
+//! not wiped either; wiping them byte by byte with volatile stores cost
+//! 1,815 of 12,021 instructions per NTS reply (callgrind).
 
 use aes::cipher::consts::U16;
 use aes::cipher::generic_array::GenericArray;
