@@ -511,7 +511,7 @@ for name, t, key, peer, target, lower in TARGETS:
             continue
         m = statistics.median(ratios)
         met = m <= target if lower else m >= target
-        cell = f"{m:.2f}x"
+        cell = f"{m:.3f}x"
         if len(ratios) > 1:
             cell += f" ({min(ratios):.2f}–{max(ratios):.2f})"
         cells.append(cell + (" met" if met else " **not met**"))
