@@ -6,6 +6,10 @@
 # Needs root (chronyd) and Debian's chrony.
 #
 # Usage: bench/accuracy.sh [SECONDS]
+#   RUNS=N                     N client runs of SECONDS each against the same
+#                              two servers (default 1); with N > 1 the table has
+#                              a row per run and per server, then a summary of
+#                              the paired offset IQRs (per run, ntsd / chrony)
 #   BACKEND=io-uring|portable  ntsd's NTP back end (default io-uring)
 #   PLAIN=1                    both clients use plain NTPv4 instead of NTS
 #   SERVER_CORE=N              pin both servers to core N (default: unpinned)
@@ -13,6 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_RUN=${1:-30}
+RUNS=${RUNS:-1}
+[[ $SECONDS_TO_RUN =~ ^[1-9][0-9]*$ ]] || { echo "accuracy.sh: SECONDS must be a positive integer" >&2; exit 2; }
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "accuracy.sh: RUNS must be a positive integer" >&2; exit 2; }
 BACKEND=${BACKEND:-io-uring}
 CHRONYD=${CHRONYD:-/usr/sbin/chronyd}
 [ -x "$CHRONYD" ] || { echo "chronyd not found (apt-get install chrony)" >&2; exit 1; }
@@ -83,7 +90,7 @@ sleep 1
 
 # Two chronyd clients at the same time, one per server (chrony keeps one
 # source per address, and both servers are on 127.0.0.1). The name localhost
-# lets the certificate verify.
+# lets the certificate verify. Each run starts both afresh (NTS-KE included).
 client() { # NAME NTP_PORT KE_PORT
     mkdir -m 700 "$WORK/$1"
     cat >"$WORK/$1/chrony.conf" <<CONF
@@ -100,22 +107,67 @@ CONF
     pids+=($!)
 }
 nts_opts() { [ -n "${PLAIN:-}" ] || echo "nts ntsport $1"; }
-clients=()
-client ntsd "$NTSD_NTP" "$NTSD_KE"
-client chrony "$C_NTP" "$C_KE"
-sleep "$SECONDS_TO_RUN"
-kill "${clients[@]}"; sleep 0.5
+logs=()
+for ((run = 1; run <= RUNS; run++)); do
+    clients=()
+    client "ntsd.$run" "$NTSD_NTP" "$NTSD_KE"
+    client "chrony.$run" "$C_NTP" "$C_KE"
+    sleep "$SECONDS_TO_RUN"
+    kill "${clients[@]}"
+    wait "${clients[@]}" 2>/dev/null || true
+    logs+=("$WORK/ntsd.$run/measurements.log" "$WORK/chrony.$run/measurements.log")
+    [ "$RUNS" = 1 ] || echo "accuracy.sh: run $run of $RUNS done" >&2
+done
 
-python3 - "$WORK/ntsd/measurements.log" "$WORK/chrony/measurements.log" <<'PY'
+python3 - "${logs[@]}" <<'PY'
 import statistics, sys
 def q(v, p):
     v = sorted(v); i = (len(v) - 1) * p; lo = int(i); hi = min(lo + 1, len(v) - 1)
     return v[lo] + (v[hi] - v[lo]) * (i - lo)
-print("| server | samples | offset median (µs) | offset IQR (µs) | offset p5..p95 (µs) | delay median (µs) | delay IQR (µs) |")
-print("|---|---|---|---|---|---|---|")
-for name, path in zip(["ntsd", "chronyd 4.3 (NTS server)"], sys.argv[1:]):
+def load(path):
     # Columns: date time ip L St 123 567 ABCD LP RP Score Offset PeerDel PeerDisp RootDel RootDisp Refid MTxRx
-    rows = [l.split() for l in open(path) if l[:1].isdigit()]
-    off = [float(r[11]) * 1e6 for r in rows]; dl = [float(r[12]) * 1e6 for r in rows]
-    print(f"| {name} | {len(rows)} | {statistics.median(off):+.2f} | {q(off,.75)-q(off,.25):.2f} | {q(off,.05):+.2f} .. {q(off,.95):+.2f} | {statistics.median(dl):.2f} | {q(dl,.75)-q(dl,.25):.2f} |")
+    try:
+        rows = [l.split() for l in open(path) if l[:1].isdigit()]
+    except OSError:
+        rows = []
+    return [float(r[11]) * 1e6 for r in rows], [float(r[12]) * 1e6 for r in rows]
+def sign_test(k, m):
+    """Two-sided sign test: chance of a split at least this uneven among k + m
+    untied pairs if neither server were more likely to be lower."""
+    from math import comb
+    n = k + m
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(min(k, m) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+paths = sys.argv[1:]
+runs = len(paths) // 2
+names = ["ntsd", "chronyd 4.3 (NTS server)"]
+many = runs > 1
+print(("| run " if many else "") + "| server | samples | offset median (µs) | offset IQR (µs) | offset p5..p95 (µs) | delay median (µs) | delay IQR (µs) |")
+print(("|---" if many else "") + "|---|---|---|---|---|---|---|")
+iqr = {n: [] for n in names}
+for run in range(runs):
+    for name, path in zip(names, paths[2 * run:2 * run + 2]):
+        off, dl = load(path)
+        lead = f"| {run + 1} " if many else ""
+        if len(off) < 2:
+            print(lead + f"| {name} | {len(off)} | no measurements | | | | |")
+            iqr[name].append(None)
+            continue
+        spread = q(off, .75) - q(off, .25)
+        iqr[name].append(spread)
+        print(lead + f"| {name} | {len(off)} | {statistics.median(off):+.2f} | {spread:.2f} | {q(off,.05):+.2f} .. {q(off,.95):+.2f} | {statistics.median(dl):.2f} | {q(dl,.75)-q(dl,.25):.2f} |")
+if many:
+    pairs = [(a, b) for a, b in zip(*iqr.values()) if a is not None and b is not None and b > 0]
+    if pairs:
+        ratios = sorted(a / b for a, b in pairs)
+        lower = sum(a < b for a, b in pairs)
+        equal = sum(a == b for a, b in pairs)
+        print()
+        print(f"Offset IQR over {len(pairs)} paired runs: median ntsd {statistics.median(a for a, _ in pairs):.2f} µs, "
+              f"chrony {statistics.median(b for _, b in pairs):.2f} µs; per-run ratio ntsd/chrony median "
+              f"{statistics.median(ratios):.3f} (min {ratios[0]:.3f}, max {ratios[-1]:.3f}); "
+              f"ntsd lower in {lower}, equal in {equal}, higher in {len(pairs) - lower - equal}; "
+              f"two-sided sign test p = {sign_test(lower, len(pairs) - lower - equal):.2f}.")
 PY
