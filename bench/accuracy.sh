@@ -14,6 +14,7 @@
 #   PLAIN=1                    both clients use plain NTPv4 instead of NTS
 #   SERVER_CORE=N              pin both servers to core N (default: unpinned)
 #   CLIENT_CORE=N              pin both clients to core N (default: unpinned)
+#   NTSD=path/to/ntsd          measure another build of ntsd (before and after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_RUN=${1:-30}
@@ -29,7 +30,7 @@ CLIENT_PIN=()
 [ -z "${CLIENT_CORE:-}" ] || CLIENT_PIN=(taskset -c "$CLIENT_CORE")
 
 cargo build --release --locked -q -p ntsd -p ntsd-bench
-NTSD=$PWD/target/release/ntsd
+NTSD=${NTSD:-$PWD/target/release/ntsd}
 WORK=$(mktemp -d /tmp/ntsd-accuracy.XXXXXX)
 chmod 700 "$WORK"
 pids=()
