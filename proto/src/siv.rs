@@ -360,9 +360,10 @@ impl Consts {
 }
 
 /// Expands `key` (twice the AES key length) in this stack frame and lends it
-/// to `f`; `None` for any other length. Built in place and borrowed, the
-/// schedules are never copied, which matters for the two session keys that
-/// every NTS reply expands.
+/// to `f`; `None` for any other length. Borrowed, the schedules are not
+/// moved after they are built (the `aes` constructor itself copies each
+/// once), which matters for the two session keys that every NTS reply
+/// expands.
 pub(crate) fn with_key<C, R>(key: &[u8], f: impl FnOnce(SivRef<'_, C>) -> R) -> Option<R>
 where
     C: BlockEncrypt<BlockSize = U16> + KeyInit,
