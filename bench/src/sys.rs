@@ -350,8 +350,8 @@ pub fn clock_ticks_per_second() -> f64 {
 /// receive timestamp if one came with it (the socket needs
 /// `ntsd::ntp::sys::enable_rx_timestamps`).
 pub fn recv_timestamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<NtpTimestamp>)> {
-    // Room for SCM_TIMESTAMPNS (CMSG_SPACE of a timespec), u64-aligned.
-    let mut control = [0u64; 8];
+    // The server's control buffer: room for SCM_TIMESTAMPNS, u64-aligned.
+    let mut control: ntsd::ntp::sys::ControlBuf = [0; 8];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
