@@ -17,6 +17,8 @@
 #   NTSD=path/to/ntsd          measure another build of ntsd (before and after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/ntsd-config.sh
+source bench/ntsd-config.sh
 SECONDS_TO_RUN=${1:-30}
 RUNS=${RUNS:-1}
 [[ $SECONDS_TO_RUN =~ ^[1-9][0-9]*$ ]] || { echo "accuracy.sh: SECONDS must be a positive integer" >&2; exit 2; }
@@ -45,24 +47,7 @@ PKI=$WORK/pki
 # ntsd: one worker, source "local", the chosen back end.
 NTSD_NTP=$(free_port); NTSD_KE=$(free_port)
 mkdir -m 700 "$WORK/ntsd-server"
-cat >"$WORK/ntsd-server/config.toml" <<CONF
-[ntp]
-listen = ["127.0.0.1:$NTSD_NTP"]
-workers = 1
-backend = "$BACKEND"
-
-[nts_ke]
-listen = ["127.0.0.1:$NTSD_KE"]
-certificate_chain = "$PKI/chain.pem"
-private_key = "$PKI/key.pem"
-threads = 1
-
-[keys]
-dump_dir = "$WORK/ntsd-server/keys"
-
-[time]
-source = "local"
-CONF
+ntsd_config "$WORK/ntsd-server/config.toml" "$NTSD_NTP" "$NTSD_KE" "$BACKEND" 1 1 "$PKI" "$WORK/ntsd-server/keys"
 "${PIN[@]}" "$NTSD" run --config "$WORK/ntsd-server/config.toml" >"$WORK/ntsd-server/log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do

@@ -13,6 +13,8 @@
 # directory with the callgrind.out files for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/ntsd-config.sh
+source bench/ntsd-config.sh
 RATE=${1:-500}
 SECS=${2:-10}
 command -v valgrind >/dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 1; }
@@ -33,24 +35,7 @@ measure() { # TEST (nts|plain)
     local ntp ke dir=$WORK/$1 target args out file ir replies
     ntp=$(free_port); ke=$(free_port)
     mkdir -p "$dir"
-    cat >"$dir/config.toml" <<CONF
-[ntp]
-listen = ["127.0.0.1:$ntp"]
-workers = 1
-backend = "portable"
-
-[nts_ke]
-listen = ["127.0.0.1:$ke"]
-certificate_chain = "$WORK/pki/chain.pem"
-private_key = "$WORK/pki/key.pem"
-threads = 1
-
-[keys]
-dump_dir = "$dir/keys"
-
-[time]
-source = "local"
-CONF
+    ntsd_config "$dir/config.toml" "$ntp" "$ke" portable 1 1 "$WORK/pki" "$dir/keys"
     valgrind --tool=callgrind --separate-threads=yes \
         --callgrind-out-file="$dir/callgrind.out.%p" \
         "$NTSD" run --config "$dir/config.toml" >"$dir/log" 2>&1 &

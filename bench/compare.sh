@@ -20,6 +20,8 @@
 # keeps the work directory (configs, logs, RESULT lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/ntsd-config.sh
+source bench/ntsd-config.sh
 ROOT=$PWD
 CMDLINE=bench/compare.sh
 for a in "$@"; do
@@ -209,26 +211,7 @@ start_ntsd() { # BACKEND
     local dir=$ROUND/ntsd-$1
     mkdir -m 700 "$dir"
     NTP_PORT=$(free_port) KE_PORT=$(free_port)
-    cat >"$dir/config.toml" <<CONF
-[ntp]
-listen = ["127.0.0.1:$NTP_PORT"]
-workers = $WORKERS
-backend = "$1"
-
-[nts_ke]
-listen = ["127.0.0.1:$KE_PORT"]
-certificate_chain = "$CHAIN"
-private_key = "$KEY"
-ntp_server = "127.0.0.1"
-ntp_port = $NTP_PORT
-threads = $N_SERVER_CORES
-
-[keys]
-dump_dir = "$dir/keys"
-
-[time]
-source = "local"
-CONF
+    ntsd_config "$dir/config.toml" "$NTP_PORT" "$KE_PORT" "$1" "$WORKERS" "$N_SERVER_CORES" "$PKI" "$dir/keys" announce
     SRV_LOG=$dir/log
     taskset -c "$SERVER_CORES" "$NTSD" run --config "$dir/config.toml" >"$SRV_LOG" 2>&1 &
     started+=("$!")
