@@ -136,6 +136,7 @@ struct Cmac {
 }
 
 impl Cmac {
+    #[inline(always)]
     fn absorb<B: BlockBackend<BlockSize = U16>>(&mut self, aes: &mut B, block: &Block) {
         xor(&mut self.x, block);
         let mut b = GenericArray::from(self.x);
@@ -143,6 +144,7 @@ impl Cmac {
         self.x = b.into();
     }
 
+    #[inline(always)]
     fn update<B: BlockBackend<BlockSize = U16>>(&mut self, aes: &mut B, mut data: &[u8]) {
         if data.is_empty() {
             return;
@@ -181,6 +183,7 @@ impl Cmac {
         self.len = tail.len();
     }
 
+    #[inline(always)]
     fn finish<B: BlockBackend<BlockSize = U16>>(
         mut self,
         aes: &mut B,
@@ -229,6 +232,7 @@ fn final_block(last: &[u8], k1: &Block, k2: &Block) -> Block {
     }
 }
 
+#[inline(always)]
 fn absorb_block<B: BlockBackend<BlockSize = U16>>(aes: &mut B, x: &mut Block, block: &[u8]) {
     xor_slice(x, block);
     let mut g = GenericArray::from(*x);
@@ -237,6 +241,7 @@ fn absorb_block<B: BlockBackend<BlockSize = U16>>(aes: &mut B, x: &mut Block, bl
 }
 
 /// Absorbs the whole blocks of `bodies[i]` into `x[i]`, interleaved.
+#[inline(always)]
 fn absorb_lanes<B: BlockBackend<BlockSize = U16>>(
     aes: &mut B,
     x: &mut [Block; LANES],
@@ -269,6 +274,13 @@ impl BlockSizeUser for S2v<'_> {
 }
 
 impl BlockClosure for S2v<'_> {
+    // This closure and every helper that takes the backend are inlined into
+    // the `aes` crate's dispatch function, which is compiled with AES-NI
+    // enabled. Only there can the backend's block function (itself an
+    // AES-NI `target_feature` function) be inlined; compiled on their own,
+    // they call it out of line for every block. Forced inlining took
+    // criterion's `handle/nts_aead15` from 1.90 to 1.42 µs.
+    #[inline(always)]
     fn call<B: BlockBackend<BlockSize = U16>>(self, aes: &mut B) {
         let msg = self.message;
         // Whole blocks of the message before its last 16 bytes: T = M xorend D
@@ -330,6 +342,47 @@ impl BlockClosure for S2v<'_> {
             absorb_block(aes, &mut v, &fin);
             v
         };
+    }
+}
+
+/// AES-CTR as one pass over the cipher backend, inlined like [`S2v`]:
+/// `data ^= keystream` from counter `iv` with bits 31 and 63 cleared (RFC
+/// 5297, 2.5). Blocks are encrypted `CTR_PAR` at a time, so the rounds of
+/// independent counters overlap.
+struct Ctr<'a> {
+    iv: &'a Block,
+    data: &'a mut [u8],
+}
+
+impl BlockSizeUser for Ctr<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockClosure for Ctr<'_> {
+    #[inline(always)]
+    fn call<B: BlockBackend<BlockSize = U16>>(self, aes: &mut B) {
+        let mut q = *self.iv;
+        if let Some(b) = q.get_mut(8) {
+            *b &= 0x7f;
+        }
+        if let Some(b) = q.get_mut(12) {
+            *b &= 0x7f;
+        }
+        let mut counter = u128::from_be_bytes(q);
+        for chunk in self.data.chunks_mut(BLOCK * CTR_PAR) {
+            let mut ks = [GenericArray::from([0u8; BLOCK]); CTR_PAR];
+            let n = chunk.len().div_ceil(BLOCK);
+            for k in ks.iter_mut().take(n) {
+                *k = GenericArray::from(counter.to_be_bytes());
+                counter = counter.wrapping_add(1);
+            }
+            for k in ks.iter_mut().take(n) {
+                aes.proc_block(k.into());
+            }
+            for (c, k) in chunk.chunks_mut(BLOCK).zip(ks.iter()) {
+                xor_slice(c, k);
+            }
+        }
     }
 }
 
@@ -416,27 +469,7 @@ impl<C: BlockEncrypt<BlockSize = U16>> SivRef<'_, C> {
 
     /// XORs `data` with the AES-CTR keystream that starts at `iv`.
     fn ctr(&self, iv: &Block, data: &mut [u8]) {
-        let mut q = *iv;
-        if let Some(b) = q.get_mut(8) {
-            *b &= 0x7f;
-        }
-        if let Some(b) = q.get_mut(12) {
-            *b &= 0x7f;
-        }
-        let mut counter = u128::from_be_bytes(q);
-        let mut ks = [GenericArray::from([0u8; BLOCK]); CTR_PAR];
-        for chunk in data.chunks_mut(BLOCK * CTR_PAR) {
-            let n = chunk.len().div_ceil(BLOCK);
-            let ks = ks.get_mut(..n).unwrap_or_default();
-            for k in ks.iter_mut() {
-                *k = GenericArray::from(counter.to_be_bytes());
-                counter = counter.wrapping_add(1);
-            }
-            self.ctr.encrypt_blocks(ks);
-            for (c, k) in chunk.chunks_mut(BLOCK).zip(ks.iter()) {
-                xor_slice(c, k);
-            }
-        }
+        self.ctr.encrypt_with_backend(Ctr { iv, data });
     }
 
     /// Encrypts `text` in place and returns the SIV tag.
