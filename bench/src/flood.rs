@@ -52,6 +52,10 @@ pub struct FloodConfig {
     /// Requests per second, all threads together; `None`: as fast as
     /// replies come back (closed loop).
     pub rate: Option<f64>,
+    /// Poll the sockets without ever sleeping (each thread keeps its core
+    /// busy), so that a round trip does not include the generator's own
+    /// wake-up.
+    pub spin: bool,
 }
 
 impl FloodConfig {
@@ -64,6 +68,7 @@ impl FloodConfig {
             threads: 1,
             sockets: 16,
             rate: None,
+            spin: false,
         }
     }
 }
@@ -163,7 +168,8 @@ pub fn flood(cfg: &FloodConfig, sessions: Vec<Session>) -> Result<FloodReport, F
             .into_iter()
             .map(|(sessions, sockets, window)| {
                 scope.spawn(move || {
-                    Worker::new(sessions, sockets, window, per_thread_rate).run(start, cfg.duration)
+                    Worker::new(sessions, sockets, window, per_thread_rate, cfg.spin)
+                        .run(start, cfg.duration)
                 })
             })
             .collect();
@@ -240,6 +246,7 @@ struct Worker {
     send: SendBatch,
     random: RandomPool,
     pace: Option<Pace>,
+    spin: bool,
     table: Table,
 }
 
@@ -249,6 +256,7 @@ impl Worker {
         sockets: Vec<UdpSocket>,
         window: usize,
         rate: Option<f64>,
+        spin: bool,
     ) -> Self {
         let fds = sockets
             .iter()
@@ -269,6 +277,7 @@ impl Worker {
                 interval: 1.0 / r,
                 next_due: 0.0,
             }),
+            spin,
             table: Table::new(sessions, window),
         }
     }
@@ -305,6 +314,9 @@ impl Worker {
                         None => SEND_RETRY,
                     });
                 }
+            }
+            if self.spin {
+                wait = Duration::ZERO;
             }
             if sys::poll(&mut self.fds, wait)? > 0 {
                 for s in 0..self.fds.len() {

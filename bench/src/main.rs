@@ -124,6 +124,11 @@ struct FloodArgs {
     /// by --window; default: closed loop, as fast as replies come.
     #[arg(long, value_name = "R")]
     rate: Option<f64>,
+    /// Never sleep: poll the sockets in a loop (each generator thread keeps
+    /// its core busy). Round trips then leave out the generator's own
+    /// wake-up, which on a VM can dominate latency at a paced rate.
+    #[arg(long)]
+    spin: bool,
     /// Server process whose CPU (with all its descendants) and peak RSS
     /// are reported; may be repeated.
     #[arg(long = "server-pid", value_name = "PID")]
@@ -233,6 +238,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         threads,
         sockets,
         rate,
+        spin,
         server_pid,
     } = a;
     let server_pid = server_pid.as_slice();
@@ -259,6 +265,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         threads,
         sockets,
         rate,
+        spin,
     };
     let gen0 = self_cpu_seconds();
     let probe = ServerProbe::start(server_pid);
@@ -296,6 +303,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         .push("threads", threads)
         .push("sockets", sockets)
         .push("window", window)
+        .push("spin", spin)
         .push("sessions", if plain { 0 } else { sessions.max(threads) });
     if let Some(rate) = rate {
         line.num("target_rate", rate, 0);

@@ -302,6 +302,36 @@ fn paced_plain_flood_keeps_to_the_rate() {
 }
 
 #[test]
+fn spinning_flood_keeps_to_the_rate_without_sleeping() {
+    let (echo, rx) = start(&["echo", "--listen", "127.0.0.1:0"]);
+    let line = wait_for(&rx, "echo listening on").pop().unwrap();
+    let addr = line.split_whitespace().nth(3).unwrap().to_owned();
+    let paced = [
+        "flood",
+        &addr,
+        "--plain",
+        "--rate",
+        "2000",
+        "--seconds",
+        "1",
+    ];
+    let (ok, sleeping) = bench(&paced);
+    assert!(ok, "{sleeping:?}");
+    assert_eq!(sleeping.get("spin").map(String::as_str), Some("false"));
+    let (ok, spinning) = bench(&[&paced[..], &["--spin"]].concat());
+    assert!(ok, "{spinning:?}");
+    assert_eq!(spinning.get("spin").map(String::as_str), Some("true"));
+    let sent = num(&spinning, "sent");
+    assert!((1500.0..=2200.0).contains(&sent), "{spinning:?}");
+    assert_eq!(num(&spinning, "invalid"), 0.0, "{spinning:?}");
+    // The same paced load costs a spinning generator its whole core; a
+    // sleeping one, what its wake-ups cost (about a third of a core on a VM).
+    let (busy, idle) = (num(&spinning, "gen_cpu_pct"), num(&sleeping, "gen_cpu_pct"));
+    assert!(busy > 1.5 * idle, "spinning {busy} % vs sleeping {idle} %");
+    drop(echo);
+}
+
+#[test]
 fn nts_flood_against_ntsd_with_two_threads() {
     let (server, target, ca) = ntsd_demo();
     let pid = server.0.id().to_string();
