@@ -19,7 +19,8 @@
 //! What is wiped: key schedules (the `zeroize` feature of `aes`), the CMAC
 //! constants of a key and the key halves of a kept key ([`Siv::new`]), when
 //! they are dropped. What is not: the intermediate blocks of one message
-//! (CMAC chains, CTR keystream) and the key halves copied by [`with_key`].
+//! (CMAC chains, CTR keystream) and the key halves copied by [`with_key`]
+//! and [`verify_empty`].
 //! They live in the worker's stack frame, which the next packet overwrites,
 //! next to the session keys themselves ([`crate::SessionKeys`]), which are
 //! not wiped either; wiping them byte by byte with volatile stores cost
@@ -453,18 +454,47 @@ impl<C: BlockEncrypt<BlockSize = U16> + KeyInit> Siv<C> {
     }
 }
 
+fn s2v<C: BlockEncrypt<BlockSize = U16>>(
+    mac: &C,
+    consts: &Consts,
+    headers: &[&[u8]],
+    message: &[u8],
+) -> Block {
+    let mut out = [0u8; BLOCK];
+    mac.encrypt_with_backend(S2v {
+        k1: &consts.k1,
+        k2: &consts.k2,
+        d0: &consts.d0,
+        headers,
+        message,
+        out: &mut out,
+    });
+    out
+}
+
+/// Compares two tags in constant time: no early exit on the first difference.
+fn tags_equal(a: &Block, b: &Block) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Checks `tag` against `headers` and an empty message, with only the MAC
+/// half of `key` expanded: the CTR half would encrypt nothing (an NTS
+/// request's authenticator usually encrypts nothing). `None` unless `key`
+/// is twice the cipher's key length.
+pub(crate) fn verify_empty<C>(key: &[u8], headers: &[&[u8]], tag: &Block) -> Option<bool>
+where
+    C: BlockEncrypt<BlockSize = U16> + KeyInit,
+{
+    let (mac_key, _) = split_key::<C>(key)?;
+    let mac = C::new(&mac_key);
+    let consts = Consts::new(&mac);
+    Some(tags_equal(&s2v(&mac, &consts, headers, &[]), tag))
+}
+
 impl<C: BlockEncrypt<BlockSize = U16>> SivRef<'_, C> {
     fn s2v(&self, headers: &[&[u8]], message: &[u8]) -> Block {
-        let mut out = [0u8; BLOCK];
-        self.mac.encrypt_with_backend(S2v {
-            k1: &self.consts.k1,
-            k2: &self.consts.k2,
-            d0: &self.consts.d0,
-            headers,
-            message,
-            out: &mut out,
-        });
-        out
+        s2v(self.mac, self.consts, headers, message)
     }
 
     /// XORs `data` with the AES-CTR keystream that starts at `iv`.
@@ -483,10 +513,7 @@ impl<C: BlockEncrypt<BlockSize = U16>> SivRef<'_, C> {
     /// on failure `text` is left as it was.
     pub(crate) fn open(&self, headers: &[&[u8]], text: &mut [u8], tag: &Block) -> bool {
         self.ctr(tag, text);
-        let v = self.s2v(headers, text);
-        // Constant-time comparison: no early exit on the first difference.
-        let diff = v.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if std::hint::black_box(diff) == 0 {
+        if tags_equal(&self.s2v(headers, text), tag) {
             return true;
         }
         self.ctr(tag, text);
@@ -591,6 +618,45 @@ mod tests {
         let mut out = tag.to_vec();
         out.extend_from_slice(&buf);
         out
+    }
+
+    fn check_empty(key: &[u8], headers: &[&[u8]], tag: &Block) -> Option<bool> {
+        if key.len() == 32 {
+            verify_empty::<Aes128Enc>(key, headers, tag)
+        } else {
+            verify_empty::<Aes256Enc>(key, headers, tag)
+        }
+    }
+
+    /// Only the MAC half of the key, for an empty message: the same tags as
+    /// the `aes-siv` crate, and any change to tag, data or key refused.
+    #[test]
+    fn verify_empty_matches_aes_siv_crate() {
+        let ad: Vec<u8> = (0..188).map(|i| i as u8).collect();
+        let nonce = [0x42u8; 16];
+        for len in [32, 64] {
+            let key: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let headers: [&[u8]; 2] = [&ad, &nonce];
+            let sealed = reference_seal(&key, &headers, &[]);
+            let tag: Block = sealed.as_slice().try_into().unwrap();
+            assert_eq!(check_empty(&key, &headers, &tag), Some(true));
+            for i in 0..BLOCK {
+                let mut bad = tag;
+                bad[i] ^= 0x80;
+                assert_eq!(check_empty(&key, &headers, &bad), Some(false));
+            }
+            let other_nonce = [0x43u8; 16];
+            assert_eq!(check_empty(&key, &[&ad, &other_nonce], &tag), Some(false));
+            assert_eq!(check_empty(&key, &[&ad[1..], &nonce], &tag), Some(false));
+            let mut other_key = key.clone();
+            other_key[0] ^= 1;
+            assert_eq!(check_empty(&other_key, &headers, &tag), Some(false));
+            // The CTR half does not enter the tag of an empty message.
+            let mut ctr_changed = key.clone();
+            ctr_changed[len - 1] ^= 1;
+            assert_eq!(check_empty(&ctr_changed, &headers, &tag), Some(true));
+        }
+        assert_eq!(verify_empty::<Aes128Enc>(&[0; 31], &[], &[0; BLOCK]), None);
     }
 
     fn seal(key: &[u8], headers: &[&[u8]], text: &[u8]) -> Vec<u8> {
