@@ -1,17 +1,17 @@
 //! One NTS client identity for the generator: the session keys from NTS-KE
 //! and a fixed-capacity cookie pool.
 //!
-//! It builds and verifies exactly what `nts_proto::client::NtsClient` does
-//! (same request bytes, same checks in the same order, same errors; the
-//! tests below compare the two), but without a heap allocation per request:
+//! It builds and verifies requests with the functions `NtsClient` uses
+//! (`nts_proto::client::write_request`, `open_reply`, `new_cookies`), so the
+//! bytes, checks and errors are the same (the tests below compare the two),
+//! but keeps its cookies without a heap allocation per request:
 //! cookies live in one buffer allocated with the session, the reply is
 //! decrypted in a buffer of the session, and both keys are expanded once.
 
 use nts_proto::aead::{Cipher, TAG_LEN};
-use nts_proto::client::{ClientError, NONCE_LEN, UNIQUE_ID_LEN};
-use nts_proto::ef::{field_len, field_type, write_field, Authenticator, Fields};
-use nts_proto::packet::{Mode, NtpHeader, HEADER_LEN};
-use nts_proto::reader::{Reader, Writer};
+use nts_proto::client::{self, ClientError, NONCE_LEN, UNIQUE_ID_LEN};
+use nts_proto::ef::{field_len, Authenticator};
+use nts_proto::packet::HEADER_LEN;
 use nts_proto::{NtpTimestamp, SessionKeys};
 
 use crate::sys::DATAGRAM_MAX;
@@ -162,35 +162,15 @@ impl Session {
         // Cookies left once this one is spent.
         let left = self.pool.count.saturating_sub(1);
         let cookie = self.pool.pop().ok_or(ClientError::NoCookies)?;
-        let clen = cookie.len();
-        let (uid, nonce) = random.split_at(UNIQUE_ID_LEN);
         let placeholders = POOL_TARGET.saturating_sub(left + 1);
-        let mut w = Writer::new(out);
-        NtpHeader::client_request(transmit).encode(&mut w)?;
-        write_field(&mut w, field_type::UNIQUE_IDENTIFIER, uid)?;
-        write_field(&mut w, field_type::COOKIE, cookie)?;
-        let zeros = [0u8; COOKIE_MAX];
-        let zeros = zeros.get(..clen).ok_or(ClientError::BufferTooSmall)?;
-        for _ in 0..placeholders {
-            write_field(&mut w, field_type::COOKIE_PLACEHOLDER, zeros)?;
-        }
-        let auth_offset = w.position();
-        let body_len = Authenticator::body_len(NONCE_LEN, TAG_LEN);
-        w.put_u16(field_type::AUTHENTICATOR)?;
-        w.put_u16(u16::try_from(4 + body_len).map_err(|_| ClientError::BufferTooSmall)?)?;
-        w.put_u16(NONCE_LEN as u16)?;
-        w.put_u16(TAG_LEN as u16)?;
-        w.put(nonce)?;
-        w.reserve(TAG_LEN)?;
-        let len = w.position();
-        let (ad, rest) = out.split_at_mut(auth_offset);
-        let tag = rest
-            .get_mut(8 + NONCE_LEN..8 + NONCE_LEN + TAG_LEN)
-            .ok_or(ClientError::BufferTooSmall)?;
-        self.c2s
-            .seal(ad, nonce, tag)
-            .map_err(|_| ClientError::BufferTooSmall)?;
-        Ok(len)
+        client::write_request(
+            self.c2s.as_ref(),
+            transmit,
+            random,
+            cookie,
+            placeholders,
+            out,
+        )
     }
 
     /// As `NtsClient::verify_reply`: checks the reply to the request with
@@ -202,51 +182,15 @@ impl Session {
         transmit: NtpTimestamp,
         unique_id: &[u8; UNIQUE_ID_LEN],
     ) -> Result<usize, ClientError> {
-        let header = NtpHeader::decode(&mut Reader::new(reply)).ok_or(ClientError::Malformed)?;
-        if header.mode != Mode::Server || header.origin != transmit {
-            return Err(ClientError::Unsolicited);
-        }
-        let rest = reply.get(HEADER_LEN..).unwrap_or(&[]);
-        let mut uid_ok = false;
-        let mut auth = None;
-        for field in Fields::new(rest, HEADER_LEN) {
-            let field = field.map_err(|_| ClientError::Malformed)?;
-            match field.field_type {
-                field_type::UNIQUE_IDENTIFIER => uid_ok = field.body == unique_id,
-                field_type::AUTHENTICATOR => {
-                    auth = Some((field.body, field.offset));
-                    break;
-                }
-                _ => {}
-            }
-        }
-        if !uid_ok {
-            return Err(ClientError::Unsolicited);
-        }
-        if header.stratum == 0 && header.reference_id == *b"NTSN" && auth.is_none() {
-            return Err(ClientError::Nak);
-        }
-        let (body, offset) = auth.ok_or(ClientError::BadAuthenticator)?;
-        let a = Authenticator::decode(body).ok_or(ClientError::Malformed)?;
-        let ad = reply.get(..offset).ok_or(ClientError::Malformed)?;
-        let buf = self
-            .scratch
-            .get_mut(..a.ciphertext.len())
-            .ok_or(ClientError::Malformed)?;
-        buf.copy_from_slice(a.ciphertext);
-        let plain = self
-            .s2c
-            .open(ad, a.nonce, buf)
-            .map_err(|_| ClientError::BadAuthenticator)?;
-        let mut cookies = 0;
-        for field in Fields::new(plain, 0) {
-            let field = field.map_err(|_| ClientError::Malformed)?;
-            if field.field_type == field_type::COOKIE {
-                self.pool.push(field.body);
-                cookies += 1;
-            }
-        }
-        Ok(cookies)
+        let (_, plain) = client::open_reply(
+            self.s2c.as_ref(),
+            reply,
+            transmit,
+            unique_id,
+            &mut self.scratch,
+        )?;
+        let pool = &mut self.pool;
+        client::new_cookies(plain, |c| pool.push(c))
     }
 }
 
@@ -255,6 +199,9 @@ mod tests {
     use super::*;
     use nts_proto::client::NtsClient;
     use nts_proto::cookie::{seal_cookie, MasterKey, SingleKey};
+    use nts_proto::ef::{field_type, Fields};
+    use nts_proto::packet::NtpHeader;
+    use nts_proto::reader::Reader;
     use nts_proto::{Action, AeadAlgorithm, AeadKey, Random, Server, SystemInfo};
 
     struct Counter(u8);

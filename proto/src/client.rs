@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::aead::TAG_LEN;
+use crate::aead::{CipherRef, TAG_LEN};
 use crate::cookie::SessionKeys;
 use crate::ef::{field_len, field_type, write_field, Authenticator, Fields};
 use crate::packet::{Mode, NtpHeader, HEADER_LEN};
@@ -86,41 +86,14 @@ impl NtsClient {
         out: &mut [u8],
     ) -> Result<(usize, Pending), ClientError> {
         let cookie = self.cookies.pop_front().ok_or(ClientError::NoCookies)?;
-        let (uid, nonce) = random.split_at(UNIQUE_ID_LEN);
         let placeholders = pool_target.saturating_sub(self.cookies.len() + 1);
-        let mut w = Writer::new(out);
-        NtpHeader::client_request(transmit).encode(&mut w)?;
-        write_field(&mut w, field_type::UNIQUE_IDENTIFIER, uid)?;
-        write_field(&mut w, field_type::COOKIE, &cookie)?;
-        let zeros = [0u8; crate::cookie::MAX_COOKIE_LEN];
-        for _ in 0..placeholders {
-            write_field(
-                &mut w,
-                field_type::COOKIE_PLACEHOLDER,
-                zeros
-                    .get(..cookie.len())
-                    .ok_or(ClientError::BufferTooSmall)?,
-            )?;
-        }
-        let auth_offset = w.position();
-        let body_len = Authenticator::body_len(NONCE_LEN, TAG_LEN);
-        w.put_u16(field_type::AUTHENTICATOR)?;
-        w.put_u16(u16::try_from(4 + body_len).map_err(|_| ClientError::BufferTooSmall)?)?;
-        w.put_u16(NONCE_LEN as u16)?;
-        w.put_u16(TAG_LEN as u16)?;
-        w.put(nonce)?;
-        w.reserve(TAG_LEN)?;
-        let len = w.position();
-        let (ad, rest) = out.split_at_mut(auth_offset);
-        let tag = rest
-            .get_mut(8 + NONCE_LEN..8 + NONCE_LEN + TAG_LEN)
-            .ok_or(ClientError::BufferTooSmall)?;
-        self.keys
+        let len = self
+            .keys
             .c2s
-            .seal(ad, nonce, tag)
-            .map_err(|_| ClientError::BufferTooSmall)?;
-        let mut unique_id = [0u8; UNIQUE_ID_LEN];
-        unique_id.copy_from_slice(uid);
+            .with_cipher(|c2s| write_request(c2s, transmit, random, &cookie, placeholders, out))
+            .map_err(|_| ClientError::BufferTooSmall)??;
+        let unique_id: [u8; UNIQUE_ID_LEN] =
+            *random.first_chunk().ok_or(ClientError::BufferTooSmall)?;
         Ok((
             len,
             Pending {
@@ -136,48 +109,24 @@ impl NtsClient {
         reply: &[u8],
         pending: &Pending,
     ) -> Result<Verified, ClientError> {
-        let header = NtpHeader::decode(&mut Reader::new(reply)).ok_or(ClientError::Malformed)?;
-        if header.mode != Mode::Server || header.origin != pending.transmit {
-            return Err(ClientError::Unsolicited);
-        }
-        let rest = reply.get(HEADER_LEN..).unwrap_or(&[]);
-        let mut uid_ok = false;
-        let mut auth = None;
-        for field in Fields::new(rest, HEADER_LEN) {
-            let field = field.map_err(|_| ClientError::Malformed)?;
-            match field.field_type {
-                field_type::UNIQUE_IDENTIFIER => uid_ok = field.body == pending.unique_id,
-                field_type::AUTHENTICATOR => {
-                    auth = Some((field.body, field.offset));
-                    break;
-                }
-                _ => {}
-            }
-        }
-        if !uid_ok {
-            return Err(ClientError::Unsolicited);
-        }
-        if header.stratum == 0 && header.reference_id == *b"NTSN" && auth.is_none() {
-            return Err(ClientError::Nak);
-        }
-        let (body, offset) = auth.ok_or(ClientError::BadAuthenticator)?;
-        let a = Authenticator::decode(body).ok_or(ClientError::Malformed)?;
-        let ad = reply.get(..offset).ok_or(ClientError::Malformed)?;
-        let mut buf = a.ciphertext.to_vec();
-        let plain = self
+        let mut scratch = vec![0u8; reply.len()];
+        let (header, plain) = self
             .keys
             .s2c
-            .open(ad, a.nonce, &mut buf)
-            .map_err(|_| ClientError::BadAuthenticator)?;
-        let mut cookies = 0;
-        for field in Fields::new(plain, 0) {
-            let field = field.map_err(|_| ClientError::Malformed)?;
-            if field.field_type == field_type::COOKIE {
-                let c = field.body.get(..self.cookie_len).unwrap_or(field.body);
-                self.cookies.push_back(c.to_vec());
-                cookies += 1;
-            }
-        }
+            .with_cipher(|s2c| {
+                open_reply(
+                    s2c,
+                    reply,
+                    pending.transmit,
+                    &pending.unique_id,
+                    &mut scratch,
+                )
+            })
+            .map_err(|_| ClientError::BadAuthenticator)??;
+        let cookies = new_cookies(plain, |c| {
+            let c = c.get(..self.cookie_len).unwrap_or(c);
+            self.cookies.push_back(c.to_vec());
+        })?;
         Ok(Verified { header, cookies })
     }
 
@@ -189,6 +138,112 @@ impl NtsClient {
             + 4
             + Authenticator::body_len(NONCE_LEN, TAG_LEN)
     }
+}
+
+/// Writes an NTS request for `transmit` carrying `cookie` and
+/// `placeholders` cookie placeholders, authenticated under `c2s`; returns
+/// its length. `random` is the unique identifier then the nonce. The
+/// request building of [`NtsClient`], for clients that keep their cookies
+/// and keys their own way (the load generator).
+pub fn write_request(
+    c2s: CipherRef<'_>,
+    transmit: NtpTimestamp,
+    random: &[u8; UNIQUE_ID_LEN + NONCE_LEN],
+    cookie: &[u8],
+    placeholders: usize,
+    out: &mut [u8],
+) -> Result<usize, ClientError> {
+    let (uid, nonce) = random.split_at(UNIQUE_ID_LEN);
+    let mut w = Writer::new(out);
+    NtpHeader::client_request(transmit).encode(&mut w)?;
+    write_field(&mut w, field_type::UNIQUE_IDENTIFIER, uid)?;
+    write_field(&mut w, field_type::COOKIE, cookie)?;
+    let zeros = [0u8; crate::cookie::MAX_COOKIE_LEN];
+    let zeros = zeros
+        .get(..cookie.len())
+        .ok_or(ClientError::BufferTooSmall)?;
+    for _ in 0..placeholders {
+        write_field(&mut w, field_type::COOKIE_PLACEHOLDER, zeros)?;
+    }
+    let auth_offset = w.position();
+    let body_len = Authenticator::body_len(NONCE_LEN, TAG_LEN);
+    w.put_u16(field_type::AUTHENTICATOR)?;
+    w.put_u16(u16::try_from(4 + body_len).map_err(|_| ClientError::BufferTooSmall)?)?;
+    w.put_u16(NONCE_LEN as u16)?;
+    w.put_u16(TAG_LEN as u16)?;
+    w.put(nonce)?;
+    w.reserve(TAG_LEN)?;
+    let len = w.position();
+    let (ad, rest) = out.split_at_mut(auth_offset);
+    let tag = rest
+        .get_mut(8 + NONCE_LEN..8 + NONCE_LEN + TAG_LEN)
+        .ok_or(ClientError::BufferTooSmall)?;
+    c2s.seal(ad, nonce, tag)
+        .map_err(|_| ClientError::BufferTooSmall)?;
+    Ok(len)
+}
+
+/// Checks that `reply` answers the request with `transmit` and `unique_id`
+/// and authenticates under `s2c`; returns its header and the decrypted
+/// extension fields (in `scratch`, which must hold the ciphertext). The
+/// checks of [`NtsClient::verify_reply`], in the same order and with the
+/// same errors.
+pub fn open_reply<'s>(
+    s2c: CipherRef<'_>,
+    reply: &[u8],
+    transmit: NtpTimestamp,
+    unique_id: &[u8; UNIQUE_ID_LEN],
+    scratch: &'s mut [u8],
+) -> Result<(NtpHeader, &'s [u8]), ClientError> {
+    let header = NtpHeader::decode(&mut Reader::new(reply)).ok_or(ClientError::Malformed)?;
+    if header.mode != Mode::Server || header.origin != transmit {
+        return Err(ClientError::Unsolicited);
+    }
+    let rest = reply.get(HEADER_LEN..).unwrap_or(&[]);
+    let mut uid_ok = false;
+    let mut auth = None;
+    for field in Fields::new(rest, HEADER_LEN) {
+        let field = field.map_err(|_| ClientError::Malformed)?;
+        match field.field_type {
+            field_type::UNIQUE_IDENTIFIER => uid_ok = field.body == unique_id,
+            field_type::AUTHENTICATOR => {
+                auth = Some((field.body, field.offset));
+                break;
+            }
+            _ => {}
+        }
+    }
+    if !uid_ok {
+        return Err(ClientError::Unsolicited);
+    }
+    if header.stratum == 0 && header.reference_id == *b"NTSN" && auth.is_none() {
+        return Err(ClientError::Nak);
+    }
+    let (body, offset) = auth.ok_or(ClientError::BadAuthenticator)?;
+    let a = Authenticator::decode(body).ok_or(ClientError::Malformed)?;
+    let ad = reply.get(..offset).ok_or(ClientError::Malformed)?;
+    let buf = scratch
+        .get_mut(..a.ciphertext.len())
+        .ok_or(ClientError::Malformed)?;
+    buf.copy_from_slice(a.ciphertext);
+    let plain = s2c
+        .open(ad, a.nonce, buf)
+        .map_err(|_| ClientError::BadAuthenticator)?;
+    Ok((header, plain))
+}
+
+/// Passes each New Cookie field of a reply's decrypted part to `store`
+/// and returns how many there were.
+pub fn new_cookies(plain: &[u8], mut store: impl FnMut(&[u8])) -> Result<usize, ClientError> {
+    let mut cookies = 0;
+    for field in Fields::new(plain, 0) {
+        let field = field.map_err(|_| ClientError::Malformed)?;
+        if field.field_type == field_type::COOKIE {
+            store(field.body);
+            cookies += 1;
+        }
+    }
+    Ok(cookies)
 }
 
 /// Offset and round-trip delay in seconds from the four timestamps
