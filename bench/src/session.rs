@@ -352,4 +352,26 @@ mod tests {
             Err(ClientError::NoCookies)
         );
     }
+
+    /// Cookies longer than ntsd's own (other servers may issue them) are
+    /// sent, and asked for, at their full length, up to `COOKIE_MAX`.
+    #[test]
+    fn long_cookies_are_sent_whole() {
+        let cookie = vec![0xc5u8; COOKIE_MAX];
+        let keys = keys(AeadAlgorithm::AesSivCmac256);
+        let mut s = Session::new(keys, std::slice::from_ref(&cookie)).expect("session");
+        let mut out = [0u8; DATAGRAM_MAX];
+        let len = s
+            .build_request(NtpTimestamp(1), &[1; UNIQUE_ID_LEN + NONCE_LEN], &mut out)
+            .expect("request");
+        assert_eq!(len, max_request_len(COOKIE_MAX));
+        let fields: Vec<(u16, usize)> = Fields::new(&out[HEADER_LEN..len], HEADER_LEN)
+            .map(|f| f.expect("field"))
+            .map(|f| (f.field_type, f.body.len()))
+            .collect();
+        assert!(fields.contains(&(field_type::COOKIE, COOKIE_MAX)));
+        let placeholders = (field_type::COOKIE_PLACEHOLDER, COOKIE_MAX);
+        let n = fields.iter().filter(|f| **f == placeholders).count();
+        assert_eq!(n, POOL_TARGET - 1);
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use crate::aead::{CipherRef, TAG_LEN};
 use crate::cookie::SessionKeys;
-use crate::ef::{field_len, field_type, write_field, Authenticator, Fields};
+use crate::ef::{field_len, field_type, write_field, write_zero_field, Authenticator, Fields};
 use crate::packet::{Mode, NtpHeader, HEADER_LEN};
 use crate::reader::{BufferTooSmall, Reader, Writer};
 use crate::time::NtpTimestamp;
@@ -158,12 +158,8 @@ pub fn write_request(
     NtpHeader::client_request(transmit).encode(&mut w)?;
     write_field(&mut w, field_type::UNIQUE_IDENTIFIER, uid)?;
     write_field(&mut w, field_type::COOKIE, cookie)?;
-    let zeros = [0u8; crate::cookie::MAX_COOKIE_LEN];
-    let zeros = zeros
-        .get(..cookie.len())
-        .ok_or(ClientError::BufferTooSmall)?;
     for _ in 0..placeholders {
-        write_field(&mut w, field_type::COOKIE_PLACEHOLDER, zeros)?;
+        write_zero_field(&mut w, field_type::COOKIE_PLACEHOLDER, cookie.len())?;
     }
     let auth_offset = w.position();
     let body_len = Authenticator::body_len(NONCE_LEN, TAG_LEN);

@@ -114,6 +114,18 @@ pub fn write_field(w: &mut Writer<'_>, field_type: u16, body: &[u8]) -> Result<(
     w.put_zeros(len - FIELD_HEADER_LEN - body.len())
 }
 
+/// Writes a field whose body is `body_len` zero bytes (a Cookie Placeholder).
+pub fn write_zero_field(
+    w: &mut Writer<'_>,
+    field_type: u16,
+    body_len: usize,
+) -> Result<(), BufferTooSmall> {
+    let len = field_len(body_len);
+    w.put_u16(field_type)?;
+    w.put_u16(u16::try_from(len).map_err(|_| BufferTooSmall)?)?;
+    w.put_zeros(len - FIELD_HEADER_LEN)
+}
+
 /// The parsed body of an NTS Authenticator and Encrypted Extension Fields
 /// field (RFC 8915, section 5.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
