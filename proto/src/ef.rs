@@ -104,14 +104,27 @@ pub const fn field_len(body_len: usize) -> usize {
     }
 }
 
+/// Writes the header of a field whose body is `body_len` bytes before
+/// padding and returns its whole body, padding included, for the caller to
+/// fill (it holds whatever `w`'s buffer held).
+pub fn reserve_field<'w>(
+    w: &'w mut Writer<'_>,
+    field_type: u16,
+    body_len: usize,
+) -> Result<&'w mut [u8], BufferTooSmall> {
+    let len = field_len(body_len);
+    w.put_u16(field_type)?;
+    w.put_u16(u16::try_from(len).map_err(|_| BufferTooSmall)?)?;
+    w.reserve(len - FIELD_HEADER_LEN)
+}
+
 /// Writes a field with the given body, zero-padded to a valid length.
 pub fn write_field(w: &mut Writer<'_>, field_type: u16, body: &[u8]) -> Result<(), BufferTooSmall> {
-    let len = field_len(body.len());
-    let len16 = u16::try_from(len).map_err(|_| BufferTooSmall)?;
-    w.put_u16(field_type)?;
-    w.put_u16(len16)?;
-    w.put(body)?;
-    w.put_zeros(len - FIELD_HEADER_LEN - body.len())
+    let out = reserve_field(w, field_type, body.len())?;
+    let (head, padding) = out.split_at_mut_checked(body.len()).ok_or(BufferTooSmall)?;
+    head.copy_from_slice(body);
+    padding.fill(0);
+    Ok(())
 }
 
 /// Writes a field whose body is `body_len` zero bytes (a Cookie Placeholder).
@@ -120,10 +133,8 @@ pub fn write_zero_field(
     field_type: u16,
     body_len: usize,
 ) -> Result<(), BufferTooSmall> {
-    let len = field_len(body_len);
-    w.put_u16(field_type)?;
-    w.put_u16(u16::try_from(len).map_err(|_| BufferTooSmall)?)?;
-    w.put_zeros(len - FIELD_HEADER_LEN)
+    reserve_field(w, field_type, body_len)?.fill(0);
+    Ok(())
 }
 
 /// The parsed body of an NTS Authenticator and Encrypted Extension Fields

@@ -15,7 +15,7 @@ use crate::aead::TAG_LEN;
 use crate::cookie::{
     cookie_len, open_cookie, seal_cookie, CookieError, CookieKeys, COOKIE_NONCE_LEN, MAX_COOKIE_LEN,
 };
-use crate::ef::{field_len, field_type, write_field, Authenticator, Fields};
+use crate::ef::{field_len, field_type, reserve_field, write_field, Authenticator, Fields};
 use crate::packet::{Leap, Mode, NtpHeader, HEADER_LEN};
 use crate::reader::{BufferTooSmall, Reader, Writer};
 use crate::time::{NtpShort, NtpTimestamp};
@@ -359,9 +359,7 @@ fn nts_reply<K: CookieKeys>(
         for _ in 0..count {
             let mut cookie_nonce = [0u8; COOKIE_NONCE_LEN];
             rng.fill(&mut cookie_nonce);
-            cw.put_u16(field_type::COOKIE)?;
-            cw.put_u16(u16::try_from(one_cookie).map_err(|_| BufferTooSmall)?)?;
-            let body = cw.reserve(one_cookie - 4)?;
+            let body = reserve_field(&mut cw, field_type::COOKIE, clen)?;
             seal_cookie(key_id, master, &cookie_nonce, keys, body).map_err(|_| BufferTooSmall)?;
             body.get_mut(clen..).unwrap_or_default().fill(0);
         }
