@@ -7,6 +7,7 @@
 
 use crate::siv::{self, Siv, SivRef};
 use aes::{Aes128Enc, Aes256Enc};
+use zeroize::Zeroize;
 
 /// Length of the SIV tag that prefixes every ciphertext.
 pub const TAG_LEN: usize = 16;
@@ -61,11 +62,18 @@ impl AeadAlgorithm {
 #[error("AEAD authentication failed")]
 pub struct AeadError;
 
-/// A key for one of the supported algorithms. `Debug` never shows the bytes.
+/// A key for one of the supported algorithms. `Debug` never shows the
+/// bytes, and they are wiped when the key is dropped (every clone too).
 #[derive(Clone, PartialEq, Eq)]
 pub struct AeadKey {
     algorithm: AeadAlgorithm,
     bytes: [u8; MAX_KEY_LEN],
+}
+
+impl Drop for AeadKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
 }
 
 impl std::fmt::Debug for AeadKey {

@@ -15,6 +15,7 @@
 
 use crate::aead::{AeadAlgorithm, AeadKey, Cipher, TAG_LEN};
 use crate::reader::Reader;
+use zeroize::Zeroize;
 
 pub const COOKIE_NONCE_LEN: usize = 16;
 const KEY_ID_LEN: usize = 4;
@@ -214,11 +215,23 @@ pub fn open_cookie(
     if !opened {
         return Err(CookieError::BadTag);
     }
-    let plain = buf.get_mut(TAG_LEN..).ok_or(CookieError::BadLength)?;
-    let (c2s, s2c) = plain.split_at(key_len);
+    let keys = session_keys(alg, key_len, buf.get(TAG_LEN..));
+    // The opened session keys must not stay in the caller's buffer.
+    buf.zeroize();
+    keys
+}
+
+fn session_keys(
+    alg: AeadAlgorithm,
+    key_len: usize,
+    plain: Option<&[u8]>,
+) -> Result<SessionKeys, CookieError> {
+    let plain = plain.ok_or(CookieError::BadLength)?;
+    let (c2s, s2c) = plain
+        .split_at_checked(key_len)
+        .ok_or(CookieError::BadLength)?;
     let c2s = AeadKey::new(alg, c2s).ok_or(CookieError::BadLength)?;
     let s2c = AeadKey::new(alg, s2c).ok_or(CookieError::BadLength)?;
-    plain.fill(0);
     Ok(SessionKeys { c2s, s2c })
 }
 

@@ -214,7 +214,12 @@ impl KeRequest {
         let mut aeads = None;
         for rec in records {
             match rec {
-                // 4.1.2: Next Protocol MUST appear exactly once.
+                // 4.1.2: Next Protocol MUST appear exactly once. With no
+                // protocol id it asks for nothing: chrony's server answers
+                // Bad Request, and so do we.
+                Record::NextProtocol(p) if p.is_empty() => {
+                    return Err(KeRequestError::BadRequest("empty Next Protocol"))
+                }
                 Record::NextProtocol(p) if protocols.is_none() => protocols = Some(p),
                 Record::NextProtocol(_) => {
                     return Err(KeRequestError::BadRequest("repeated Next Protocol"))
@@ -428,6 +433,12 @@ mod tests {
                 .unwrap_err()
                 .error_code(),
             1
+        );
+        // A Next Protocol record with no protocol id (chrony: Bad Request).
+        let empty_next_protocol = [&[0x80, 1, 0, 0][..], &[0, 4, 0, 2, 0, 15], &eom].concat();
+        assert_eq!(
+            KeRequest::parse(&empty_next_protocol),
+            Err(KeRequestError::BadRequest("empty Next Protocol"))
         );
         let no_aead = [&[0x80, 1, 0, 2, 0, 0][..], &eom].concat();
         assert_eq!(KeRequest::parse(&no_aead).unwrap_err().error_code(), 1);
