@@ -13,9 +13,15 @@ pub struct KeyEntry {
     /// them open. A second key appears after a forced rotation (the replaced
     /// key keeps opening) or while a fleet secret is rolled.
     pub keys: Vec<MasterKey>,
+    /// Set on a key kept after a clock step: it still opens while the
+    /// current epoch is at most this, even outside the normal window
+    /// (`current - keep ..= current + 1`). `None` for a key that lives by
+    /// the window alone.
+    pub open_until: Option<u32>,
 }
 
-/// Previous keys, the current key and the next key, ascending by id.
+/// Previous keys, the current key and the next key, ascending by id, plus
+/// any keys kept after a clock step (see [`KeyEntry::open_until`]).
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     current: u32,
@@ -23,10 +29,15 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// `None` unless `entries` contains `current` and no entry is empty.
-    pub fn new(current: u32, entries: Vec<KeyEntry>) -> Option<Self> {
-        let ok =
-            entries.iter().all(|e| !e.keys.is_empty()) && entries.iter().any(|e| e.id == current);
+    /// `None` unless `entries` contains `current`, no entry is empty and no
+    /// id appears twice. Entries are sorted by id.
+    pub fn new(current: u32, mut entries: Vec<KeyEntry>) -> Option<Self> {
+        entries.sort_by_key(|e| e.id);
+        let ok = entries.iter().all(|e| !e.keys.is_empty())
+            && entries
+                .windows(2)
+                .all(|w| matches!(w, [a, b] if a.id < b.id))
+            && entries.iter().any(|e| e.id == current);
         ok.then_some(Self { current, entries })
     }
 
@@ -39,8 +50,9 @@ impl KeyRing {
     }
 
     pub fn get(&self, id: u32) -> Option<&KeyEntry> {
-        // A handful of entries: a linear scan beats anything fancier.
-        self.entries.iter().find(|e| e.id == id)
+        // Sorted by id; `keep` may be up to a thousand.
+        let i = self.entries.binary_search_by_key(&id, |e| e.id).ok()?;
+        self.entries.get(i)
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use nts_proto::MasterKey;
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 use crate::KeyError;
 
@@ -39,11 +40,11 @@ impl Default for RandomKeys {
 
 impl RandomKeys {
     fn random(&self) -> Result<MasterKey, KeyError> {
-        let mut bytes = [0u8; MasterKey::LEN];
-        self.rng.fill(&mut bytes).map_err(|_| KeyError::Random)?;
-        let key = MasterKey::from_bytes(&bytes);
-        bytes.fill(0);
-        Ok(key)
+        let mut bytes = Zeroizing::new([0u8; MasterKey::LEN]);
+        self.rng
+            .fill(bytes.as_mut_slice())
+            .map_err(|_| KeyError::Random)?;
+        Ok(MasterKey::from_bytes(&bytes))
     }
 }
 
@@ -73,9 +74,14 @@ impl hkdf::KeyType for KeyLen {
 /// Keys derived from shared secrets: the key of epoch `e` is
 /// HKDF-SHA256(secret, info = "ntsd cookie key" || e as u32 BE). Every node
 /// with the same secret derives the same ring with no coordination.
+///
+/// The secrets are held as bytes that are wiped on drop, and each
+/// derivation extracts afresh: `ring`'s HKDF and HMAC state is not wiped by
+/// `ring`, so it lives only on the stack for the length of one derivation
+/// (a rotation, not a packet) instead of for the life of the process.
 pub struct FleetKeys {
     /// The sealing secret first, then secrets whose keys only open.
-    secrets: Vec<hkdf::Prk>,
+    secrets: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for FleetKeys {
@@ -89,16 +95,18 @@ impl std::fmt::Debug for FleetKeys {
 impl FleetKeys {
     /// From raw secrets (the sealing one first).
     pub fn from_secrets(secrets: &[&[u8]]) -> Result<Self, KeyError> {
+        let owned = secrets.iter().map(|s| Zeroizing::new(s.to_vec())).collect();
+        Self::from_owned(owned)
+    }
+
+    fn from_owned(secrets: Vec<Zeroizing<Vec<u8>>>) -> Result<Self, KeyError> {
         if secrets.is_empty() {
             return Err(KeyError::FleetSecret {
                 path: PathBuf::new(),
                 reason: "no secret".into(),
             });
         }
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT);
-        Ok(Self {
-            secrets: secrets.iter().map(|s| salt.extract(s)).collect(),
-        })
+        Ok(Self { secrets })
     }
 
     /// Reads the sealing secret and the open-only secrets from files, which
@@ -108,23 +116,18 @@ impl FleetKeys {
         for path in std::iter::once(primary).chain(accept.iter().map(PathBuf::as_path)) {
             raw.push(read_secret(path)?);
         }
-        let refs: Vec<&[u8]> = raw.iter().map(Vec::as_slice).collect();
-        let keys = Self::from_secrets(&refs);
-        for r in raw.iter_mut() {
-            r.fill(0);
-        }
-        keys
+        Self::from_owned(raw)
     }
 
-    fn derive(prk: &hkdf::Prk, epoch: u32) -> Result<MasterKey, KeyError> {
+    fn derive(secret: &[u8], epoch: u32) -> Result<MasterKey, KeyError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(secret);
         let e = epoch.to_be_bytes();
         let info = [HKDF_LABEL, e.as_slice()];
         let okm = prk.expand(&info, KeyLen).map_err(|_| KeyError::Random)?;
-        let mut bytes = [0u8; MasterKey::LEN];
-        okm.fill(&mut bytes).map_err(|_| KeyError::Random)?;
-        let key = MasterKey::from_bytes(&bytes);
-        bytes.fill(0);
-        Ok(key)
+        let mut bytes = Zeroizing::new([0u8; MasterKey::LEN]);
+        okm.fill(bytes.as_mut_slice())
+            .map_err(|_| KeyError::Random)?;
+        Ok(MasterKey::from_bytes(&bytes))
     }
 }
 
@@ -132,7 +135,7 @@ impl KeySource for FleetKeys {
     fn keys_for(&mut self, epoch: u32) -> Result<Vec<MasterKey>, KeyError> {
         self.secrets
             .iter()
-            .map(|p| Self::derive(p, epoch))
+            .map(|s| Self::derive(s, epoch))
             .collect()
     }
 
@@ -145,7 +148,7 @@ impl KeySource for FleetKeys {
     }
 }
 
-fn read_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
+fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |reason: String| KeyError::FleetSecret {
         path: path.to_owned(),
@@ -159,7 +162,7 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
             mode & 0o7777
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| err(e.to_string()))?);
     if bytes.len() < MIN_SECRET_LEN {
         return Err(err(format!(
             "{} bytes; at least {MIN_SECRET_LEN} random bytes are required (head -c 32 /dev/urandom)",

@@ -1,24 +1,30 @@
 //! The key file in the dump directory.
 //!
 //! ```text
-//! "NTSDKEYS" | version u16 = 1 | interval u64 | current u32 | count u16
-//! count x ( id u32 | starts u64 | n u8 | n x key[32] )
+//! "NTSDKEYS" | version u16 | interval u64 | current u32 | count u16
+//! count x ( id u32 | starts u64 | [v2: kept u8 | open_until u32] | n u8 | n x key[32] )
 //! SHA-256 of everything above (32 bytes)
 //! ```
+//!
+//! Version 2 adds, per entry, the epoch until which a key kept after a
+//! clock step still opens. It is written only while such a key exists, so
+//! the file stays readable by earlier releases otherwise.
 //!
 //! Writes go to a temporary file (mode 0600) that is fsynced, renamed over
 //! the old file, and then the directory is fsynced, so a crash at any point
 //! leaves either the old or the new file, never a torn one. A file that does
-//! not decode is moved aside, never overwritten.
+//! not decode is moved aside, never overwritten. Every buffer that holds key
+//! bytes is wiped when dropped.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nts_proto::reader::Reader;
 use nts_proto::MasterKey;
 use ring::digest;
+use zeroize::Zeroizing;
 
 use crate::ring::{KeyEntry, KeyRing};
 use crate::KeyError;
@@ -27,6 +33,7 @@ pub const FILE_NAME: &str = "keys";
 const TMP_NAME: &str = "keys.tmp";
 const MAGIC: &[u8; 8] = b"NTSDKEYS";
 const VERSION: u16 = 1;
+const VERSION_KEPT: u16 = 2;
 const CHECKSUM_LEN: usize = 32;
 
 /// Why a key file was rejected.
@@ -50,17 +57,31 @@ pub struct Stored {
     pub entries: Vec<KeyEntry>,
 }
 
-pub fn encode(interval: u64, ring: &KeyRing) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + ring.entries().len() * 48);
+/// The file's bytes; wiped when dropped.
+pub fn encode(interval: u64, ring: &KeyRing) -> Zeroizing<Vec<u8>> {
+    let version = match ring.entries().iter().any(|e| e.open_until.is_some()) {
+        true => VERSION_KEPT,
+        false => VERSION,
+    };
+    let keys: usize = ring.entries().iter().map(|e| e.keys.len()).sum();
+    let len = 64 + ring.entries().len() * 20 + keys * MasterKey::LEN;
+    // Sized up front so the buffer never reallocates (which would leave an
+    // unwiped copy of the keys behind).
+    let mut out = Zeroizing::new(Vec::with_capacity(len));
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&interval.to_be_bytes());
     out.extend_from_slice(&ring.current_id().to_be_bytes());
+    // Bounded by MAX_KEEP and MAX_KEYS_PER_EPOCH far below these limits.
     let count = u16::try_from(ring.entries().len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&count.to_be_bytes());
     for e in ring.entries().iter().take(usize::from(count)) {
         out.extend_from_slice(&e.id.to_be_bytes());
         out.extend_from_slice(&e.starts.to_be_bytes());
+        if version == VERSION_KEPT {
+            out.push(u8::from(e.open_until.is_some()));
+            out.extend_from_slice(&e.open_until.unwrap_or(0).to_be_bytes());
+        }
         let n = u8::try_from(e.keys.len()).unwrap_or(u8::MAX);
         out.push(n);
         for k in e.keys.iter().take(usize::from(n)) {
@@ -83,7 +104,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, FormatError> {
         return Err(FormatError::BadMagic);
     }
     let version = r.u16().ok_or(FormatError::Malformed)?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_KEPT {
         return Err(FormatError::UnknownVersion(version));
     }
     if digest::digest(&digest::SHA256, body).as_ref() != sum {
@@ -96,18 +117,39 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, FormatError> {
     for _ in 0..count {
         let id = r.u32().ok_or(FormatError::Malformed)?;
         let starts = r.u64().ok_or(FormatError::Malformed)?;
+        let open_until = match version {
+            VERSION_KEPT => {
+                let kept = r.u8().ok_or(FormatError::Malformed)?;
+                let until = r.u32().ok_or(FormatError::Malformed)?;
+                match kept {
+                    0 => None,
+                    1 => Some(until),
+                    _ => return Err(FormatError::Malformed),
+                }
+            }
+            _ => None,
+        };
         let n = r.u8().ok_or(FormatError::Malformed)?;
         let mut keys = Vec::with_capacity(usize::from(n));
         for _ in 0..n {
-            let k: [u8; MasterKey::LEN] = r.array().ok_or(FormatError::Malformed)?;
+            let k: Zeroizing<[u8; MasterKey::LEN]> =
+                Zeroizing::new(r.array().ok_or(FormatError::Malformed)?);
             keys.push(MasterKey::from_bytes(&k));
         }
         if keys.is_empty() {
             return Err(FormatError::Malformed);
         }
-        entries.push(KeyEntry { id, starts, keys });
+        entries.push(KeyEntry {
+            id,
+            starts,
+            keys,
+            open_until,
+        });
     }
-    if !r.is_empty() || interval == 0 || !entries.iter().any(|e| e.id == current) {
+    let sorted = entries
+        .windows(2)
+        .all(|w| matches!(w, [a, b] if a.id < b.id));
+    if !r.is_empty() || !sorted || interval == 0 || !entries.iter().any(|e| e.id == current) {
         return Err(FormatError::Malformed);
     }
     Ok(Stored {
@@ -133,32 +175,75 @@ pub struct KeyStore {
     dir: PathBuf,
 }
 
+fn read_file(path: &Path) -> Result<Option<Stored>, KeyError> {
+    match std::fs::read(path) {
+        Ok(b) => decode(&Zeroizing::new(b))
+            .map(Some)
+            .map_err(|e| KeyError::Store {
+                path: path.to_owned(),
+                error: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(KeyError::Store {
+            path: path.to_owned(),
+            error: e.to_string(),
+        }),
+    }
+}
+
 impl KeyStore {
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
     }
 
-    /// Creates the directory (mode 0700) if needed, tightens a directory
-    /// that others can read, and loads the key file. A file that does not
-    /// decode is renamed to `keys.corrupt-<unix time>`.
+    /// Creates the directory (mode 0700) if it is missing and loads the key
+    /// file. An existing directory is used as it is, never chmodded: one
+    /// that group or others can write, or that another user owns, is refused
+    /// (a typo such as `/tmp` or `/var/lib` must not end up holding keys, or
+    /// lose its own mode). A file that does not decode is renamed to
+    /// `keys.corrupt-<unix time>`.
     pub fn open(dir: &Path, now: u64) -> Result<(Self, LoadReport), KeyError> {
         let io = |e: std::io::Error| KeyError::Store {
             path: dir.to_owned(),
             error: e.to_string(),
         };
+        let refuse = |error: String| KeyError::Store {
+            path: dir.to_owned(),
+            error,
+        };
         let mut report = LoadReport::default();
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
+        let meta = match std::fs::metadata(dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io)?;
+                std::fs::metadata(dir).map_err(io)?
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if !meta.is_dir() {
+            return Err(refuse("exists and is not a directory".into()));
         }
-        let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        let uid = rustix::process::geteuid().as_raw();
+        if meta.uid() != uid {
+            return Err(refuse(format!(
+                "is owned by uid {}, not by uid {uid} that ntsd runs as; give ntsd a directory of its own (e.g. /var/lib/ntsd, or systemd's StateDirectory=ntsd), or chown it to uid {uid}",
+                meta.uid()
+            )));
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(refuse(format!(
+                "has mode {:04o}: group or others can write it, so they could replace the key file; give ntsd a directory of its own (e.g. /var/lib/ntsd), or remove their write access (chmod go-w)",
+                mode & 0o7777
+            )));
+        }
+        if mode & 0o055 != 0 {
             report.warnings.push(format!(
-                "dump directory {} had mode {:04o}; changed to 0700",
+                "dump directory {} has mode {:04o}: group or others can list it (the key file itself is 0600); chmod 0700 to hide it",
                 dir.display(),
                 mode & 0o7777
             ));
@@ -168,7 +253,7 @@ impl KeyStore {
         };
         let path = store.path();
         let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+            Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((store, report)),
             Err(e) => {
                 return Err(KeyError::Store {
@@ -199,21 +284,44 @@ impl KeyStore {
         Ok((store, report))
     }
 
+    /// Where the keys of another `rotate_interval` are kept aside.
+    pub fn aside_path(&self, interval: u64) -> PathBuf {
+        self.dir.join(format!("{FILE_NAME}.interval-{interval}s"))
+    }
+
+    /// Moves the key file, written with `interval`, to
+    /// [`KeyStore::aside_path`], so that going back to that interval
+    /// restores its keys ([`KeyStore::take_aside`]).
+    pub fn set_aside(&self, interval: u64) -> Result<PathBuf, KeyError> {
+        let aside = self.aside_path(interval);
+        std::fs::rename(self.path(), &aside)
+            .and_then(|()| File::open(&self.dir).and_then(|d| d.sync_all()))
+            .map_err(|e| KeyError::Store {
+                path: self.path(),
+                error: format!("cannot keep the key file aside as {}: {e}", aside.display()),
+            })?;
+        Ok(aside)
+    }
+
+    /// The keys kept aside for `interval`, if any. The file stays until
+    /// [`KeyStore::remove_aside`], called once the keys are saved as the
+    /// key file again.
+    pub fn take_aside(&self, interval: u64) -> Result<Option<Stored>, KeyError> {
+        read_file(&self.aside_path(interval))
+    }
+
+    pub fn remove_aside(&self, interval: u64) -> Result<(), KeyError> {
+        let path = self.aside_path(interval);
+        std::fs::remove_file(&path).map_err(|e| KeyError::Store {
+            path,
+            error: e.to_string(),
+        })
+    }
+
     /// Reads and decodes the key file without changing anything (for
     /// `ntsd keys list`). `Ok(None)` when there is no file.
     pub fn read(dir: &Path) -> Result<Option<Stored>, KeyError> {
-        let path = dir.join(FILE_NAME);
-        match std::fs::read(&path) {
-            Ok(b) => decode(&b).map(Some).map_err(|e| KeyError::Store {
-                path,
-                error: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(KeyError::Store {
-                path,
-                error: e.to_string(),
-            }),
-        }
+        read_file(&dir.join(FILE_NAME))
     }
 
     /// Writes the ring atomically: temp file (0600), fsync, rename, fsync dir.
@@ -257,6 +365,7 @@ mod tests {
                 .iter()
                 .map(|&b| MasterKey::from_bytes(&[b; 32]))
                 .collect(),
+            open_until: None,
         };
         KeyRing::new(11, vec![e(10, &[1]), e(11, &[2, 3]), e(12, &[4])]).unwrap()
     }
@@ -299,8 +408,8 @@ mod tests {
     #[test]
     fn unknown_version_is_named() {
         let mut bytes = encode(60, &ring());
-        bytes[9] = 2;
-        assert_eq!(decode(&bytes).unwrap_err(), FormatError::UnknownVersion(2));
+        bytes[9] = 3;
+        assert_eq!(decode(&bytes).unwrap_err(), FormatError::UnknownVersion(3));
     }
 
     #[test]
@@ -332,7 +441,7 @@ mod tests {
     }
 
     #[test]
-    fn loose_permissions_are_reported_and_tightened() {
+    fn a_readable_dir_is_reported_never_chmodded_and_a_readable_file_is_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join(FILE_NAME);
@@ -341,10 +450,102 @@ mod tests {
         let (store, report) = KeyStore::open(dir.path(), 1).unwrap();
         assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
         store.save(60, &ring()).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(dir.path()), 0o755, "the directory's mode was changed");
+    }
+
+    /// What `/tmp` looks like: world-writable with the sticky bit.
+    #[test]
+    fn a_dir_others_can_write_is_refused_and_left_unchanged() {
+        for m in [0o1777, 0o777, 0o720, 0o702] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(m)).unwrap();
+            let e = KeyStore::open(dir.path(), 1).unwrap_err().to_string();
+            assert!(e.contains(&dir.path().display().to_string()), "{e}");
+            assert!(
+                e.contains("can write it") && e.contains("chmod go-w"),
+                "{e}"
+            );
+            let after = std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(after, m, "mode changed");
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                0,
+                "wrote into it"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dir_of_another_user_is_refused_and_left_unchanged() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            // Only root can give a directory away; CI runs as root.
+            assert!(std::env::var_os("CI").is_none(), "CI must run this as root");
+            eprintln!("skipping: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = KeyStore::open(dir.path(), 1).unwrap_err().to_string();
+        assert!(
+            e.contains("owned by uid 65534") && e.contains("chown"),
+            "{e}"
         );
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.permissions().mode() & 0o7777),
+            (65534, 0o700)
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_missing_dir_is_created_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("a/b");
+        KeyStore::open(&d, 1).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn kept_keys_round_trip_in_version_2_and_plain_rings_stay_version_1() {
+        assert_eq!(&encode(60, &ring())[8..10], &[0, 1]);
+        let mut entries = ring().entries().to_vec();
+        entries.push(KeyEntry {
+            id: 40,
+            starts: 2400,
+            keys: vec![MasterKey::from_bytes(&[9; 32])],
+            open_until: Some(13),
+        });
+        let kept = KeyRing::new(11, entries).unwrap();
+        let bytes = encode(60, &kept);
+        assert_eq!(&bytes[8..10], &[0, 2]);
+        let s = decode(&bytes).unwrap();
+        let until: Vec<_> = s.entries.iter().map(|e| e.open_until).collect();
+        assert_eq!(until, vec![None, None, None, Some(13)]);
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(decode(&b).is_err(), "flip of bit {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn keys_of_another_interval_are_kept_aside_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KeyStore::open(dir.path(), 1).unwrap();
+        store.save(60, &ring()).unwrap();
+        let aside = store.set_aside(60).unwrap();
+        assert_eq!(aside, dir.path().join("keys.interval-60s"));
+        assert!(!store.path().exists());
+        assert!(store.take_aside(30).unwrap().is_none());
+        let back = store.take_aside(60).unwrap().unwrap();
+        assert_eq!((back.interval, back.current), (60, 11));
+        store.remove_aside(60).unwrap();
+        assert!(!aside.exists());
     }
 
     #[test]

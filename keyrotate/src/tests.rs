@@ -68,12 +68,180 @@ fn the_next_key_is_kept_across_rotation() {
     assert_eq!(k.load().sealing_key().1, &next);
 }
 
+fn fleet(interval: u64, keep: u32, now: u64) -> RotatingKeys {
+    let src = FleetKeys::from_secrets(&[&[9u8; 32]]).unwrap();
+    RotatingKeys::new(schedule(interval, keep), Box::new(src), None, None, now).unwrap()
+}
+
+fn ids(k: &RotatingKeys) -> Vec<u32> {
+    k.load().entries().iter().map(|e| e.id).collect()
+}
+
 #[test]
-fn clock_stepping_back_keeps_the_ring() {
-    let k = keys(10, 1, 100);
-    assert!(!k.rotate(50).unwrap());
-    assert_eq!(k.load().current_id(), 10);
-    assert_eq!(k.seconds_until_rotation(105), 5);
+fn a_step_forward_moves_the_ring_and_keeps_what_sealed() {
+    let k = keys(10, 2, 20);
+    let sealed = cookie_from(&k.load());
+    assert_eq!(
+        k.follow(1_000).unwrap(),
+        Movement::Jumped { from: 2, to: 100 }
+    );
+    assert_eq!(k.load().current_id(), 100);
+    assert_eq!(k.load().sealing_key().0, 100);
+    // Epoch 2's key sealed just before the step: it keeps opening for the
+    // two epochs it had left, then goes.
+    assert!(opens(&k.load(), &sealed));
+    k.follow(1_010).unwrap();
+    k.follow(1_020).unwrap();
+    assert!(opens(&k.load(), &sealed));
+    k.follow(1_030).unwrap();
+    assert!(!opens(&k.load(), &sealed));
+    assert_eq!(ids(&k), vec![101, 102, 103, 104]);
+}
+
+#[test]
+fn a_step_back_seals_with_the_key_of_now_and_keeps_the_future_keys() {
+    let k = keys(10, 2, 1_000);
+    let future = cookie_from(&k.load());
+    assert_eq!(k.follow(20).unwrap(), Movement::Jumped { from: 100, to: 2 });
+    assert_eq!(k.load().current_id(), 2);
+    let now = cookie_from(&k.load());
+    assert_eq!(&now[..4], &2u32.to_be_bytes());
+    assert!(opens(&k.load(), &future));
+    k.follow(30).unwrap();
+    k.follow(40).unwrap();
+    assert!(opens(&k.load(), &future));
+    assert!(opens(&k.load(), &now), "sealed at epoch 2, now 4, keep 2");
+    k.follow(50).unwrap();
+    assert!(!opens(&k.load(), &future));
+    assert_eq!(ids(&k), vec![3, 4, 5, 6]);
+}
+
+/// The case: `rotate(1000)` then `rotate(20)` with a 10 s interval
+/// used to leave the ring at epoch 100.
+#[test]
+fn a_step_forward_then_back_returns_to_the_epoch_of_now() {
+    let k = keys(10, 2, 20);
+    let before = cookie_from(&k.load());
+    let before_key = k.load().sealing_key().1.clone();
+    k.rotate(1_000).unwrap();
+    let during = cookie_from(&k.load());
+    assert!(k.rotate(20).unwrap());
+    assert_eq!(k.load().current_id(), 2);
+    // Back in its own epoch, the original key seals again; both the cookies
+    // from before the first step and those from the wrong epoch open.
+    assert_eq!(k.load().sealing_key().1, &before_key);
+    assert!(opens(&k.load(), &before));
+    assert!(opens(&k.load(), &during));
+    // The ring holds the window and the kept keys, nothing unbounded.
+    assert_eq!(ids(&k), vec![0, 1, 2, 3, 98, 99, 100]);
+    for now in [30, 40, 50] {
+        k.follow(now).unwrap();
+    }
+    assert!(!opens(&k.load(), &during));
+    assert_eq!(ids(&k), vec![3, 4, 5, 6]);
+}
+
+#[test]
+fn fleet_rings_are_the_window_of_now_in_both_directions() {
+    let k = fleet(10, 2, 20);
+    let reference = fleet(10, 2, 1_000);
+    k.follow(1_000).unwrap();
+    assert_eq!(ids(&k), vec![98, 99, 100, 101]);
+    assert!(opens(&k.load(), &cookie_from(&reference.load())));
+    assert!(opens(&reference.load(), &cookie_from(&k.load())));
+    k.follow(20).unwrap();
+    assert_eq!(ids(&k), vec![0, 1, 2, 3]);
+    let peer = fleet(10, 2, 20);
+    assert!(opens(&peer.load(), &cookie_from(&k.load())));
+    assert!(opens(&k.load(), &cookie_from(&peer.load())));
+}
+
+#[test]
+fn a_clock_that_keeps_jumping_does_not_grow_the_ring() {
+    let k = keys(10, 3, 0);
+    for i in 1..200u64 {
+        let now = (i * 7_919) % 100_000;
+        k.follow(now * 10).unwrap();
+        assert!(
+            k.load().entries().len() <= 3 * (3 + 2),
+            "{}",
+            k.load().entries().len()
+        );
+    }
+}
+
+#[test]
+fn a_loaded_ring_ahead_of_the_clock_is_kept_as_after_a_step_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = schedule(10, 2);
+    let (store, _) = KeyStore::open(dir.path(), 0).unwrap();
+    let first = RotatingKeys::new(
+        sched,
+        Box::<RandomKeys>::default(),
+        Some(store),
+        None,
+        1_000,
+    )
+    .unwrap();
+    let cookie = cookie_from(&first.load());
+    drop(first);
+    // Restarted with the clock behind (before chronyd stepped it at boot).
+    let (store, report) = KeyStore::open(dir.path(), 20).unwrap();
+    let previous = ring_from_stored(report.stored.unwrap(), &sched);
+    let k = RotatingKeys::new(
+        sched,
+        Box::<RandomKeys>::default(),
+        Some(store),
+        previous,
+        20,
+    )
+    .unwrap();
+    assert_eq!(k.started(), Movement::Jumped { from: 100, to: 2 });
+    assert_eq!(k.load().current_id(), 2);
+    assert!(opens(&k.load(), &cookie));
+    // The kept keys and their deadlines are on disk.
+    let stored = KeyStore::read(dir.path()).unwrap().unwrap();
+    assert!(stored
+        .entries
+        .iter()
+        .any(|e| e.id == 100 && e.open_until == Some(4)));
+    // chronyd steps the clock forward again: the original ring is back.
+    k.follow(1_005).unwrap();
+    assert!(opens(&k.load(), &cookie));
+    assert_eq!(k.load().current_id(), 100);
+}
+
+#[test]
+fn keep_is_bounded() {
+    for keep in [0, MAX_KEEP + 1, u32::MAX] {
+        let r = RotatingKeys::new(
+            schedule(10, keep),
+            Box::<RandomKeys>::default(),
+            None,
+            None,
+            0,
+        );
+        assert!(matches!(r, Err(KeyError::KeepOutOfRange)), "{keep}");
+    }
+    let k = keys(1, MAX_KEEP, 1_000_000);
+    assert_eq!(k.load().entries().len(), MAX_KEEP as usize + 2);
+}
+
+#[test]
+fn repeated_forced_rotations_keep_the_key_count_bounded() {
+    let k = keys(100, 2, 1_000);
+    let first = cookie_from(&k.load());
+    for _ in 0..40 {
+        k.force_rotate(1_000).unwrap();
+    }
+    let ring = k.load();
+    let current = ring.get(10).unwrap();
+    assert_eq!(current.keys.len(), MAX_KEYS_PER_EPOCH);
+    assert!(
+        !opens(&ring, &first),
+        "the oldest of many replaced keys goes"
+    );
+    assert_eq!(ring.get(11).unwrap().keys.len(), MAX_KEYS_PER_EPOCH);
 }
 
 #[test]
@@ -99,10 +267,7 @@ fn forced_rotation_seals_with_a_new_key_and_still_opens_old_cookies() {
 
 #[test]
 fn fleet_nodes_derive_the_same_ring_and_refuse_forced_rotation() {
-    let node = |now| {
-        let src = FleetKeys::from_secrets(&[&[9u8; 32]]).unwrap();
-        RotatingKeys::new(schedule(60, 1), Box::new(src), None, None, now).unwrap()
-    };
+    let node = |now| fleet(60, 1, now);
     let a = node(6_000);
     // B's schedule lags A's by almost an interval: it still opens A's cookies
     // because it holds the next key.

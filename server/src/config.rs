@@ -15,7 +15,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -39,7 +39,7 @@ pub enum Backend {
     Portable,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NtpConfig {
     pub listen: Vec<SocketAddr>,
@@ -48,17 +48,26 @@ pub struct NtpConfig {
     pub backend: Backend,
 }
 
+/// Every IPv4 and every IPv6 address on `port` (the IPv6 socket is
+/// IPv6-only, so the two never collide).
+fn dual_stack(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+    ]
+}
+
 impl Default for NtpConfig {
     fn default() -> Self {
         Self {
-            listen: vec!["0.0.0.0:123".parse().unwrap_or_else(|_| unreachable!())],
+            listen: dual_stack(123),
             workers: 0,
             backend: Backend::Auto,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NtsKeConfig {
     #[serde(default = "default_ke_listen")]
@@ -96,7 +105,7 @@ impl Default for NtsKeConfig {
 }
 
 fn default_ke_listen() -> Vec<SocketAddr> {
-    vec!["0.0.0.0:4460".parse().unwrap_or_else(|_| unreachable!())]
+    dual_stack(4460)
 }
 
 fn default_max_connections() -> usize {
@@ -107,13 +116,14 @@ fn default_ke_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     pub rotate_interval: HumanDuration,
     pub keep: u32,
-    /// Where random master keys are persisted (standalone mode). Unset:
-    /// keys live in memory and a restart invalidates every cookie.
+    /// Where random master keys are persisted (standalone mode), as
+    /// written; [`KeysConfig::state_dir`] says what it means. Unset:
+    /// [`DEFAULT_DUMP_DIR`]; `""`: keys live in memory only.
     pub dump_dir: Option<PathBuf>,
     /// Fleet mode: derive keys from this shared secret instead.
     pub fleet_secret_file: Option<PathBuf>,
@@ -134,6 +144,26 @@ impl Default for KeysConfig {
     }
 }
 
+/// Where standalone keys live when `dump_dir` is not set.
+pub const DEFAULT_DUMP_DIR: &str = "/var/lib/ntsd";
+
+impl KeysConfig {
+    /// The directory holding the key file and the pid file: `dump_dir`, or
+    /// [`DEFAULT_DUMP_DIR`] when it is not set. `None` in fleet mode
+    /// (nothing secret is written) and for `dump_dir = ""` (keys in memory
+    /// only, asked for explicitly).
+    pub fn state_dir(&self) -> Option<&Path> {
+        if self.fleet_secret_file.is_some() {
+            return None;
+        }
+        match &self.dump_dir {
+            None => Some(Path::new(DEFAULT_DUMP_DIR)),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TimeSource {
@@ -147,7 +177,7 @@ pub enum TimeSource {
     Upstream,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeConfig {
     pub source: TimeSource,
@@ -211,7 +241,7 @@ impl TimeConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Prometheus endpoint; none when unset.
@@ -334,7 +364,19 @@ impl Config {
                     .into(),
             );
         }
-        if self.keys.fleet_secret_file.is_some() && self.keys.dump_dir.is_some() {
+        if self.keys.keep > keyrotate::MAX_KEEP {
+            return Err(format!(
+                "[keys] keep: {} is above the maximum of {} (cookies stay valid for keep x rotate_interval; raise rotate_interval instead)",
+                self.keys.keep,
+                keyrotate::MAX_KEEP
+            ));
+        }
+        let explicit_dump_dir = self
+            .keys
+            .dump_dir
+            .as_ref()
+            .is_some_and(|p| !p.as_os_str().is_empty());
+        if self.keys.fleet_secret_file.is_some() && explicit_dump_dir {
             return Err("[keys] dump_dir: not used with fleet_secret_file (fleet keys are derived from the secret and never written to disk); remove one of them".into());
         }
         if self.keys.fleet_secret_file.is_none() && !self.keys.fleet_accept_secret_files.is_empty()
@@ -404,11 +446,44 @@ mod tests {
         assert_eq!(c.ntp.backend, Backend::Auto);
     }
 
+    /// The example promises every option at its default: its active lines
+    /// must parse to exactly what a config naming only the certificate
+    /// files gives.
+    #[test]
+    fn the_example_shows_the_code_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml.example");
+        let text = std::fs::read_to_string(path).expect("example config");
+        let example: Config = toml::from_str(&text).expect("example parses");
+        let minimal: Config = toml::from_str(&format!(
+            "[nts_ke]\ncertificate_chain = {:?}\nprivate_key = {:?}\n",
+            example.nts_ke.certificate_chain, example.nts_ke.private_key
+        ))
+        .unwrap();
+        // dump_dir's default is resolved by state_dir (unset, "" and a
+        // fleet secret mean different things), not by serde.
+        assert_eq!(example.keys.state_dir(), minimal.keys.state_dir());
+        assert_eq!(example.keys.state_dir(), Some(Path::new("/var/lib/ntsd")));
+        let (mut example, mut minimal) = (example, minimal);
+        example.keys.dump_dir = None;
+        minimal.keys.dump_dir = None;
+        assert_eq!(example, minimal);
+    }
+
     #[test]
     fn defaults() {
         let c = parse("").unwrap();
-        assert_eq!(c.ntp.listen, vec!["0.0.0.0:123".parse().unwrap()]);
-        assert_eq!(c.nts_ke.listen, vec!["0.0.0.0:4460".parse().unwrap()]);
+        assert_eq!(
+            c.ntp.listen,
+            vec!["0.0.0.0:123".parse().unwrap(), "[::]:123".parse().unwrap()]
+        );
+        assert_eq!(
+            c.nts_ke.listen,
+            vec![
+                "0.0.0.0:4460".parse().unwrap(),
+                "[::]:4460".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.keys.state_dir(), Some(Path::new(DEFAULT_DUMP_DIR)));
         assert_eq!(c.keys.rotate_interval.0, Duration::from_secs(86_400));
         assert_eq!(c.keys.keep, 7);
         assert_eq!(c.time.source, TimeSource::Kernel);
@@ -451,6 +526,27 @@ mod tests {
             c.validate().map(|_| c)
         });
         assert!(e.unwrap_err().contains("fully qualified"));
+    }
+
+    #[test]
+    fn the_key_directory_by_mode() {
+        let c = parse("[keys]\ndump_dir = \"\"").unwrap();
+        assert_eq!(c.keys.state_dir(), None, "memory only, asked for");
+        let c = parse("[keys]\ndump_dir = \"/srv/ntsd\"").unwrap();
+        assert_eq!(c.keys.state_dir(), Some(Path::new("/srv/ntsd")));
+        let c = parse("[keys]\nfleet_secret_file = \"/etc/ntsd/fleet\"").unwrap();
+        assert_eq!(c.keys.state_dir(), None, "fleet keys are never written");
+        let c = parse("[keys]\nfleet_secret_file = \"/etc/f\"\ndump_dir = \"\"").unwrap();
+        assert_eq!(c.keys.state_dir(), None);
+    }
+
+    #[test]
+    fn keep_is_bounded() {
+        assert!(parse("[keys]\nkeep = 1000").is_ok());
+        for keep in ["1001", "65535", "4294967295"] {
+            let e = parse(&format!("[keys]\nkeep = {keep}")).unwrap_err();
+            assert!(e.contains("[keys] keep") && e.contains("1000"), "{e}");
+        }
     }
 
     #[test]

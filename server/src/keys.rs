@@ -2,8 +2,9 @@
 //! commands.
 //!
 //! Modes: fleet (`fleet_secret_file`: keys derived, nothing on disk),
-//! standalone persisted (`dump_dir`: random keys in `dump_dir/keys`), or
-//! standalone in memory (neither: a restart invalidates every cookie).
+//! standalone persisted (`dump_dir`, default `/var/lib/ntsd`: random keys
+//! in `dump_dir/keys`), or standalone in memory (`dump_dir = ""`: a restart
+//! invalidates every cookie).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,8 +33,10 @@ fn fleet_source(cfg: &KeysConfig, secret: &Path) -> Result<Box<dyn KeySource>, S
 }
 
 /// Builds the ring for `ntsd run`: loads and rotates forward a persisted
-/// ring, moves a damaged key file aside (loudly), and saves the ring before
-/// returning, so a dump directory that cannot be written fails the start.
+/// ring, moves a damaged key file aside (loudly), keeps the keys of another
+/// `rotate_interval` aside (and takes back those of this one), and saves
+/// the ring before returning, so a dump directory that cannot be written
+/// fails the start.
 pub fn open(cfg: &KeysConfig, now: u64) -> Result<RotatingKeys, String> {
     let sched = schedule(cfg);
     if sched.interval < 3600 {
@@ -53,12 +56,13 @@ pub fn open(cfg: &KeysConfig, now: u64) -> Result<RotatingKeys, String> {
         );
         return Ok(keys);
     }
-    let Some(dir) = &cfg.dump_dir else {
-        tracing::warn!("[keys] dump_dir is not set: master keys live in memory and a restart invalidates every cookie");
+    let Some(dir) = cfg.state_dir() else {
+        tracing::warn!("[keys] dump_dir = \"\": master keys live in memory and a restart invalidates every cookie");
         return RotatingKeys::new(sched, Box::<RandomKeys>::default(), None, None, now)
             .map_err(|e| e.to_string());
     };
-    let (store, report) = KeyStore::open(dir, now).map_err(|e| format!("[keys] dump_dir: {e}"))?;
+    let dump_err = |e: keyrotate::KeyError| format!("[keys] dump_dir: {e}");
+    let (store, report) = KeyStore::open(dir, now).map_err(dump_err)?;
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
@@ -69,30 +73,49 @@ pub fn open(cfg: &KeysConfig, now: u64) -> Result<RotatingKeys, String> {
             "KEY FILE DAMAGED: moved aside and replaced by new keys; clients' cookies are invalid and they will run NTS-KE again"
         );
     }
-    let previous = match report.stored {
-        Some(stored) => {
-            let interval = stored.interval;
-            let ring = ring_from_stored(stored, &sched);
-            if ring.is_none() {
-                tracing::warn!(
-                    file_interval = interval,
-                    configured = sched.interval,
-                    "key file was written with another rotate_interval; starting a new ring"
+    let mut restored = false;
+    let mut stored = report.stored;
+    if let Some(other) = stored.as_ref().filter(|s| s.interval != sched.interval) {
+        let aside = store.set_aside(other.interval).map_err(dump_err)?;
+        tracing::warn!(
+            file_interval = other.interval,
+            configured = sched.interval,
+            kept_as = %aside.display(),
+            "key file was written with another rotate_interval (its key ids are other epochs): kept aside, and restored if that interval is configured again; clients' cookies are invalid and they will run NTS-KE again"
+        );
+        stored = None;
+    }
+    if stored.is_none() {
+        match store.take_aside(sched.interval) {
+            Ok(Some(s)) => {
+                tracing::info!(
+                    from = %store.aside_path(sched.interval).display(),
+                    "restoring the keys kept aside for this rotate_interval"
                 );
+                stored = Some(s);
+                restored = true;
             }
-            ring
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "keys kept aside for this rotate_interval are unreadable; left where they are")
+            }
         }
-        None => None,
-    };
+    }
+    let previous = stored.and_then(|s| ring_from_stored(s, &sched));
     let loaded = previous.as_ref().map(|r| r.current_id());
     let keys = RotatingKeys::new(
         sched,
         Box::<RandomKeys>::default(),
-        Some(store),
+        Some(store.clone()),
         previous,
         now,
     )
-    .map_err(|e| format!("[keys] dump_dir: {e}"))?;
+    .map_err(dump_err)?;
+    if restored {
+        if let Err(e) = store.remove_aside(sched.interval) {
+            tracing::warn!(error = %e, "restored keys are saved, but their old copy could not be removed");
+        }
+    }
     tracing::info!(
         dir = %dir.display(),
         loaded_current = ?loaded,
@@ -113,7 +136,7 @@ pub fn list(cfg: &KeysConfig, now: u64) -> Result<String, String> {
             keys.load_full(),
             format!("fleet keys derived from {}", secret.display()),
         )
-    } else if let Some(dir) = &cfg.dump_dir {
+    } else if let Some(dir) = cfg.state_dir() {
         let stored = KeyStore::read(dir)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| {
@@ -138,7 +161,7 @@ pub fn list(cfg: &KeysConfig, now: u64) -> Result<String, String> {
             ),
         )
     } else {
-        return Err("[keys] neither dump_dir nor fleet_secret_file is set: keys exist only inside the running server".into());
+        return Err("[keys] dump_dir = \"\": keys exist only inside the running server".into());
     };
     let mut out = format!(
         "{origin}; rotate_interval {}s, keep {}\n",
@@ -150,12 +173,17 @@ pub fn list(cfg: &KeysConfig, now: u64) -> Result<String, String> {
     ));
     let now_epoch = sched.epoch(now);
     for e in ring.entries() {
-        let role = if e.id == ring.current_id() {
-            "seals and opens"
-        } else if e.id > ring.current_id() {
-            "next: opens"
+        let current = ring.current_id();
+        let role = if e.id == current {
+            "seals and opens".to_owned()
+        } else if let Some(until) = e.open_until.filter(|_| {
+            e.id < current.saturating_sub(sched.keep) || e.id > current.saturating_add(1)
+        }) {
+            format!("opens until epoch {until} (kept after a clock step)")
+        } else if e.id == current.saturating_add(1) {
+            "next: opens".to_owned()
         } else {
-            "opens"
+            "opens".to_owned()
         };
         out.push_str(&format!(
             "{:>10}  {:<20}  {:<5}  {role}\n",
@@ -180,9 +208,8 @@ pub fn rotate(cfg: &KeysConfig) -> Result<String, String> {
         return Err(keyrotate::KeyError::DerivedKeys.to_string());
     }
     let dir = cfg
-        .dump_dir
-        .as_ref()
-        .ok_or("[keys] dump_dir is not set, so the running server cannot be found; send SIGUSR1 to its pid instead")?;
+        .state_dir()
+        .ok_or("[keys] dump_dir = \"\", so the running server cannot be found; send SIGUSR1 to its pid instead")?;
     let pid_path = dir.join(PID_FILE);
     let pid: i32 = std::fs::read_to_string(&pid_path)
         .map_err(|e| {

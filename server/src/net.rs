@@ -26,6 +26,25 @@ impl SharedEphemeralPort {
     }
 }
 
+/// Whether failing to open or bind `addr` means only that the host has no
+/// IPv6 at all (a kernel booted with `ipv6.disable=1`): the default listens
+/// on `[::]` as well as `0.0.0.0`, and such a host still serves on IPv4. A
+/// warning is logged and the address skipped; any other failure stops the
+/// start.
+pub fn ipv6_missing(addr: SocketAddr, e: &std::io::Error) -> bool {
+    addr.is_ipv6()
+        && addr.ip().is_unspecified()
+        && matches!(
+            e.raw_os_error(),
+            Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+        )
+}
+
+/// Logs a skipped IPv6 wildcard address (see [`ipv6_missing`]).
+pub fn warn_ipv6_missing(what: &str, addr: SocketAddr, e: &std::io::Error) {
+    tracing::warn!(%addr, error = %e, "{what}: this host has no IPv6; serving on the other addresses");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,17 +181,15 @@ fn make_cookies(
     conn: &rustls::ServerConnection,
 ) -> Result<Vec<Vec<u8>>, String> {
     let export = |s2c: bool| -> Result<AeadKey, String> {
-        let mut key = [0u8; nts_proto::aead::MAX_KEY_LEN];
-        let key = key.get_mut(..aead.key_len()).ok_or("key length")?;
+        let mut buf = zeroize::Zeroizing::new([0u8; nts_proto::aead::MAX_KEY_LEN]);
+        let key = buf.get_mut(..aead.key_len()).ok_or("key length")?;
         conn.export_keying_material(
             &mut *key,
             EXPORTER_LABEL,
             Some(&exporter_context(aead, s2c)),
         )
         .map_err(|e| format!("TLS exporter: {e}"))?;
-        let k = AeadKey::new(aead, key).ok_or("key length")?;
-        key.fill(0);
-        Ok(k)
+        AeadKey::new(aead, key).ok_or_else(|| "key length".into())
     };
     let keys = SessionKeys {
         c2s: export(false)?,
@@ -218,23 +216,42 @@ pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>>
     let mut port = SharedEphemeralPort::default();
     for &configured in addrs {
         let addr = port.resolve(configured);
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into()).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot bind NTS-KE to {addr}: {e}"))
-        })?;
-        socket.listen(1024)?;
-        let listener: std::net::TcpListener = socket.into();
+        let listener = match listen_on(addr) {
+            Ok(l) => l,
+            Err(e) if addrs.len() > 1 && crate::net::ipv6_missing(addr, &e) => {
+                crate::net::warn_ipv6_missing("[nts_ke] listen", addr, &e);
+                continue;
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot bind NTS-KE to {addr}: {e}"),
+                ))
+            }
+        };
         port.learn(addr, listener.local_addr()?);
         out.push(listener);
     }
+    if out.is_empty() {
+        return Err(std::io::Error::other(
+            "[nts_ke] listen: no address could be bound",
+        ));
+    }
     Ok(out)
+}
+
+fn listen_on(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }

@@ -34,12 +34,11 @@ impl WorkerRng {
     }
 
     fn seed(system: &SystemRandom) -> Result<(Aes128, u128), ring::error::Unspecified> {
-        let mut seed = [0u8; 32];
-        system.fill(&mut seed)?;
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        system.fill(seed.as_mut_slice())?;
         let (key, ctr) = seed.split_at(16);
         let cipher = Aes128::new_from_slice(key).map_err(|_| ring::error::Unspecified)?;
         let counter = u128::from_be_bytes(ctr.try_into().map_err(|_| ring::error::Unspecified)?);
-        seed.fill(0);
         Ok((cipher, counter))
     }
 

@@ -45,13 +45,14 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> 
 }
 
 async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> {
+    // The certificate first: a start that fails on it touches no key file.
+    let tls =
+        crate::tls::server_config(&config.nts_ke.certificate_chain, &config.nts_ke.private_key)
+            .map_err(|e| format!("[nts_ke] {e}"))?;
     let keys = Arc::new(crate::keys::open(&config.keys, unix_secs())?);
     let time_state = TimeState::new(&config.time)?;
     let system = Arc::new(ArcSwap::from_pointee(time_state.sample()));
 
-    let tls =
-        crate::tls::server_config(&config.nts_ke.certificate_chain, &config.nts_ke.private_key)
-            .map_err(|e| format!("[nts_ke] {e}"))?;
     let ke_listeners = nts_ke::bind(&config.nts_ke.listen).map_err(|e| e.to_string())?;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(
@@ -119,7 +120,8 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         time_events,
         stop_rx.clone(),
     )));
-    tasks.push(tokio::spawn(rotate_keys(
+    report_start(&keys, &key_events);
+    tasks.push(tokio::spawn(follow_clock(
         keys.clone(),
         key_events.clone(),
         stop_rx.clone(),
@@ -129,7 +131,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         key_events,
         stop_rx.clone(),
     )?));
-    let _pid_file = match &config.keys.dump_dir {
+    let _pid_file = match config.keys.state_dir() {
         Some(dir) => Some(crate::keys::write_pid(dir)?),
         None => None,
     };
@@ -165,36 +167,111 @@ async fn wait_for_signal() -> Result<(), String> {
     Ok(())
 }
 
-/// Rotates the master keys at each epoch boundary. A rotation whose ring
-/// cannot be saved leaves the old ring in force and is retried.
-async fn rotate_keys(
+/// How far the wall clock may move against the monotonic clock between two
+/// checks before it counts as a step.
+const STEP_THRESHOLD: f64 = 1.0;
+
+/// Keeps the master keys on the epoch of the wall clock. Checked just after
+/// every wall-clock second, so a rotation happens on time and a clock step
+/// (chronyd stepping the clock at boot, a VM restored from a snapshot) moves
+/// the keys within a second, in either direction. A step is told apart from
+/// a late check by comparing the wall clock's progress with the monotonic
+/// clock's; each is logged once and counted. A ring that cannot be saved
+/// leaves the old ring in force and is retried every 10 s.
+async fn follow_clock(
     keys: Arc<RotatingKeys>,
     events: Arc<KeyCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    const RETRY: u64 = 10;
-    let mut retry = false;
+    use keyrotate::Movement;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    const RETRY: Duration = Duration::from_secs(10);
+    let wall = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    };
+    let mut last = (wall(), Instant::now());
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let wait = match retry {
-            true => RETRY.min(keys.schedule().interval),
-            false => keys.seconds_until_rotation(unix_secs()),
-        };
+        let into_second = u64::from(wall().subsec_millis());
+        let wait = Duration::from_millis(1_000 - into_second.min(999) + 5);
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
-        retry = false;
-        match keys.rotate(unix_secs()) {
-            Ok(true) => {
-                events.rotations.fetch_add(1, Relaxed);
-                tracing::info!(current = keys.load().current_id(), "master key rotated");
+        let (now, mono) = (wall(), Instant::now());
+        let step =
+            (now.as_secs_f64() - last.0.as_secs_f64()) - mono.duration_since(last.1).as_secs_f64();
+        last = (now, mono);
+        let stepped = step.abs() >= STEP_THRESHOLD;
+        if stepped {
+            events.clock_steps.fetch_add(1, Relaxed);
+        }
+        if retry_at.is_some_and(|t| mono < t) {
+            if stepped {
+                tracing::warn!(
+                    seconds = step,
+                    "wall clock stepped; the key ring follows once it can be saved"
+                );
             }
-            Ok(false) => {}
+            continue;
+        }
+        let before = keys.load().current_id();
+        match keys.follow(now.as_secs()) {
+            Ok(m) => {
+                retry_at = None;
+                match m {
+                    Movement::Unchanged if stepped => tracing::warn!(
+                        seconds = step,
+                        current = before,
+                        "wall clock stepped; the key epoch is unchanged"
+                    ),
+                    Movement::Unchanged => {}
+                    Movement::Rotated { to } if !stepped => {
+                        events.rotations.fetch_add(1, Relaxed);
+                        tracing::info!(current = to, "master key rotated");
+                    }
+                    Movement::Rotated { to } | Movement::Jumped { to, .. } if stepped => {
+                        events.step_rotations.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            seconds = step,
+                            from = before,
+                            current = to,
+                            kept_open = !keys.is_derived(),
+                            "wall clock stepped: master keys moved to the epoch of the clock"
+                        );
+                    }
+                    Movement::Rotated { to } | Movement::Jumped { to, .. } => {
+                        events.rotations.fetch_add(1, Relaxed);
+                        tracing::info!(
+                            from = before,
+                            current = to,
+                            "master keys rotated over several epochs (the check came late)"
+                        );
+                    }
+                }
+            }
             Err(e) => {
                 events.failures.fetch_add(1, Relaxed);
-                retry = true;
-                tracing::error!(error = %e, "master key rotation failed; the current key stays in force, retrying");
+                retry_at = Some(mono + RETRY);
+                tracing::error!(error = %e, stepped, "master key rotation failed; the current key stays in force, retrying in 10 s");
             }
+        }
+    }
+}
+
+/// Logs and counts a key ring that was loaded ahead of the clock: the clock
+/// stepped back since the file was written (or was ahead then).
+fn report_start(keys: &RotatingKeys, events: &KeyCounters) {
+    if let keyrotate::Movement::Jumped { from, to } = keys.started() {
+        if to < from {
+            events.clock_steps.fetch_add(1, Relaxed);
+            tracing::warn!(
+                file_current = from,
+                current = to,
+                "the key file's current key is ahead of the clock (the clock stepped back, or was ahead when the file was written): sealing with the key of the clock's epoch, the file's keys still open their cookies"
+            );
         }
     }
 }

@@ -190,12 +190,17 @@ impl KeCounters {
 pub struct KeyCounters {
     pub rotations: AtomicU64,
     pub forced: AtomicU64,
+    /// Ring moves to the epoch of a stepped wall clock.
+    pub step_rotations: AtomicU64,
     /// Rotations that could not be saved (the old ring stays in force).
     pub failures: AtomicU64,
+    /// Steps of the wall clock against the monotonic clock (and a key
+    /// file found ahead of the clock at start).
+    pub clock_steps: AtomicU64,
 }
 
 impl KeyCounters {
-    pub fn samples(&self) -> [(&'static str, &'static str, u64); 3] {
+    pub fn samples(&self) -> [(&'static str, &'static str, u64); 5] {
         [
             (
                 "ntsd_key_rotations_total",
@@ -206,6 +211,16 @@ impl KeyCounters {
                 "ntsd_key_rotations_total",
                 "kind=\"forced\"",
                 self.forced.load(Relaxed),
+            ),
+            (
+                "ntsd_key_rotations_total",
+                "kind=\"clock_step\"",
+                self.step_rotations.load(Relaxed),
+            ),
+            (
+                "ntsd_keys_clock_steps_total",
+                "",
+                self.clock_steps.load(Relaxed),
             ),
             (
                 "ntsd_key_rotation_failures_total",

@@ -1,7 +1,7 @@
 //! Following an upstream NTP server (normally the local chronyd).
 //!
 //! Each poll is one plain NTPv4 exchange. A good reply (server mode, our
-//! origin timestamp echoed, stratum 1-15, not leap 3, offset within 128 ms of
+//! origin timestamp echoed, stratum 1-14, not leap 3, offset within 128 ms of
 //! our clock, which the upstream is expected to discipline) becomes the
 //! basis of what ntsd serves:
 //!
@@ -47,7 +47,8 @@ pub struct Sample {
 pub enum PollFailure {
     /// No reply within the timeout, or a send/receive error.
     Silent,
-    /// The upstream reports leap indicator 3, stratum 0 (kiss) or 16.
+    /// The upstream reports leap indicator 3, stratum 0 (kiss) or 16, or
+    /// stratum 15 (one further away is 16: unsynchronised, RFC 5905).
     Unsynchronized,
     /// A reply that is not an answer to our request.
     Invalid,
@@ -66,7 +67,8 @@ pub fn evaluate(
     if h.mode != Mode::Server || h.origin != t1 {
         return Err(PollFailure::Invalid);
     }
-    if h.leap == Leap::Unsynchronized || !(1..=15).contains(&h.stratum) {
+    // Served one stratum further away: 15 would become 16, "unsynchronised".
+    if h.leap == Leap::Unsynchronized || !(1..=14).contains(&h.stratum) {
         return Err(PollFailure::Unsynchronized);
     }
     let (offset, delay) = nts_proto::client::offset_delay(t1, h.receive, h.transmit, t4);
@@ -145,7 +147,8 @@ impl Tracker {
         let leap = crate::clock::leap_warning_today(s.leap, unix_now);
         SystemInfo {
             leap,
-            stratum: s.stratum.saturating_add(1).min(15),
+            // `evaluate` took only strata 1-14.
+            stratum: s.stratum.saturating_add(1),
             precision: self.precision,
             root_delay: NtpShort::from_seconds(s.root_delay),
             root_dispersion: NtpShort::from_seconds(s.root_dispersion + PHI * age),
@@ -244,6 +247,16 @@ mod tests {
             evaluate(&reply(16, Leap::NoWarning, T1, T2), T1, T4, -20),
             Err(PollFailure::Unsynchronized)
         );
+        // One stratum further than 15 is 16, which means unsynchronised.
+        assert_eq!(
+            evaluate(&reply(15, Leap::NoWarning, T1, T2), T1, T4, -20),
+            Err(PollFailure::Unsynchronized)
+        );
+        let s = evaluate(&reply(14, Leap::NoWarning, T1, T2), T1, T4, -20).unwrap();
+        let mut t = Tracker::new(Duration::from_secs(60), [1, 2, 3, 4], -20);
+        let now = Instant::now();
+        t.record(now, Ok(s));
+        assert_eq!(t.system_info(now, 0).stratum, 15);
         assert_eq!(
             evaluate(&reply(1, Leap::NoWarning, T2, T2), T1, T4, -20),
             Err(PollFailure::Invalid)

@@ -122,6 +122,11 @@ fn ke_error_answers() {
     let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
     assert_eq!(resp, vec![Record::Error(1), Record::EndOfMessage]);
 
+    // A Next Protocol record with no protocol id: Error 1, as chrony answers.
+    let req = [&[0x80u8, 1, 0, 0][..], &aead15, &eom].concat();
+    let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
+    assert_eq!(resp, vec![Record::Error(1), Record::EndOfMessage]);
+
     // Malformed record body: Error 1.
     let req = [&[0x80u8, 1, 0, 1, 0][..], &aead15, &eom].concat();
     let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
@@ -159,8 +164,8 @@ fn ke_error_answers() {
         1
     );
     assert_eq!(
-        s.wait_metric("ntsd_ke_errors_total{reason=\"bad_request\"}", 2),
-        2
+        s.wait_metric("ntsd_ke_errors_total{reason=\"bad_request\"}", 3),
+        3
     );
     assert_eq!(
         s.wait_metric("ntsd_ke_errors_total{reason=\"no_common_aead\"}", 1),
@@ -460,7 +465,7 @@ fn run_fails_clearly_on_a_missing_certificate() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        "[ntp]\nlisten = [\"127.0.0.1:0\"]\n[nts_ke]\nlisten = [\"127.0.0.1:0\"]\ncertificate_chain = \"/nonexistent/chain.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n",
+        "[ntp]\nlisten = [\"127.0.0.1:0\"]\n[nts_ke]\nlisten = [\"127.0.0.1:0\"]\ncertificate_chain = \"/nonexistent/chain.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n[keys]\ndump_dir = \"\"\n",
     )
     .unwrap();
     let out = Command::new(BIN)

@@ -204,28 +204,47 @@ fn open_sockets(listen: &[SocketAddr], workers: usize) -> std::io::Result<Vec<Ve
     let mut port = SharedEphemeralPort::default();
     let mut per_worker: Vec<Vec<UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     for &configured in listen {
-        for sockets in per_worker.iter_mut() {
+        for (i, sockets) in per_worker.iter_mut().enumerate() {
             let addr = port.resolve(configured);
-            let s = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::DGRAM,
-                None,
-            )?;
-            s.set_reuse_port(true)?;
-            if addr.is_ipv6() {
-                s.set_only_v6(true)?;
-            }
-            s.set_read_timeout(Some(STOP_POLL))?;
-            sys::enable_rx_timestamps(&s)?;
-            s.bind(&addr.into()).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot bind NTP to {addr}: {e}"))
-            })?;
-            let udp: UdpSocket = s.into();
+            let udp = match open_socket(addr) {
+                Ok(s) => s,
+                Err(e) if i == 0 && listen.len() > 1 && crate::net::ipv6_missing(addr, &e) => {
+                    crate::net::warn_ipv6_missing("[ntp] listen", addr, &e);
+                    break;
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot bind NTP to {addr}: {e}"),
+                    ))
+                }
+            };
             port.learn(addr, udp.local_addr()?);
             sockets.push(udp);
         }
     }
+    if per_worker.first().is_some_and(Vec::is_empty) {
+        return Err(std::io::Error::other(
+            "[ntp] listen: no address could be bound",
+        ));
+    }
     Ok(per_worker)
+}
+
+fn open_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_read_timeout(Some(STOP_POLL))?;
+    sys::enable_rx_timestamps(&s)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
 }
 
 /// Binds the sockets and starts the workers.

@@ -71,10 +71,16 @@ refid = "TEST"
 
 [metrics]
 listen = "127.0.0.1:0"
+{keys}
 {tail}
 "#,
         chain = dir.join("chain.pem").display(),
         key = dir.join("key.pem").display(),
+        // Never the default /var/lib/ntsd of the host running the tests.
+        keys = match tail.contains("[keys]") {
+            true => String::new(),
+            false => format!("[keys]\ndump_dir = \"{}\"\n", dir.join("state").display()),
+        },
     )
 }
 
