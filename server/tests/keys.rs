@@ -8,43 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{exchange, key_exchange, pki_dir, udp_client, write_config, Ntsd, BIN};
-use nts_proto::client::{ClientError, NtsClient};
-use nts_proto::NtpTimestamp;
-
-#[derive(Debug, PartialEq)]
-enum Outcome {
-    Authenticated,
-    Nak,
-    Other(String),
-}
-
-/// One NTS exchange with the next cookie of `client` against `port`.
-fn try_cookie(client: &mut NtsClient, port: u16, seed: u64) -> Outcome {
-    let sock = udp_client(port);
-    let mut random = [0u8; 48];
-    for (i, b) in random.iter_mut().enumerate() {
-        *b = (seed as u8).wrapping_mul(31).wrapping_add(i as u8);
-    }
-    let mut buf = [0u8; 2048];
-    let (len, pending) = client
-        .build_request(NtpTimestamp(seed), &random, 1, &mut buf)
-        .unwrap();
-    match exchange(&sock, &buf[..len]) {
-        None => Outcome::Other("no reply".into()),
-        Some(reply) => match client.verify_reply(&reply, &pending) {
-            Ok(_) => Outcome::Authenticated,
-            Err(ClientError::Nak) => Outcome::Nak,
-            Err(e) => Outcome::Other(e.to_string()),
-        },
-    }
-}
-
-fn client_of(s: &Ntsd) -> (NtsClient, u32) {
-    let ke = key_exchange(s);
-    let id = u32::from_be_bytes(ke.result.cookies[0][..4].try_into().unwrap());
-    (NtsClient::new(ke.keys, ke.result.cookies), id)
-}
+use common::{client_of, pki_dir, try_cookie, write_config, Ntsd, Outcome, BIN};
+use nts_proto::client::NtsClient;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777

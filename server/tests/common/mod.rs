@@ -97,6 +97,16 @@ fn port_after(line: &str, marker: &str) -> Option<u16> {
     digits.parse().ok()
 }
 
+/// The port of the first address in the list that follows `marker` in a
+/// log line (`ntp=[127.0.0.1:4000, [::1]:4000]`).
+fn first_port(line: &str, marker: &str) -> Option<u16> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    rest.char_indices()
+        .filter(|&(_, c)| c == ',' || c == ']')
+        .find_map(|(i, _)| rest[..i].parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port())
+}
+
 impl Ntsd {
     pub fn start(backend: &str) -> Ntsd {
         Self::start_with(backend, "", "", "")
@@ -121,9 +131,23 @@ impl Ntsd {
     /// Like [`Ntsd::spawn`], but returns the log if the process exits before
     /// it is ready (for tests of startup errors).
     pub fn try_spawn(dir: PathBuf, cfg: &Path) -> Result<Ntsd, String> {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
+        Self::try_spawn_env(dir, cfg, &[])
+    }
+
+    /// Like [`Ntsd::try_spawn`], with extra environment variables.
+    pub fn try_spawn_env(dir: PathBuf, cfg: &Path, env: &[(&str, &str)]) -> Result<Ntsd, String> {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
             .arg(cfg)
+            .envs(env.iter().copied());
+        Self::try_spawn_command(dir, cmd)
+    }
+
+    /// Runs `cmd`, which must end up as `ntsd run` in the same process (a
+    /// wrapper that execs it, such as `unshare`), and waits until it is
+    /// ready.
+    pub fn try_spawn_command(dir: PathBuf, mut cmd: Command) -> Result<Ntsd, String> {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -155,8 +179,8 @@ impl Ntsd {
                         s.metrics_port = port_after(l, "127.0.0.1:").unwrap_or(0);
                     }
                     if l.contains("ntsd ready") {
-                        s.ntp_port = port_after(l, "ntp=[127.0.0.1:").unwrap_or(0);
-                        s.ke_port = port_after(l, "nts_ke=[127.0.0.1:").unwrap_or(0);
+                        s.ntp_port = first_port(l, "ntp=[").unwrap_or(0);
+                        s.ke_port = first_port(l, "nts_ke=[").unwrap_or(0);
                     }
                 }
             }
@@ -336,4 +360,45 @@ pub fn require(what: &str, present: bool) -> bool {
     }
     eprintln!("skipping: {what} is not available (set CI=1 to make this a failure)");
     false
+}
+
+/// What one NTS exchange with a cookie came to.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Authenticated,
+    Nak,
+    Other(String),
+}
+
+/// One NTS exchange with the next cookie of `client` against `port`.
+pub fn try_cookie(client: &mut nts_proto::client::NtsClient, port: u16, seed: u64) -> Outcome {
+    use nts_proto::client::ClientError;
+    let sock = udp_client(port);
+    let mut random = [0u8; 48];
+    for (i, b) in random.iter_mut().enumerate() {
+        *b = (seed as u8).wrapping_mul(31).wrapping_add(i as u8);
+    }
+    let mut buf = [0u8; 2048];
+    let (len, pending) = client
+        .build_request(nts_proto::NtpTimestamp(seed), &random, 1, &mut buf)
+        .unwrap();
+    match exchange(&sock, &buf[..len]) {
+        None => Outcome::Other("no reply".into()),
+        Some(reply) => match client.verify_reply(&reply, &pending) {
+            Ok(_) => Outcome::Authenticated,
+            Err(ClientError::Nak) => Outcome::Nak,
+            Err(e) => Outcome::Other(e.to_string()),
+        },
+    }
+}
+
+/// An NTS client holding the cookies of one KE session with `s`, and the
+/// key id (epoch) of its first cookie.
+pub fn client_of(s: &Ntsd) -> (nts_proto::client::NtsClient, u32) {
+    let ke = key_exchange(s);
+    let id = u32::from_be_bytes(ke.result.cookies[0][..4].try_into().unwrap());
+    (
+        nts_proto::client::NtsClient::new(ke.keys, ke.result.cookies),
+        id,
+    )
 }
