@@ -259,3 +259,43 @@ fn crashes_during_fast_rotation_lose_no_keys() {
         .collect();
     assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
 }
+
+/// Changing `rotate_interval` keeps the old keys aside instead of
+/// overwriting them; reverting the setting restores them, and the cookies
+/// they sealed open again.
+#[test]
+fn reverting_rotate_interval_restores_the_keys() {
+    let dir = pki_dir();
+    let state = dir.path().join("state");
+    let config = |interval: &str| {
+        let tail = format!(
+            "[keys]\ndump_dir = \"{}\"\nrotate_interval = \"{interval}\"\n",
+            state.display()
+        );
+        write_config(dir.path(), "ntsd.toml", "auto", &tail)
+    };
+    let s = Ntsd::spawn(dir.path().to_owned(), &config("1h"));
+    let (mut client, _) = client_of(&s);
+    let hourly = std::fs::read(state.join("keys")).unwrap();
+    assert!(s.terminate().success());
+
+    let s = Ntsd::spawn(dir.path().to_owned(), &config("2h"));
+    assert_eq!(
+        std::fs::read(state.join("keys.interval-3600s")).unwrap(),
+        hourly,
+        "the hourly keys were not kept aside as they were"
+    );
+    assert!(s.log_text().contains("kept aside"), "{}", s.log_text());
+    assert_eq!(try_cookie(&mut client, s.ntp_port, 1), Outcome::Nak);
+    assert!(s.terminate().success());
+
+    let s = Ntsd::spawn(dir.path().to_owned(), &config("1h"));
+    assert!(s.log_text().contains("restoring"), "{}", s.log_text());
+    assert_eq!(
+        try_cookie(&mut client, s.ntp_port, 2),
+        Outcome::Authenticated
+    );
+    // The two-hourly keys wait in their turn; the restored copy is gone.
+    assert!(state.join("keys.interval-7200s").exists());
+    assert!(!state.join("keys.interval-3600s").exists());
+}
