@@ -5,21 +5,20 @@
 //! config ─► run ─┬─ ntp (worker threads: io_uring | portable) ─► nts_proto::Server::handle
 //!                ├─ nts_ke (tokio + rustls) ─► cookies sealed with keyrotate
 //!                ├─ time_source ─► ArcSwap<SystemInfo>
-//!                └─ metrics (Prometheus text)
+//!                └─ ops (counters, Prometheus metrics, health)
 //! ```
 
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod keys;
-pub mod metrics;
 pub mod net;
 pub mod ntp;
+pub mod ops;
 pub mod nts_ke;
 pub mod query;
 pub mod rng;
 pub mod run;
-pub mod stats;
 pub mod sys;
 pub mod time_source;
 pub mod tls;

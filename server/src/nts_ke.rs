@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::net::SharedEphemeralPort;
-use crate::stats::{KeCounters, KeEvent};
+use crate::ops::counters::{KeCounters, KeEvent};
 use crate::tls::ALPN_NTSKE;
 
 /// Cookies handed out per session (RFC 8915, section 4: eight is typical).

@@ -16,9 +16,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::clock::unix_secs;
 use crate::config::Config;
-use crate::metrics::Registry;
+use crate::ops::metrics::Registry;
 use crate::nts_ke::{self, KeContext};
-use crate::stats::{KeCounters, KeyCounters};
+use crate::ops::counters::{KeCounters, KeyCounters};
 use crate::time_source::{self, TimeState};
 
 /// Addresses the running server actually bound (ephemeral ports resolved).
@@ -108,7 +108,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
         tracing::info!(addr = ?l.local_addr().ok(), "metrics endpoint listening");
-        tasks.push(tokio::spawn(crate::metrics::serve(
+        tasks.push(tokio::spawn(crate::ops::metrics::serve(
             l,
             registry,
             stop_rx.clone(),

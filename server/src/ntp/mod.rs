@@ -21,7 +21,7 @@ use crate::clock::now_ntp;
 use crate::config::{Backend, NtpConfig};
 use crate::net::SharedEphemeralPort;
 use crate::rng::WorkerRng;
-use crate::stats::{NtpCounters, NtpEvent};
+use crate::ops::counters::{NtpCounters, NtpEvent};
 use crate::time_source::SharedSystem;
 
 /// Largest datagram handled. NTS requests are a few hundred bytes; anything

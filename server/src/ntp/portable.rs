@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 
 use super::sys::{empty_storage, errno, point_reply, rx_timestamp, send_all, ControlBuf};
 use super::{Worker, MAX_PACKET};
-use crate::stats::NtpEvent;
+use crate::ops::counters::NtpEvent;
 
 const BATCH: usize = 32;
 

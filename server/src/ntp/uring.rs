@@ -16,7 +16,7 @@ use io_uring::{cqueue, opcode, types, IoUring};
 
 use super::sys::{empty_storage, point_reply, rx_timestamp_in, send_all, ControlBuf};
 use super::{Worker, MAX_PACKET, STOP_POLL};
-use crate::stats::NtpEvent;
+use crate::ops::counters::NtpEvent;
 
 /// Provided receive buffers per worker (a power of two, as the kernel
 /// requires). When all are taken the multishot receive stops with ENOBUFS

@@ -6,7 +6,7 @@ use keyrotate::RotatingKeys;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::stats::{render, KeCounters, KeEvent, KeyCounters, NtpCounters, NtpEvent};
+use crate::ops::counters::{render, KeCounters, KeEvent, KeyCounters, NtpCounters, NtpEvent};
 use crate::time_source::SharedSystem;
 
 #[derive(Debug, Clone)]
