@@ -216,8 +216,11 @@ pub fn open_cookie(
         return Err(CookieError::BadTag);
     }
     let keys = session_keys(alg, key_len, buf.get(TAG_LEN..));
-    // The opened session keys must not stay in the caller's buffer.
-    buf.zeroize();
+    // The opened session keys must not stay in the caller's buffer (the
+    // tag before them is public).
+    if let Some(plain) = buf.get_mut(TAG_LEN..) {
+        plain.zeroize();
+    }
     keys
 }
 

@@ -76,36 +76,58 @@ pub async fn serve(
             continue;
         };
         let ctx = ctx.clone();
+        let accepted = std::time::Instant::now();
         tokio::spawn(async move {
-            let event = match tokio::time::timeout(ctx.timeout, session(&ctx, stream)).await {
-                Ok(event) => event,
-                Err(_) => KeEvent::Timeout,
+            let outcome = match tokio::time::timeout(ctx.timeout, session(&ctx, stream)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Outcome::Failed(KeEvent::Timeout),
             };
-            ctx.counters.add(event);
-            tracing::debug!(%peer, ?event, "NTS-KE session ended");
+            match outcome {
+                Outcome::Issued { aead, cookies } => ctx.counters.session(aead, cookies),
+                Outcome::Failed(event) => ctx.counters.add(event),
+            }
+            ctx.counters
+                .duration
+                .observe(accepted.elapsed().as_secs_f64());
+            tracing::debug!(%peer, ?outcome, "NTS-KE session ended");
             drop(permit);
         });
     }
 }
 
-async fn session(ctx: &KeContext, stream: TcpStream) -> KeEvent {
+/// How a KE session ended.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Issued { aead: AeadAlgorithm, cookies: usize },
+    Failed(KeEvent),
+}
+
+async fn session(ctx: &KeContext, stream: TcpStream) -> Outcome {
+    match exchange(ctx, stream).await {
+        Ok((aead, cookies)) => Outcome::Issued { aead, cookies },
+        Err(event) => Outcome::Failed(event),
+    }
+}
+
+/// One KE session: the AEAD chosen and the cookies issued, or why none.
+async fn exchange(ctx: &KeContext, stream: TcpStream) -> Result<(AeadAlgorithm, usize), KeEvent> {
     let _ = stream.set_nodelay(true);
     let mut tls = match ctx.acceptor.accept(stream).await {
         Ok(t) => t,
-        Err(_) => return KeEvent::TlsError,
+        Err(_) => return Err(KeEvent::TlsError),
     };
     // rustls refuses a client whose ALPN list lacks ntske/1; a client that
     // sends no ALPN at all must be refused here (RFC 8915, section 4).
     if tls.get_ref().1.alpn_protocol() != Some(ALPN_NTSKE) {
         let _ = tls.shutdown().await;
-        return KeEvent::NoAlpn;
+        return Err(KeEvent::NoAlpn);
     }
     let mut buf = Vec::with_capacity(256);
     let request = loop {
         let mut chunk = [0u8; 1024];
         let n = match tls.read(&mut chunk).await {
             Ok(n) => n,
-            Err(_) => return KeEvent::TlsError,
+            Err(_) => return Err(KeEvent::TlsError),
         };
         if n == 0 {
             // The client closed before End of Message.
@@ -120,41 +142,45 @@ async fn session(ctx: &KeContext, stream: TcpStream) -> KeEvent {
             other => break other,
         }
     };
-    let (response, event) = match request {
+    let (response, result) = match request {
         Err(e) => {
             let event = match e {
                 KeRequestError::UnrecognizedCritical(_) => KeEvent::UnrecognizedCritical,
                 _ => KeEvent::BadRequest,
             };
-            (KeResponse::error(e.error_code()), event)
+            (KeResponse::error(e.error_code()), Err(event))
         }
         Ok(req) => respond(ctx, &req, tls.get_ref().1),
     };
     // One write: the response fits one TLS record, which NTPsec needs
     // (it reads the whole response in a single 2048-byte read).
     if tls.write_all(&response).await.is_err() || tls.shutdown().await.is_err() {
-        return KeEvent::TlsError;
+        return Err(KeEvent::TlsError);
     }
-    event
+    result
 }
 
-fn respond(
-    ctx: &KeContext,
-    req: &KeRequest,
-    conn: &rustls::ServerConnection,
-) -> (Vec<u8>, KeEvent) {
+/// The response to a parsed request, and the AEAD and cookie count issued
+/// (or why nothing was).
+type Response = (Vec<u8>, Result<(AeadAlgorithm, usize), KeEvent>);
+
+fn respond(ctx: &KeContext, req: &KeRequest, conn: &rustls::ServerConnection) -> Response {
     if !req.wants_ntpv4() {
-        return (KeResponse::default().encode(), KeEvent::NoCommonProtocol);
+        return (
+            KeResponse::default().encode(),
+            Err(KeEvent::NoCommonProtocol),
+        );
     }
     let Some(aead) = req.select_aead(&AeadAlgorithm::ALL) else {
         let resp = KeResponse {
             protocol: Some(PROTOCOL_NTPV4),
             ..Default::default()
         };
-        return (resp.encode(), KeEvent::NoCommonAead);
+        return (resp.encode(), Err(KeEvent::NoCommonAead));
     };
     match make_cookies(ctx, aead, conn) {
         Ok(cookies) => {
+            let count = cookies.len();
             let resp = KeResponse {
                 protocol: Some(PROTOCOL_NTPV4),
                 aead: Some(aead),
@@ -162,13 +188,14 @@ fn respond(
                 server: ctx.ntp_server.clone(),
                 port: ctx.ntp_port,
             };
-            (resp.encode(), KeEvent::Success)
+            (resp.encode(), Ok((aead, count)))
         }
         Err(e) => {
+            // Not remote input: a failing RNG or TLS exporter on our side.
             tracing::warn!(error = %e, "NTS-KE internal error");
             (
                 KeResponse::error(nts_proto::ke::error_code::INTERNAL_SERVER_ERROR),
-                KeEvent::InternalError,
+                Err(KeEvent::InternalError),
             )
         }
     }

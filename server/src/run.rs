@@ -16,9 +16,12 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::clock::unix_secs;
 use crate::config::Config;
-use crate::ops::metrics::Registry;
 use crate::nts_ke::{self, KeContext};
 use crate::ops::counters::{KeCounters, KeyCounters};
+use crate::ops::health::Health;
+use crate::ops::http::Endpoint;
+use crate::ops::metrics::Sources;
+use crate::ops::notify;
 use crate::time_source::{self, TimeState};
 
 /// Addresses the running server actually bound (ephemeral ports resolved).
@@ -62,7 +65,8 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         None => None,
     };
 
-    let workers = crate::ntp::start(&config.ntp, keys.clone(), system.clone())?;
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel();
+    let workers = crate::ntp::start(&config.ntp, keys.clone(), system.clone(), fatal_tx)?;
     let ntp_port = workers.local_addrs.first().map_or(123, |a| a.port());
     // RFC 8915, 4.1.7: clients use port 123 unless told otherwise, and every
     // client we tested learns the port only from this record.
@@ -71,8 +75,14 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         .ntp_port
         .or((ntp_port != 123).then_some(ntp_port));
 
+    let health = Arc::new(Health::new(
+        workers.health.clone(),
+        ke_listeners.len(),
+        system.clone(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let ke_counters = Arc::new(KeCounters::default());
+    let ke_slots = Arc::new(Semaphore::new(config.nts_ke.max_connections));
     let ctx = Arc::new(KeContext {
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         keys: keys.clone(),
@@ -80,7 +90,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         ntp_server: config.nts_ke.ntp_server.clone(),
         ntp_port: port_record,
         timeout: config.nts_ke.timeout.0,
-        connections: Arc::new(Semaphore::new(config.nts_ke.max_connections)),
+        connections: ke_slots.clone(),
         rng: SystemRandom::new(),
     });
     let mut ke_addrs = Vec::new();
@@ -88,29 +98,44 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     for l in ke_listeners {
         ke_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
         let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-        tasks.push(tokio::spawn(nts_ke::serve(l, ctx.clone(), stop_rx.clone())));
+        let alive = health.ke_listener();
+        let ctx = ctx.clone();
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            nts_ke::serve(l, ctx, stop).await;
+            drop(alive);
+        }));
     }
     let key_events = Arc::new(KeyCounters::default());
     let time_events = Arc::new(time_source::TimeCounters::default());
-    let registry = Registry {
+    let sources = Sources {
         ntp: workers.counters.clone(),
         ke: ke_counters,
+        ke_max_connections: config.nts_ke.max_connections,
+        ke_open: ke_slots,
         keys: keys.clone(),
         key_events: key_events.clone(),
         time_events: time_events.clone(),
+        upstream: config.time.source == crate::config::TimeSource::Upstream,
         system: system.clone(),
+        health: health.clone(),
         backend: match workers.backend {
             crate::config::Backend::IoUring => "io-uring",
             _ => "portable",
         },
     };
+    let registry = crate::ops::metrics::registry(sources)?;
     if let Some(l) = metrics_listener {
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
         tracing::info!(addr = ?l.local_addr().ok(), "metrics endpoint listening");
-        tasks.push(tokio::spawn(crate::ops::metrics::serve(
-            l,
+        let endpoint = Arc::new(Endpoint {
             registry,
+            health: health.clone(),
+        });
+        tasks.push(tokio::spawn(crate::ops::http::serve(
+            l,
+            endpoint,
             stop_rx.clone(),
         )));
     }
@@ -127,7 +152,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(forced_rotations(
-        keys,
+        keys.clone(),
         key_events,
         stop_rx.clone(),
     )?));
@@ -140,11 +165,25 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         ntp: workers.local_addrs.clone(),
         ke: ke_addrs,
     };
+    health.set_started();
     tracing::info!(ntp = ?bound.ntp, nts_ke = ?bound.ke, port_record = ?port_record, "ntsd ready");
+    notify::ready(&format!(
+        "serving NTP on {:?}, NTS-KE on {:?}; key {}",
+        bound.ntp,
+        bound.ke,
+        keys.load().current_id()
+    ));
     on_ready(&bound);
 
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
+    let outcome = tokio::select! {
+        r = wait_for_signal() => r,
+        Some(why) = fatal_rx.recv() => Err(why),
+    };
+    match &outcome {
+        Ok(()) => tracing::info!("shutting down"),
+        Err(why) => tracing::error!(error = %why, "shutting down after a fatal error"),
+    }
+    notify::stopping();
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -153,7 +192,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }
 
 async fn wait_for_signal() -> Result<(), String> {
@@ -292,7 +331,7 @@ fn forced_rotations(
             }
             match keys.force_rotate(unix_secs()) {
                 Ok(id) => {
-                    events.forced.fetch_add(1, Relaxed);
+                    events.forced_at(unix_secs());
                     tracing::warn!(current = id, "master key rotated by request (SIGUSR1)");
                 }
                 Err(e) => {

@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -38,7 +38,7 @@ pub fn measure_precision() -> i8 {
 pub type SharedSystem = Arc<ArcSwap<SystemInfo>>;
 
 /// Time-source events for the metrics endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TimeCounters {
     /// Transitions from synchronised to leap indicator 3.
     pub unsynchronised: AtomicU64,
@@ -47,12 +47,33 @@ pub struct TimeCounters {
     pub polls_unsynchronised: AtomicU64,
     pub polls_invalid: AtomicU64,
     pub polls_offset: AtomicU64,
+    /// When the upstream last answered well (`None`: never).
+    last_ok: Mutex<Option<Instant>>,
+    started: Instant,
+}
+
+impl Default for TimeCounters {
+    fn default() -> Self {
+        Self {
+            unsynchronised: AtomicU64::new(0),
+            polls_ok: AtomicU64::new(0),
+            polls_silent: AtomicU64::new(0),
+            polls_unsynchronised: AtomicU64::new(0),
+            polls_invalid: AtomicU64::new(0),
+            polls_offset: AtomicU64::new(0),
+            last_ok: Mutex::new(None),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl TimeCounters {
     fn record(&self, poll: &Result<upstream::Sample, PollFailure>) {
         let c = match poll {
-            Ok(_) => &self.polls_ok,
+            Ok(_) => {
+                *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                &self.polls_ok
+            }
             Err(PollFailure::Silent) => &self.polls_silent,
             Err(PollFailure::Unsynchronized) => &self.polls_unsynchronised,
             Err(PollFailure::Invalid) => &self.polls_invalid,
@@ -61,39 +82,22 @@ impl TimeCounters {
         c.fetch_add(1, Relaxed);
     }
 
-    pub fn samples(&self) -> [(&'static str, &'static str, u64); 6] {
+    /// Seconds since the upstream last answered well; since the start when
+    /// it never did.
+    pub fn upstream_age(&self) -> f64 {
+        let last = *self.last_ok.lock().unwrap_or_else(|p| p.into_inner());
+        last.unwrap_or(self.started).elapsed().as_secs_f64()
+    }
+
+    /// `(result label, count)` of every upstream poll outcome.
+    pub fn polls(&self) -> [(&'static str, u64); 5] {
         let g = |c: &AtomicU64| c.load(Relaxed);
         [
-            (
-                "ntsd_time_unsynchronised_total",
-                "",
-                g(&self.unsynchronised),
-            ),
-            (
-                "ntsd_time_upstream_polls_total",
-                "result=\"ok\"",
-                g(&self.polls_ok),
-            ),
-            (
-                "ntsd_time_upstream_polls_total",
-                "result=\"silent\"",
-                g(&self.polls_silent),
-            ),
-            (
-                "ntsd_time_upstream_polls_total",
-                "result=\"unsynchronised\"",
-                g(&self.polls_unsynchronised),
-            ),
-            (
-                "ntsd_time_upstream_polls_total",
-                "result=\"invalid\"",
-                g(&self.polls_invalid),
-            ),
-            (
-                "ntsd_time_upstream_polls_total",
-                "result=\"offset_too_large\"",
-                g(&self.polls_offset),
-            ),
+            ("ok", g(&self.polls_ok)),
+            ("silent", g(&self.polls_silent)),
+            ("unsynchronised", g(&self.polls_unsynchronised)),
+            ("invalid", g(&self.polls_invalid)),
+            ("offset_too_large", g(&self.polls_offset)),
         ]
     }
 }

@@ -76,7 +76,7 @@ fn forced_rotation_through_the_cli() {
     assert!(ok && out.contains("rotated"), "{out}\n{}", s.log_text());
     assert_ne!(std::fs::read(state.join("keys")).unwrap(), file_before);
     assert_eq!(
-        s.wait_metric("ntsd_key_rotations_total{kind=\"forced\"}", 1),
+        s.wait_metric("ntsd_keys_rotations_total{kind=\"forced\"}", 1),
         1
     );
     // Old cookies still open; new ones come from the new key.
@@ -168,7 +168,7 @@ fn startup_errors_name_the_problem() {
 /// Waits until the node's current key id reaches `id`.
 fn wait_epoch(s: &Ntsd, id: u32) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while s.metric("ntsd_key_current_id") < u64::from(id) {
+    while s.metric("ntsd_keys_current_id") < u64::from(id) {
         assert!(Instant::now() < deadline, "no rotation to {id}");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -116,9 +116,8 @@ fn wait_for(s: &Ntsd, what: &str, pred: impl Fn(&NtpHeader) -> bool) -> (NtpHead
     }
 }
 
-#[test]
-fn upstream_transitions() {
-    let up = FakeUpstream::start();
+/// A server following the fake upstream, with `hold_time = "2s"`.
+fn following(up: &FakeUpstream) -> (tempfile::TempDir, Ntsd) {
     // The common config uses source = "local"; this replaces the [time] table.
     let dir = common::pki_dir();
     let cfg = common::write_config(dir.path(), "ntsd.toml", "auto", "")
@@ -135,6 +134,13 @@ fn upstream_transitions() {
     assert!(text.contains("upstream = "));
     std::fs::write(&cfg, text).unwrap();
     let s = Ntsd::spawn(dir.path().to_owned(), std::path::Path::new(&cfg));
+    (dir, s)
+}
+
+#[test]
+fn upstream_transitions() {
+    let up = FakeUpstream::start();
+    let (_dir, s) = following(&up);
 
     // Synchronised: stratum + 1, refid = the upstream's address, its root
     // delay and dispersion plus ours.
@@ -181,4 +187,56 @@ fn upstream_transitions() {
         h.leap == Leap::NoWarning && h.stratum == 2
     });
     assert!(s.terminate().success());
+}
+
+/// Waits until `/readyz` answers `status`; returns the body and the wait.
+fn wait_ready(s: &Ntsd, status: u16) -> (String, Duration) {
+    let start = Instant::now();
+    loop {
+        let (code, body) = s.http_get("/readyz");
+        if code == status {
+            return (body, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "/readyz stayed {code}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An anycast route announcer or a Kubernetes readiness probe must see a
+/// node whose upstream went silent drop out, and come back; liveness is not
+/// affected.
+#[test]
+fn readyz_follows_the_upstream_and_healthz_stays_up() {
+    let up = FakeUpstream::start();
+    let (_dir, s) = following(&up);
+    wait_ready(&s, 200);
+    assert_eq!(s.http_get("/healthz").0, 200);
+    let age = |s: &Ntsd| {
+        s.metrics_f64()
+            .into_iter()
+            .find(|(k, _)| k == "ntsd_time_upstream_last_success_age_seconds")
+            .map(|(_, v)| v)
+            .expect("upstream age exported with source = upstream")
+    };
+    assert!(age(&s) < 2.0);
+
+    up.set(SILENT);
+    let (body, waited) = wait_ready(&s, 503);
+    assert!(body.contains("not synchronised"), "{body}");
+    assert!(
+        waited >= Duration::from_millis(800),
+        "not ready after only {waited:?} (hold_time 2s)"
+    );
+    assert_eq!(s.http_get("/healthz"), (200, "ok\n".to_owned()));
+    assert!(age(&s) >= 2.0);
+    assert_eq!(s.metric("ntsd_time_synchronised"), 0);
+
+    up.set(SYNCED);
+    let (body, _) = wait_ready(&s, 200);
+    assert_eq!(body, "ready\n");
+    assert_eq!(s.metric("ntsd_time_synchronised"), 1);
+    assert_eq!(s.http_get("/healthz").0, 200);
 }

@@ -20,8 +20,9 @@ use nts_proto::{Action, NtpTimestamp, ReplyKind, Server};
 use crate::clock::now_ntp;
 use crate::config::{Backend, NtpConfig};
 use crate::net::SharedEphemeralPort;
-use crate::rng::WorkerRng;
 use crate::ops::counters::{NtpCounters, NtpEvent};
+use crate::ops::health::{self, WorkerHealth, WorkerState};
+use crate::rng::WorkerRng;
 use crate::time_source::SharedSystem;
 
 /// Largest datagram handled. NTS requests are a few hundred bytes; anything
@@ -39,6 +40,7 @@ pub struct Worker {
     rng: WorkerRng,
     stop: Arc<AtomicBool>,
     seal_delay: SealDelay,
+    health: Arc<WorkerHealth>,
 }
 
 /// How long the seal of an NTS reply takes after its transmit timestamp is
@@ -123,10 +125,16 @@ impl Worker {
         reply: &mut [u8],
     ) -> Option<usize> {
         self.counters.add(NtpEvent::Received);
-        let received = received.unwrap_or_else(|| {
-            self.counters.add(NtpEvent::NoKernelTimestamp);
-            now_ntp()
-        });
+        let received = match received {
+            Some(t) => {
+                self.counters.add(NtpEvent::KernelTimestamp);
+                t
+            }
+            None => {
+                self.counters.add(NtpEvent::NoKernelTimestamp);
+                now_ntp()
+            }
+        };
         let ring = self.keys.load();
         let system = self.system.load();
         let server = Server {
@@ -163,6 +171,17 @@ impl Worker {
         self.counters.add(event);
     }
 
+    pub fn count_n(&self, event: NtpEvent, n: u64) {
+        if n > 0 {
+            self.counters.add_n(event, n);
+        }
+    }
+
+    /// The back end is set up and receiving (for `/healthz`).
+    pub fn serving(&self) {
+        self.health.set(WorkerState::Serving);
+    }
+
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -172,6 +191,8 @@ impl Worker {
 #[derive(Debug)]
 pub struct Workers {
     pub counters: Vec<Arc<NtpCounters>>,
+    /// One per thread (portable runs a thread per socket).
+    pub health: Vec<Arc<WorkerHealth>>,
     pub backend: Backend,
     /// Addresses actually bound (ephemeral ports resolved).
     pub local_addrs: Vec<SocketAddr>,
@@ -247,11 +268,14 @@ fn open_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-/// Binds the sockets and starts the workers.
+/// Binds the sockets and starts the workers. A worker whose back end fails
+/// is restarted with backoff ([`health::supervise`]); one that keeps
+/// failing sends its error to `fatal`, and ntsd exits non-zero.
 pub fn start(
     cfg: &NtpConfig,
     keys: Arc<RotatingKeys>,
     system: SharedSystem,
+    fatal: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Workers, String> {
     let n = worker_count(cfg.workers);
     let sockets = open_sockets(&cfg.listen, n).map_err(|e| e.to_string())?;
@@ -276,11 +300,14 @@ pub fn start(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut counters = Vec::new();
+    let mut healths = Vec::new();
     let mut threads = Vec::new();
     for (i, worker_sockets) in sockets.into_iter().enumerate() {
         let c = Arc::new(NtpCounters::default());
         counters.push(c.clone());
-        let make_worker = || -> Result<Worker, String> {
+        let mut make_worker = |name: String| -> Result<Worker, String> {
+            let health = Arc::new(WorkerHealth::new(name));
+            healths.push(health.clone());
             Ok(Worker {
                 keys: keys.clone(),
                 system: system.clone(),
@@ -288,21 +315,24 @@ pub fn start(
                 rng: WorkerRng::new().map_err(|_| "system random number generator failed")?,
                 stop: stop.clone(),
                 seal_delay: SealDelay::default(),
+                health,
             })
         };
         match backend {
             Backend::IoUring => {
-                let w = make_worker()?;
+                let w = make_worker(format!("{i}"))?;
+                let fatal = fatal.clone();
                 threads.push(spawn(format!("ntp-uring-{i}"), move || {
-                    uring::run(w, worker_sockets)
+                    supervised(w, fatal, |w| uring::run(w, &worker_sockets))
                 })?);
             }
             _ => {
                 // recvmmsg blocks on one socket, so each socket gets a thread.
                 for (j, sock) in worker_sockets.into_iter().enumerate() {
-                    let w = make_worker()?;
+                    let w = make_worker(format!("{i}.{j}"))?;
+                    let fatal = fatal.clone();
                     threads.push(spawn(format!("ntp-mmsg-{i}.{j}"), move || {
-                        portable::run(w, sock)
+                        supervised(w, fatal, |w| portable::run(w, &sock))
                     })?);
                 }
             }
@@ -311,11 +341,33 @@ pub fn start(
     tracing::info!(workers = n, ?backend, addrs = ?local_addrs, "NTP workers started");
     Ok(Workers {
         counters,
+        health: healths,
         backend,
         local_addrs,
         threads,
         stop,
     })
+}
+
+/// A worker thread's body: its serve loop under [`health::supervise`].
+fn supervised(
+    mut worker: Worker,
+    fatal: tokio::sync::mpsc::UnboundedSender<String>,
+    mut run: impl FnMut(&mut Worker) -> Result<(), String>,
+) {
+    let health = worker.health.clone();
+    let stop = worker.stop.clone();
+    let stopping = || stop.load(Ordering::Relaxed);
+    let sleep = |d: std::time::Duration| {
+        // In steps, so a shutdown during the backoff is not held up.
+        let until = std::time::Instant::now() + d;
+        while std::time::Instant::now() < until && !stopping() {
+            std::thread::sleep(STOP_POLL);
+        }
+    };
+    if let Err(e) = health::supervise(&health, stopping, sleep, || run(&mut worker)) {
+        let _ = fatal.send(format!("NTP worker {}: {e}", health.name));
+    }
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, String> {

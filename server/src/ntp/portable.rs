@@ -17,7 +17,9 @@ struct Batch {
     controls: [ControlBuf; BATCH],
 }
 
-pub fn run(mut worker: Worker, socket: UdpSocket) {
+/// Serves `socket` until the worker is asked to stop; receive errors are
+/// counted, never fatal.
+pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
     let fd = socket.as_raw_fd();
     let mut b = Batch {
         requests: Box::new([[0; MAX_PACKET]; BATCH]),
@@ -30,6 +32,7 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     let mut out_iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     let mut out: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    worker.serving();
     while !worker.stopping() {
         for i in 0..BATCH {
             iov[i] = libc::iovec {
@@ -93,8 +96,8 @@ pub fn run(mut worker: Worker, socket: UdpSocket) {
         // SAFETY: `out[..m]` point at reply buffers and addresses owned by
         // `b`, untouched until the call returns.
         let refused = unsafe { send_all(fd, &mut out[..m]) };
-        for _ in 0..refused {
-            worker.count(NtpEvent::SendError);
-        }
+        worker.count_n(NtpEvent::SendError, refused as u64);
+        worker.count_n(NtpEvent::Sent, m.saturating_sub(refused) as u64);
     }
+    Ok(())
 }

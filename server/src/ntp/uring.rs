@@ -313,32 +313,34 @@ impl SendBatch {
         // SAFETY: `msgs[..len]` point at replies and addresses owned by the
         // batch, untouched until the call returns.
         let refused = unsafe { send_all(self.fd, &mut self.msgs[..self.len]) };
-        for _ in 0..refused {
-            worker.count(NtpEvent::SendError);
-        }
+        worker.count_n(NtpEvent::SendError, refused as u64);
+        worker.count_n(NtpEvent::Sent, self.len.saturating_sub(refused) as u64);
         self.len = 0;
     }
 }
 
-pub fn run(worker: Worker, sockets: Vec<UdpSocket>) {
+/// Serves `sockets` on a new ring until the worker is asked to stop (`Ok`)
+/// or the ring fails (`Err`, for the supervisor to restart it).
+pub fn run(worker: &mut Worker, sockets: &[UdpSocket]) -> Result<(), String> {
     let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
     // Declared before the ring, so dropped after it: the receives point at
     // the template.
     let template = recv_template();
     let entries = (fds.len() + 1).next_power_of_two() as u32;
-    let mut rx = match Rx::new(entries, RECV_BUFFERS) {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set up io_uring; worker not started");
-            return;
-        }
-    };
-    serve(worker, &mut rx, &template, &fds);
+    let mut rx =
+        Rx::new(entries, RECV_BUFFERS).map_err(|e| format!("cannot set up io_uring: {e}"))?;
+    worker.serving();
+    let result = serve(worker, &mut rx, &template, &fds);
     drop(rx);
-    drop(sockets);
+    result
 }
 
-fn serve(mut worker: Worker, Rx { ring, buffers }: &mut Rx, template: &libc::msghdr, fds: &[i32]) {
+fn serve(
+    worker: &mut Worker,
+    Rx { ring, buffers }: &mut Rx,
+    template: &libc::msghdr,
+    fds: &[i32],
+) -> Result<(), String> {
     // Armed receives (one per socket until the worker stops).
     let mut in_flight = 0usize;
     // Receives to (re-)arm, pushed after each pass.
@@ -376,10 +378,7 @@ fn serve(mut worker: Worker, Rx { ring, buffers }: &mut Rx, template: &libc::msg
             Err(e)
                 if e.raw_os_error() == Some(libc::ETIME)
                     || e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "io_uring_enter failed; worker stopping");
-                break;
-            }
+            Err(e) => return Err(format!("io_uring_enter failed: {e}")),
         }
         let mut recycled = false;
         for cqe in ring.completion() {
@@ -392,7 +391,7 @@ fn serve(mut worker: Worker, Rx { ring, buffers }: &mut Rx, template: &libc::msg
             if let Some(bid) = cqueue::buffer_select(flags) {
                 if let (false, Some(&fd)) = (cancelled, fds.get(index)) {
                     on_receive(
-                        &mut worker,
+                        worker,
                         buffers.get(bid),
                         cqe.result(),
                         template,
@@ -415,11 +414,12 @@ fn serve(mut worker: Worker, Rx { ring, buffers }: &mut Rx, template: &libc::msg
                 }
             }
         }
-        batch.flush(&worker);
+        batch.flush(worker);
         if recycled {
             buffers.publish();
         }
     }
+    Ok(())
 }
 
 /// Handles one received datagram in a provided buffer: answers it into the

@@ -1,11 +1,13 @@
 //! Counters. Each NTP worker owns one [`NtpCounters`] block (cache-line
 //! aligned, written only by that worker with relaxed atomics), and the
-//! metrics endpoint sums the blocks at scrape time, so the hot path never
-//! contends on a shared counter.
+//! metrics collector ([`crate::ops::metrics`]) sums the blocks at scrape
+//! time, so the hot path never contends on a shared counter. The KE front
+//! end, key rotation and the time source are not hot paths; their counters
+//! are shared atomics.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use nts_proto::{Action, DropReason, NakReason, ReplyKind};
+use nts_proto::{Action, AeadAlgorithm, DropReason, NakReason, ReplyKind};
 
 /// Every NTP outcome a worker counts, in metric order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,9 +28,13 @@ pub enum NtpEvent {
     SendError,
     /// A datagram without a kernel receive timestamp (a clock read instead).
     NoKernelTimestamp,
+    /// A datagram handled with the kernel's receive timestamp.
+    KernelTimestamp,
+    /// A reply the kernel took (counted per batch, not per packet).
+    Sent,
 }
 
-pub const NTP_EVENTS: usize = 15;
+pub const NTP_EVENTS: usize = 17;
 
 impl NtpEvent {
     pub const ALL: [NtpEvent; NTP_EVENTS] = [
@@ -47,29 +53,9 @@ impl NtpEvent {
         NtpEvent::ReceiveError,
         NtpEvent::SendError,
         NtpEvent::NoKernelTimestamp,
+        NtpEvent::KernelTimestamp,
+        NtpEvent::Sent,
     ];
-
-    /// Prometheus metric name and labels.
-    pub fn metric(self) -> (&'static str, &'static str) {
-        use NtpEvent::*;
-        match self {
-            Received => ("ntsd_ntp_requests_total", ""),
-            ReplyPlain => ("ntsd_ntp_responses_total", "kind=\"plain\""),
-            ReplyNts => ("ntsd_ntp_responses_total", "kind=\"nts\""),
-            NakCookieUnknownKey => ("ntsd_ntp_naks_total", "reason=\"cookie_unknown_key\""),
-            NakCookieInvalid => ("ntsd_ntp_naks_total", "reason=\"cookie_invalid\""),
-            NakAuthFailed => ("ntsd_ntp_naks_total", "reason=\"auth_failed\""),
-            DropTooShort => ("ntsd_ntp_dropped_total", "reason=\"too_short\""),
-            DropNotClient => ("ntsd_ntp_dropped_total", "reason=\"not_client\""),
-            DropBadVersion => ("ntsd_ntp_dropped_total", "reason=\"bad_version\""),
-            DropMalformed => ("ntsd_ntp_dropped_total", "reason=\"malformed\""),
-            DropMalformedNts => ("ntsd_ntp_dropped_total", "reason=\"malformed_nts\""),
-            DropBufferTooSmall => ("ntsd_ntp_dropped_total", "reason=\"buffer_too_small\""),
-            ReceiveError => ("ntsd_ntp_io_errors_total", "op=\"receive\""),
-            SendError => ("ntsd_ntp_io_errors_total", "op=\"send\""),
-            NoKernelTimestamp => ("ntsd_ntp_no_kernel_timestamp_total", ""),
-        }
-    }
 
     /// The event that an [`Action`] from `handle` counts as.
     pub fn of(action: &Action) -> NtpEvent {
@@ -103,8 +89,13 @@ pub struct NtpCounters {
 impl NtpCounters {
     #[inline]
     pub fn add(&self, event: NtpEvent) {
+        self.add_n(event, 1);
+    }
+
+    #[inline]
+    pub fn add_n(&self, event: NtpEvent, n: u64) {
         if let Some(c) = self.counts.get(event as usize) {
-            c.fetch_add(1, Relaxed);
+            c.fetch_add(n, Relaxed);
         }
     }
 
@@ -148,27 +139,56 @@ impl KeEvent {
         KeEvent::InternalError,
     ];
 
-    pub fn metric(self) -> (&'static str, &'static str) {
+    /// The `reason` label of an error, `None` for the two outcomes that
+    /// are not errors.
+    pub fn reason(self) -> Option<&'static str> {
         use KeEvent::*;
-        match self {
-            Accepted => ("ntsd_ke_connections_total", ""),
-            Success => ("ntsd_ke_sessions_total", ""),
-            NoCommonAead => ("ntsd_ke_errors_total", "reason=\"no_common_aead\""),
-            NoCommonProtocol => ("ntsd_ke_errors_total", "reason=\"no_common_protocol\""),
-            UnrecognizedCritical => ("ntsd_ke_errors_total", "reason=\"unrecognized_critical\""),
-            BadRequest => ("ntsd_ke_errors_total", "reason=\"bad_request\""),
-            NoAlpn => ("ntsd_ke_errors_total", "reason=\"no_alpn\""),
-            TlsError => ("ntsd_ke_errors_total", "reason=\"tls\""),
-            Timeout => ("ntsd_ke_errors_total", "reason=\"timeout\""),
-            Busy => ("ntsd_ke_errors_total", "reason=\"busy\""),
-            InternalError => ("ntsd_ke_errors_total", "reason=\"internal\""),
-        }
+        Some(match self {
+            Accepted | Success => return None,
+            NoCommonAead => "no_common_aead",
+            NoCommonProtocol => "no_common_protocol",
+            UnrecognizedCritical => "unrecognized_critical",
+            BadRequest => "bad_request",
+            NoAlpn => "no_alpn",
+            TlsError => "tls",
+            Timeout => "timeout",
+            Busy => "busy",
+            InternalError => "internal",
+        })
     }
 }
 
-#[derive(Debug, Default)]
+/// Buckets of `ntsd_ke_session_duration_seconds`, 1 ms to 10 s.
+pub const KE_DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug)]
 pub struct KeCounters {
     counts: [AtomicU64; KE_EVENTS],
+    /// Completed sessions by the AEAD chosen, in `AeadAlgorithm::ALL` order.
+    sessions: [AtomicU64; AeadAlgorithm::ALL.len()],
+    cookies: AtomicU64,
+    /// Accept to close of every session that got a connection slot.
+    pub duration: prometheus::Histogram,
+}
+
+impl Default for KeCounters {
+    fn default() -> Self {
+        let opts = prometheus::HistogramOpts::new(
+            "ntsd_ke_session_duration_seconds",
+            "NTS-KE sessions from accept to close (handshake, request, response), seconds.",
+        )
+        .buckets(KE_DURATION_BUCKETS.to_vec());
+        Self {
+            counts: Default::default(),
+            sessions: Default::default(),
+            cookies: AtomicU64::new(0),
+            // Valid name, help and buckets: this cannot fail.
+            duration: prometheus::Histogram::with_opts(opts)
+                .unwrap_or_else(|e| unreachable!("histogram options: {e}")),
+        }
+    }
 }
 
 impl KeCounters {
@@ -182,6 +202,29 @@ impl KeCounters {
         self.counts
             .get(event as usize)
             .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// A completed session that chose `aead` and issued `cookies`.
+    pub fn session(&self, aead: AeadAlgorithm, cookies: usize) {
+        self.add(KeEvent::Success);
+        if let Some(i) = AeadAlgorithm::ALL.iter().position(|&a| a == aead) {
+            if let Some(c) = self.sessions.get(i) {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.cookies.fetch_add(cookies as u64, Relaxed);
+    }
+
+    pub fn sessions(&self, aead: AeadAlgorithm) -> u64 {
+        AeadAlgorithm::ALL
+            .iter()
+            .position(|&a| a == aead)
+            .and_then(|i| self.sessions.get(i))
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    pub fn cookies(&self) -> u64 {
+        self.cookies.load(Relaxed)
     }
 }
 
@@ -197,54 +240,15 @@ pub struct KeyCounters {
     /// Steps of the wall clock against the monotonic clock (and a key
     /// file found ahead of the clock at start).
     pub clock_steps: AtomicU64,
+    /// Unix time of the last forced rotation (0: none), for the key's age.
+    pub forced_at: AtomicU64,
 }
 
 impl KeyCounters {
-    pub fn samples(&self) -> [(&'static str, &'static str, u64); 5] {
-        [
-            (
-                "ntsd_key_rotations_total",
-                "kind=\"scheduled\"",
-                self.rotations.load(Relaxed),
-            ),
-            (
-                "ntsd_key_rotations_total",
-                "kind=\"forced\"",
-                self.forced.load(Relaxed),
-            ),
-            (
-                "ntsd_key_rotations_total",
-                "kind=\"clock_step\"",
-                self.step_rotations.load(Relaxed),
-            ),
-            (
-                "ntsd_keys_clock_steps_total",
-                "",
-                self.clock_steps.load(Relaxed),
-            ),
-            (
-                "ntsd_key_rotation_failures_total",
-                "",
-                self.failures.load(Relaxed),
-            ),
-        ]
-    }
-}
-
-/// Appends metric lines, grouping samples under one HELP/TYPE per name.
-pub fn render(out: &mut String, samples: &[(&str, &str, u64)]) {
-    use std::fmt::Write;
-    let mut last = "";
-    for &(name, labels, value) in samples {
-        if name != last {
-            let _ = writeln!(out, "# TYPE {name} counter");
-            last = name;
-        }
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
+    /// A forced rotation at Unix time `now`.
+    pub fn forced_at(&self, now: u64) {
+        self.forced.fetch_add(1, Relaxed);
+        self.forced_at.store(now, Relaxed);
     }
 }
 
@@ -263,20 +267,15 @@ mod tests {
     }
 
     #[test]
-    fn counters_add_and_render() {
+    fn counters_add() {
         let c = NtpCounters::default();
         c.add(NtpEvent::ReplyNts);
-        c.add(NtpEvent::ReplyNts);
-        assert_eq!(c.get(NtpEvent::ReplyNts), 2);
-        let mut s = String::new();
-        render(
-            &mut s,
-            &[
-                ("a_total", "", 1),
-                ("b_total", "k=\"x\"", 2),
-                ("b_total", "k=\"y\"", 3),
-            ],
-        );
-        assert_eq!(s, "# TYPE a_total counter\na_total 1\n# TYPE b_total counter\nb_total{k=\"x\"} 2\nb_total{k=\"y\"} 3\n");
+        c.add_n(NtpEvent::ReplyNts, 2);
+        assert_eq!(c.get(NtpEvent::ReplyNts), 3);
+        let k = KeCounters::default();
+        k.session(AeadAlgorithm::AesSivCmac512, 8);
+        assert_eq!(k.sessions(AeadAlgorithm::AesSivCmac512), 1);
+        assert_eq!(k.sessions(AeadAlgorithm::AesSivCmac256), 0);
+        assert_eq!((k.get(KeEvent::Success), k.cookies()), (1, 8));
     }
 }

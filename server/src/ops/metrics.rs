@@ -1,117 +1,325 @@
-//! A minimal Prometheus endpoint: any `GET` returns the text exposition.
+//! The Prometheus registry: every `ntsd_*` family, with HELP text, read at
+//! scrape time from the counters the other planes keep, plus the
+//! `process_*` families of the `prometheus` crate.
+//!
+//! ```text
+//! NTP workers ── own NtpCounters (relaxed atomics, no sharing) ─┐
+//! KE, keys, time source ── shared atomics, ArcSwap snapshots ───┼─► NtsdCollector::collect
+//! KE session histogram ── prometheus::Histogram ────────────────┘   (at scrape time only)
+//! ```
+//!
+//! The family names are the ones dashboards, alerts and tests are written
+//! against ([`FAMILIES`]); README's Monitoring section lists them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use keyrotate::RotatingKeys;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use nts_proto::AeadAlgorithm;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
-use crate::ops::counters::{render, KeCounters, KeEvent, KeyCounters, NtpCounters, NtpEvent};
-use crate::time_source::SharedSystem;
+use crate::ops::counters::{KeCounters, KeEvent, KeyCounters, NtpCounters, NtpEvent};
+use crate::ops::health::Health;
+use crate::time_source::{SharedSystem, TimeCounters};
 
+/// What the collector reads.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub struct Sources {
+    /// One block per worker, summed; also shown per worker.
     pub ntp: Vec<Arc<NtpCounters>>,
     pub ke: Arc<KeCounters>,
+    pub ke_max_connections: usize,
+    pub ke_open: Arc<tokio::sync::Semaphore>,
     pub keys: Arc<RotatingKeys>,
     pub key_events: Arc<KeyCounters>,
-    pub time_events: Arc<crate::time_source::TimeCounters>,
+    pub time_events: Arc<TimeCounters>,
+    /// Whether `source = "upstream"` (the upstream age is exported then).
+    pub upstream: bool,
     pub system: SharedSystem,
+    pub health: Arc<Health>,
     /// The NTP back end in use (`io-uring` or `portable`).
     pub backend: &'static str,
 }
 
-impl Registry {
-    pub fn ntp_total(&self, e: NtpEvent) -> u64 {
-        self.ntp.iter().map(|c| c.get(e)).sum()
+const C: MetricType = MetricType::COUNTER;
+const G: MetricType = MetricType::GAUGE;
+
+/// Every family the collector exports: name, type, label names, help.
+pub const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
+    ("ntsd_ntp_requests_total", C, &["kind"], "Well-formed NTP client requests, by kind (plain NTPv4 or NTS)."),
+    ("ntsd_ntp_responses_total", C, &["kind"], "NTP responses sent, by kind: plain, nts, nak (NTS NAK) or kod (rate kiss-o'-death)."),
+    ("ntsd_ntp_naks_total", C, &["reason"], "NTS NAKs sent, by the reason the request could not be authenticated."),
+    ("ntsd_ntp_dropped_total", C, &["reason"], "NTP datagrams dropped without an answer, by reason."),
+    ("ntsd_ntp_io_errors_total", C, &["op"], "Socket errors on the NTP path, by operation."),
+    ("ntsd_ntp_kernel_timestamps_total", C, &[], "NTP requests whose receive timestamp came from the kernel (SO_TIMESTAMPNS)."),
+    ("ntsd_ntp_daemon_timestamps_total", C, &[], "NTP requests without a kernel receive timestamp, timestamped by ntsd when read."),
+    ("ntsd_worker_packets_received_total", C, &["worker"], "Datagrams received by each NTP worker (SO_REUSEPORT balance)."),
+    ("ntsd_worker_packets_sent_total", C, &["worker"], "Replies sent by each NTP worker."),
+    ("ntsd_ntp_workers", G, &[], "NTP worker threads configured."),
+    ("ntsd_ntp_worker_restarts_total", C, &[], "NTP worker threads restarted after their back end failed."),
+    ("ntsd_ntp_backend_info", G, &["backend"], "The NTP back end in use (value 1)."),
+    ("ntsd_ke_connections_total", C, &[], "NTS-KE TCP connections accepted."),
+    ("ntsd_ke_connections_open", G, &[], "NTS-KE connections open now."),
+    ("ntsd_ke_sessions_total", C, &["aead"], "NTS-KE sessions completed with cookies, by the AEAD algorithm id chosen."),
+    ("ntsd_ke_errors_total", C, &["reason"], "NTS-KE connections that ended without cookies, by reason."),
+    ("ntsd_ke_cookies_issued_total", C, &[], "Cookies issued by NTS-KE."),
+    ("ntsd_keys_current_id", G, &[], "Id (epoch) of the master key that seals new cookies."),
+    ("ntsd_keys_current_age_seconds", G, &[], "Seconds since the sealing master key took over."),
+    ("ntsd_keys_accepted", G, &[], "Master keys that open cookies (the sealing one included)."),
+    ("ntsd_keys_rotations_total", C, &["kind"], "Master-key ring changes, by kind: scheduled, forced, clock_step."),
+    ("ntsd_keys_rotation_failures_total", C, &[], "Key rotations that could not be saved (the old keys stay in force)."),
+    ("ntsd_keys_clock_steps_total", C, &[], "Steps of the wall clock seen by the key schedule."),
+    ("ntsd_time_stratum", G, &[], "Stratum served."),
+    ("ntsd_time_leap_indicator", G, &[], "Leap indicator served (3: unsynchronised)."),
+    ("ntsd_time_root_delay_seconds", G, &[], "Root delay served, seconds."),
+    ("ntsd_time_root_dispersion_seconds", G, &[], "Root dispersion served, seconds."),
+    ("ntsd_time_synchronised", G, &[], "1 while the served time is synchronised (leap indicator not 3), else 0."),
+    ("ntsd_time_upstream_last_success_age_seconds", G, &[], "Seconds since the upstream last answered well (since start if never); only with source = \"upstream\"."),
+    ("ntsd_time_unsynchronised_total", C, &[], "Transitions of the served time to unsynchronised."),
+    ("ntsd_time_upstream_polls_total", C, &["result"], "Polls of the upstream NTP server, by result."),
+    ("ntsd_build_info", G, &["version", "commit"], "The running build (value 1)."),
+];
+
+/// The commit ntsd was built from (`NTSD_COMMIT` at build time, else git).
+pub const COMMIT: &str = match option_env!("NTSD_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// A value and its label values, in the family's label order.
+type Sample = (Vec<String>, f64);
+
+/// Reads every `ntsd_*` family at scrape time.
+#[derive(Debug)]
+pub struct NtsdCollector {
+    sources: Sources,
+    descs: Vec<Desc>,
+}
+
+impl NtsdCollector {
+    pub fn new(sources: Sources) -> prometheus::Result<Self> {
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, _, labels, help)| {
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    labels.iter().map(|l| (*l).to_owned()).collect(),
+                    HashMap::new(),
+                )
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(Self { sources, descs })
     }
 
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let ntp: Vec<_> = NtpEvent::ALL
-            .iter()
-            .map(|&e| {
-                let (n, l) = e.metric();
-                (n, l, self.ntp_total(e))
-            })
-            .collect();
-        render(&mut out, &ntp);
-        let ke: Vec<_> = KeEvent::ALL
-            .iter()
-            .map(|&e| {
-                let (n, l) = e.metric();
-                (n, l, self.ke.get(e))
-            })
-            .collect();
-        render(&mut out, &ke);
-        render(&mut out, &self.key_events.samples());
-        render(&mut out, &self.time_events.samples());
-        let sys = self.system.load();
-        let ring = self.keys.load();
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "# TYPE ntsd_ntp_workers gauge\nntsd_ntp_workers {}",
-            self.ntp.len()
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE ntsd_ntp_backend_info gauge\nntsd_ntp_backend_info{{backend=\"{}\"}} 1",
-            self.backend
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE ntsd_leap_indicator gauge\nntsd_leap_indicator {}",
-            sys.leap as u8
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE ntsd_stratum gauge\nntsd_stratum {}",
-            sys.stratum
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE ntsd_key_current_id gauge\nntsd_key_current_id {}",
-            ring.current_id()
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE ntsd_keys_accepted gauge\nntsd_keys_accepted {}",
-            ring.entries().len()
-        );
-        out
+    fn ntp(&self, e: NtpEvent) -> f64 {
+        self.sources.ntp.iter().map(|c| c.get(e)).sum::<u64>() as f64
+    }
+
+    fn samples(&self, name: &str) -> Vec<Sample> {
+        use NtpEvent::*;
+        let s = &self.sources;
+        let one = |v: f64| vec![(Vec::new(), v)];
+        let by = |pairs: &[(&str, f64)]| -> Vec<Sample> {
+            pairs
+                .iter()
+                .map(|(l, v)| (vec![(*l).to_owned()], *v))
+                .collect()
+        };
+        let per_worker = |e: NtpEvent| -> Vec<Sample> {
+            s.ntp
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (vec![i.to_string()], c.get(e) as f64))
+                .collect()
+        };
+        let naks =
+            self.ntp(NakCookieUnknownKey) + self.ntp(NakCookieInvalid) + self.ntp(NakAuthFailed);
+        let load =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        match name {
+            "ntsd_ntp_requests_total" => by(&[
+                ("plain", self.ntp(ReplyPlain)),
+                ("nts", self.ntp(ReplyNts) + naks),
+            ]),
+            "ntsd_ntp_responses_total" => by(&[
+                ("plain", self.ntp(ReplyPlain)),
+                ("nts", self.ntp(ReplyNts)),
+                ("nak", naks),
+                ("kod", 0.0),
+            ]),
+            "ntsd_ntp_naks_total" => by(&[
+                ("cookie_unknown_key", self.ntp(NakCookieUnknownKey)),
+                ("cookie_invalid", self.ntp(NakCookieInvalid)),
+                ("auth_failed", self.ntp(NakAuthFailed)),
+            ]),
+            "ntsd_ntp_dropped_total" => by(&[
+                ("too_short", self.ntp(DropTooShort)),
+                ("not_client", self.ntp(DropNotClient)),
+                ("bad_version", self.ntp(DropBadVersion)),
+                ("malformed", self.ntp(DropMalformed)),
+                ("malformed_nts", self.ntp(DropMalformedNts)),
+                ("buffer_too_small", self.ntp(DropBufferTooSmall)),
+                // Declared for the access lists and rate limits to come.
+                ("access_denied", 0.0),
+                ("rate_limited", 0.0),
+            ]),
+            "ntsd_ntp_io_errors_total" => by(&[
+                ("receive", self.ntp(ReceiveError)),
+                ("send", self.ntp(SendError)),
+            ]),
+            "ntsd_ntp_kernel_timestamps_total" => one(self.ntp(KernelTimestamp)),
+            "ntsd_ntp_daemon_timestamps_total" => one(self.ntp(NoKernelTimestamp)),
+            "ntsd_worker_packets_received_total" => per_worker(Received),
+            "ntsd_worker_packets_sent_total" => per_worker(Sent),
+            "ntsd_ntp_workers" => one(s.ntp.len() as f64),
+            "ntsd_ntp_worker_restarts_total" => {
+                one(s.health.workers().iter().map(|w| w.restarts()).sum::<u64>() as f64)
+            }
+            "ntsd_ntp_backend_info" => by(&[(s.backend, 1.0)]),
+            "ntsd_ke_connections_total" => one(s.ke.get(KeEvent::Accepted) as f64),
+            "ntsd_ke_connections_open" => {
+                let free = s.ke_open.available_permits();
+                one(s.ke_max_connections.saturating_sub(free) as f64)
+            }
+            "ntsd_ke_sessions_total" => AeadAlgorithm::ALL
+                .iter()
+                .map(|&a| (vec![a.id().to_string()], s.ke.sessions(a) as f64))
+                .collect(),
+            "ntsd_ke_errors_total" => KeEvent::ALL
+                .iter()
+                .filter_map(|&e| Some((vec![e.reason()?.to_owned()], s.ke.get(e) as f64)))
+                .collect(),
+            "ntsd_ke_cookies_issued_total" => one(s.ke.cookies() as f64),
+            "ntsd_keys_current_id" => one(f64::from(s.keys.load().current_id())),
+            "ntsd_keys_current_age_seconds" => {
+                let ring = s.keys.load();
+                let starts = ring.get(ring.current_id()).map_or(0, |e| e.starts);
+                let forced = s
+                    .key_events
+                    .forced_at
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let since = starts.max(forced);
+                one(crate::clock::unix_secs().saturating_sub(since) as f64)
+            }
+            "ntsd_keys_accepted" => one(s
+                .keys
+                .load()
+                .entries()
+                .iter()
+                .map(|e| e.keys.len())
+                .sum::<usize>() as f64),
+            "ntsd_keys_rotations_total" => by(&[
+                ("scheduled", load(&s.key_events.rotations)),
+                ("forced", load(&s.key_events.forced)),
+                ("clock_step", load(&s.key_events.step_rotations)),
+            ]),
+            "ntsd_keys_rotation_failures_total" => one(load(&s.key_events.failures)),
+            "ntsd_keys_clock_steps_total" => one(load(&s.key_events.clock_steps)),
+            "ntsd_time_stratum" => one(f64::from(s.system.load().stratum)),
+            "ntsd_time_leap_indicator" => one(f64::from(s.system.load().leap as u8)),
+            "ntsd_time_root_delay_seconds" => one(s.system.load().root_delay.seconds()),
+            "ntsd_time_root_dispersion_seconds" => one(s.system.load().root_dispersion.seconds()),
+            "ntsd_time_synchronised" => {
+                let synced = s.system.load().leap != nts_proto::Leap::Unsynchronized;
+                one(f64::from(u8::from(synced)))
+            }
+            "ntsd_time_upstream_last_success_age_seconds" => match s.upstream {
+                true => one(s.time_events.upstream_age()),
+                false => Vec::new(),
+            },
+            "ntsd_time_unsynchronised_total" => one(load(&s.time_events.unsynchronised)),
+            "ntsd_time_upstream_polls_total" => s
+                .time_events
+                .polls()
+                .iter()
+                .map(|(l, v)| (vec![(*l).to_owned()], *v as f64))
+                .collect(),
+            "ntsd_build_info" => vec![(
+                vec![env!("CARGO_PKG_VERSION").to_owned(), COMMIT.to_owned()],
+                1.0,
+            )],
+            _ => Vec::new(),
+        }
     }
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    registry: Registry,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-            _ = stop.changed() => return,
-        };
-        let body = registry.render();
-        tokio::spawn(async move {
-            let mut req = [0u8; 1024];
-            let read =
-                tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut req))
-                    .await;
-            let ok =
-                matches!(read, Ok(Ok(n)) if req.get(..n).is_some_and(|r| r.starts_with(b"GET ")));
-            let resp = if ok {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned()
-            };
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+impl Collector for NtsdCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
     }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        FAMILIES
+            .iter()
+            .filter_map(|&(name, kind, labels, help)| {
+                let samples = self.samples(name);
+                if samples.is_empty() {
+                    return None;
+                }
+                let mut f = MetricFamily::default();
+                f.set_name(name.to_owned());
+                f.set_help(help.to_owned());
+                f.set_field_type(kind);
+                f.set_metric(
+                    samples
+                        .into_iter()
+                        .map(|s| metric(kind, labels, s))
+                        .collect(),
+                );
+                Some(f)
+            })
+            .collect()
+    }
+}
+
+fn metric(kind: MetricType, names: &[&str], (values, v): Sample) -> Metric {
+    let labels = names
+        .iter()
+        .zip(values)
+        .map(|(n, value)| {
+            let mut l = LabelPair::default();
+            l.set_name((*n).to_owned());
+            l.set_value(value);
+            l
+        })
+        .collect();
+    let mut m = Metric::from_label(labels);
+    if kind == MetricType::COUNTER {
+        let mut c = Counter::default();
+        c.set_value(v);
+        m.set_counter(c);
+    } else {
+        let mut g = Gauge::default();
+        g.set_value(v);
+        m.set_gauge(g);
+    }
+    m
+}
+
+/// The registry behind `/metrics`: the ntsd families, the KE session
+/// histogram and the process families.
+pub fn registry(sources: Sources) -> Result<prometheus::Registry, String> {
+    let err = |e: prometheus::Error| format!("metrics: {e}");
+    let r = prometheus::Registry::new();
+    r.register(Box::new(sources.ke.duration.clone()))
+        .map_err(err)?;
+    r.register(Box::new(NtsdCollector::new(sources).map_err(err)?))
+        .map_err(err)?;
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .map_err(err)?;
+    Ok(r)
+}
+
+/// The text exposition of everything in `registry`.
+pub fn render(registry: &prometheus::Registry) -> String {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    // Encoding to a Vec fails only on invalid families, which the collector
+    // does not produce.
+    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }

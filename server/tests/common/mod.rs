@@ -213,21 +213,42 @@ impl Ntsd {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// All metrics as (name-with-labels, value).
-    pub fn metrics(&self) -> Vec<(String, u64)> {
+    /// `GET path` on the metrics listener: the status code and the body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
         assert_ne!(self.metrics_port, 0, "metrics endpoint not configured");
-        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
+        http_get(self.metrics_port, path)
+    }
+
+    /// The text exposition from `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// All metrics as (name-with-labels, value), values as floats.
+    pub fn metrics_f64(&self) -> Vec<(String, f64)> {
+        parse_metrics(&self.metrics_text())
+    }
+
+    /// All integer-valued metrics as (name-with-labels, value).
+    pub fn metrics(&self) -> Vec<(String, u64)> {
+        self.metrics_f64()
+            .into_iter()
+            .filter(|(_, v)| *v >= 0.0 && v.fract() == 0.0)
+            .map(|(k, v)| (k, v as u64))
             .collect()
+    }
+
+    /// The sum of every series of `family` (all label values).
+    pub fn metric_sum(&self, family: &str) -> u64 {
+        self.metrics()
+            .into_iter()
+            .filter(|(k, _)| {
+                k == family || k.strip_prefix(family).is_some_and(|r| r.starts_with('{'))
+            })
+            .map(|(_, v)| v)
+            .sum()
     }
 
     pub fn metric(&self, key: &str) -> u64 {
@@ -401,4 +422,33 @@ pub fn client_of(s: &Ntsd) -> (nts_proto::client::NtsClient, u32) {
         nts_proto::client::NtsClient::new(ke.keys, ke.result.cookies),
         id,
     )
+}
+
+/// `GET path` over HTTP/1.0 on 127.0.0.1:`port`: the status and the body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// Parses the Prometheus text format into (name-with-labels, value).
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
 }
