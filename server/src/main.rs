@@ -5,6 +5,7 @@
 //! ntsd check-config --config F  validate a configuration
 //! ntsd demo                     NTS on loopback with a throwaway CA
 //! ntsd query HOST[:PORT]        NTS-KE + one authenticated exchange
+//! ntsd stats [--config F]       a running server's counters (serverstats)
 //! ```
 
 use ntsd::{config, demo, keys, query, run, tls};
@@ -55,6 +56,16 @@ enum Command {
         /// Seconds to wait for each step.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+    },
+    /// A running server's counters, like `chronyc serverstats`.
+    Stats {
+        /// The metrics endpoint, http://HOST:PORT[/metrics].
+        #[arg(long, conflicts_with = "config")]
+        metrics: Option<String>,
+        /// A config file whose `[metrics] listen` names the endpoint
+        /// (default /etc/ntsd/config.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -146,6 +157,9 @@ fn main() -> ExitCode {
             ca,
             timeout,
         } => query::run(&target, ca.as_deref(), Duration::from_secs(timeout)),
+        Command::Stats { metrics, config } => {
+            ntsd::cli::stats::run(metrics.as_deref(), config.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -224,3 +224,127 @@ fn only_the_three_paths_exist_and_the_probes_answer() {
     assert_eq!(status, 200);
     assert!(body.contains("# HELP ntsd_ntp_requests_total"));
 }
+
+fn stats(args: &[&str]) -> (bool, String) {
+    common::output(
+        std::process::Command::new(common::BIN)
+            .arg("stats")
+            .args(args),
+    )
+}
+
+/// The value on the `ntsd stats` line that starts with `name`.
+fn stats_line<'a>(table: &'a str, name: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].trim_start().starts_with(':'))
+        .and_then(|l| l.split(": ").nth(1))
+        .unwrap_or_else(|| panic!("no line {name:?} in:\n{table}"))
+}
+
+#[test]
+fn ntsd_stats_shows_serverstats_lines_from_metrics_or_config() {
+    // A fixed port, so that --config can name it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = common::pki_dir();
+    let text = common::config_text(dir.path(), "auto", "", "", "").replace(
+        "[metrics]\nlisten = \"127.0.0.1:0\"",
+        &format!("[metrics]\nlisten = \"0.0.0.0:{port}\""),
+    );
+    assert!(text.contains(&format!("0.0.0.0:{port}")), "{text}");
+    let cfg = dir.path().join("stats.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    s.metrics_port = port;
+    let (mut client, _) = client_of(&s);
+    for i in 0..3 {
+        assert_eq!(
+            try_cookie(&mut client, s.ntp_port, i),
+            Outcome::Authenticated
+        );
+    }
+    let sock = udp_client(s.ntp_port);
+    sock.send(&[0u8; 5]).unwrap();
+    s.wait_metric("ntsd_ntp_dropped_total{reason=\"too_short\"}", 1);
+
+    let (ok, by_config) = stats(&["--config", cfg.to_str().unwrap()]);
+    assert!(ok, "{by_config}");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let (ok, by_url) = stats(&["--metrics", &url]);
+    assert!(ok, "{by_url}");
+    eprintln!("ntsd stats:\n{by_url}");
+    for table in [&by_config, &by_url] {
+        assert_eq!(stats_line(table, "NTP packets received"), "4");
+        assert_eq!(stats_line(table, "NTP packets dropped"), "1");
+        assert_eq!(stats_line(table, "NTS-KE connections accepted"), "1");
+        assert_eq!(stats_line(table, "NTS-KE connections dropped"), "0");
+        assert_eq!(stats_line(table, "Authenticated NTP packets"), "3");
+        assert_eq!(stats_line(table, "NTP kernel RX timestamps"), "4");
+        assert_eq!(stats_line(table, "NTP daemon RX timestamps"), "0");
+        assert_eq!(stats_line(table, "  dropped, too_short"), "1");
+        assert_eq!(stats_line(table, "Stratum"), "1");
+        assert_eq!(stats_line(table, "Synchronised"), "yes");
+    }
+}
+
+#[test]
+fn ntsd_stats_fails_clearly_when_nothing_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (ok, out) = stats(&["--metrics", &format!("http://127.0.0.1:{port}/metrics")]);
+    assert!(!ok);
+    assert!(
+        out.contains("cannot connect") && out.contains(&port.to_string()),
+        "{out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[nts_ke]\ncertificate_chain = \"a\"\nprivate_key = \"b\"\n",
+    )
+    .unwrap();
+    let (ok, out) = stats(&["--config", cfg.to_str().unwrap()]);
+    assert!(!ok && out.contains("[metrics] listen is not set"), "{out}");
+}
+
+/// With NOTIFY_SOCKET (systemd Type=notify), READY=1 and a STATUS= line
+/// arrive once the server serves, and STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_is_told_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = common::pki_dir();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let cfg = common::write_config(dir.path(), "ntsd.toml", "auto", "");
+    let s = Ntsd::try_spawn_env(
+        dir.path().to_owned(),
+        &cfg,
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).unwrap();
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.lines().any(|l| l.starts_with("STATUS=serving")),
+        "{ready}"
+    );
+    // Ready means serving: NTS-KE answers now.
+    assert_eq!(key_exchange(&s).result.cookies.len(), 8);
+    assert!(s.terminate().success());
+    let n = sock.recv(&mut buf).unwrap();
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+}

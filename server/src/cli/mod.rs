@@ -1,0 +1,3 @@
+//! Client-side commands that talk to a running server.
+
+pub mod stats;
