@@ -37,7 +37,9 @@ Usage: bench/compare.sh [options]
   --gen-threads N       generator threads                               [number of generator cores]
   --reps N              rounds (repetitions per server and test)        [3]
   --seconds S           seconds per test                                [10]
-  --servers LIST        subset of ntsd-uring,ntsd-portable,chrony,ntpd-rs,echo [all]
+  --servers LIST        subset of ntsd-uring,ntsd-portable,ntsd-scraped,chrony,ntpd-rs,echo
+                        [all but ntsd-scraped]; ntsd-scraped is ntsd-uring with its
+                        /metrics scraped every second (ntsd stats, on the generator CPUs)
   --sessions N          NTS-KE sessions of an NTS flood                 [generator default]
   --window W            requests in flight                              [generator default]
   --ke-concurrency C    concurrent handshakes of keflood                [generator default]
@@ -107,7 +109,7 @@ taskset -c "$SERVER_CORES" true 2>/dev/null || die "--server-cores $SERVER_CORES
 taskset -c "$GEN_CORES" true 2>/dev/null || die "--gen-cores $GEN_CORES: not CPUs of this machine"
 IFS=, read -ra SERVER_LIST <<<"$SERVERS"
 for s in "${SERVER_LIST[@]}"; do
-    case "$s" in ntsd-uring|ntsd-portable|chrony|ntpd-rs|echo) ;; *) die "--servers: unknown server '$s'" ;; esac
+    case "$s" in ntsd-uring|ntsd-portable|ntsd-scraped|chrony|ntpd-rs|echo) ;; *) die "--servers: unknown server '$s'" ;; esac
 done
 wants() { [[ ",$SERVERS," == *",$1,"* ]]; }
 command -v python3 >/dev/null || die "python3 is needed (free ports, the table)"
@@ -146,6 +148,8 @@ chmod 700 "$WORK"
 RESULTS=$WORK/results.log
 : >"$RESULTS"
 started=()
+# The scraper of ntsd-scraped: not in `started`, so its CPU is not the server's.
+SCRAPER='' SCRAPES=''
 descendants() { local c; for c in $(pgrep -P "$1" 2>/dev/null); do echo "$c"; descendants "$c"; done; }
 alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1; [[ $s != Z* ]]; }
 # TERM to a process and everything under it; KILL after 5 s.
@@ -162,10 +166,12 @@ kill_tree() {
     done
     wait "$1" 2>/dev/null || true
 }
+stop_scraper() { if [ -n "$SCRAPER" ]; then kill_tree "$SCRAPER"; SCRAPER=''; fi; }
 cleanup() {
     local rc=$? p
     trap - EXIT INT TERM
     for p in "${started[@]}"; do kill_tree "$p"; done
+    stop_scraper
     if [ -n "${KEEP:-}" ]; then
         echo "Work directory kept: $WORK" >&2
     else
@@ -207,15 +213,26 @@ SRV_LOG='' KE_PORT='' NTP_PORT='' SRV_NOTE='' ROUND=''
 all_alive() { local p; for p in "${started[@]}"; do alive "$p" || return 1; done; }
 declare -A NOTES=()
 
-start_ntsd() { # BACKEND
-    local dir=$ROUND/ntsd-$1
+start_ntsd() { # BACKEND [scraped]
+    local dir=$ROUND/ntsd-$1${2:+-$2} mport
     mkdir -m 700 "$dir"
     NTP_PORT=$(free_port) KE_PORT=$(free_port)
     ntsd_config "$dir/config.toml" "$NTP_PORT" "$KE_PORT" "$1" "$WORKERS" "$N_SERVER_CORES" "$PKI" "$dir/keys" announce
+    if [ -n "${2:-}" ]; then
+        mport=$(free_port)
+        printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$mport" >>"$dir/config.toml"
+    fi
     SRV_LOG=$dir/log
     taskset -c "$SERVER_CORES" "$NTSD" run --config "$dir/config.toml" >"$SRV_LOG" 2>&1 &
     started+=("$!")
     SRV_NOTE="$WORKERS NTP workers ($1), $N_SERVER_CORES NTS-KE threads"
+    if [ -n "${2:-}" ]; then
+        # As Prometheus would: one scrape a second, for as long as it runs.
+        SCRAPES=$dir/scrapes
+        taskset -c "$GEN_CORES" bash -c "while :; do '$NTSD' stats --metrics http://127.0.0.1:$mport/metrics >/dev/null 2>&1 && echo ok >>'$SCRAPES'; sleep 1; done" &
+        SCRAPER=$!
+        SRV_NOTE+=", /metrics scraped every second"
+    fi
 }
 
 # chronyd has no NTP threads. Like ntsd's workers, N instances share the
@@ -369,6 +386,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
         case "$s" in
             ntsd-uring) start_ntsd io-uring ;;
             ntsd-portable) start_ntsd portable ;;
+            ntsd-scraped) start_ntsd io-uring scraped ;;
             chrony) start_chrony ;;
             ntpd-rs) start_ntpd_rs ;;
             echo) start_echo ;;
@@ -388,6 +406,12 @@ for ((rep = 1; rep <= REPS; rep++)); do
             run_test "$s" "$t" "$rep"
             all_alive || fail_start "$s" "it died during the $t test"
         done
+        if [ -n "$SCRAPER" ]; then
+            stop_scraper
+            n=$(wc -l <"$SCRAPES" 2>/dev/null || echo 0)
+            log "$s: scraped $n times"
+            [ "$n" -gt 0 ] || fail_start "$s" "no scrape of /metrics succeeded"
+        fi
         for p in "${started[@]}"; do kill_tree "$p"; done
         started=()
     done
@@ -479,6 +503,9 @@ TARGETS = [
     ("server CPU per plain reply vs echo", "plain", "server_cpu_us_per_reply", "echo", 1.10, True),
     ("NTS-KE handshakes per CPU-s vs chrony", "ke", "server_handshakes_per_cpu_s", "chrony", 1.5, False),
     ("NTS-KE handshakes per CPU-s vs ntpd-rs", "ke", "server_handshakes_per_cpu_s", "ntpd-rs", 1.0, False),
+    # The cost of being scraped: within the noise (2 %) of the same build unscraped.
+    ("server CPU per NTS reply vs ntsd-uring", "nts", "server_cpu_us_per_reply", "ntsd-uring", 1.02, True),
+    ("server CPU per plain reply vs ntsd-uring", "plain", "server_cpu_us_per_reply", "ntsd-uring", 1.02, True),
 ]
 ntsds = [s for s in servers if s.startswith("ntsd")]
 rows = []
@@ -487,6 +514,9 @@ for name, t, key, peer, target, lower in TARGETS:
         continue
     cells = []
     for s in ntsds:
+        if s == peer:
+            cells.append("—")
+            continue
         a, b = per_round(s, t, key), per_round(peer, t, key)
         ratios = [a[k] / b[k] for k in sorted(a) if k in b and b[k] > 0]
         if not ratios:
