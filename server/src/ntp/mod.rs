@@ -338,6 +338,14 @@ pub fn start(
             }
         }
     }
+    // Ready (and READY=1 to systemd) means serving: wait, bounded, until
+    // every worker has set its back end up (or failed and is restarting).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while healths.iter().any(|h| h.state() == WorkerState::Starting)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     tracing::info!(workers = n, ?backend, addrs = ?local_addrs, "NTP workers started");
     Ok(Workers {
         counters,
