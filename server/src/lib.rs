@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! config ─► run ─┬─ ntp (worker threads: io_uring | portable) ─► nts_proto::Server::handle
-//!                ├─ nts_ke (tokio + rustls) ─► cookies sealed with keyrotate
+//!                ├─ ke (NTS-KE: tokio + rustls) ─► cookies sealed with keyrotate
 //!                ├─ time_source ─► ArcSwap<SystemInfo>
 //!                └─ ops (counters, Prometheus metrics, health)
 //! ```
@@ -12,10 +12,10 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod ke;
 pub mod keys;
 pub mod net;
 pub mod ntp;
-pub mod nts_ke;
 pub mod ops;
 pub mod query;
 pub mod rng;

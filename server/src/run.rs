@@ -16,7 +16,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::clock::unix_secs;
 use crate::config::Config;
-use crate::nts_ke::{self, KeContext};
+use crate::ke::{self, KeContext};
 use crate::ops::counters::{KeCounters, KeyCounters};
 use crate::ops::health::Health;
 use crate::ops::http::Endpoint;
@@ -56,7 +56,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     let time_state = TimeState::new(&config.time)?;
     let system = Arc::new(ArcSwap::from_pointee(time_state.sample()));
 
-    let ke_listeners = nts_ke::bind(&config.nts_ke.listen).map_err(|e| e.to_string())?;
+    let ke_listeners = ke::bind(&config.nts_ke.listen).map_err(|e| e.to_string())?;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(
             std::net::TcpListener::bind(addr)
@@ -102,7 +102,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         let ctx = ctx.clone();
         let stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            nts_ke::serve(l, ctx, stop).await;
+            ke::serve(l, ctx, stop).await;
             drop(alive);
         }));
     }
