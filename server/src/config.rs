@@ -72,8 +72,14 @@ impl Default for NtpConfig {
 pub struct NtsKeConfig {
     #[serde(default = "default_ke_listen")]
     pub listen: Vec<SocketAddr>,
+    /// The default certificate (clients without SNI, or with a name no
+    /// other certificate covers).
     pub certificate_chain: PathBuf,
     pub private_key: PathBuf,
+    /// More certificates, chosen by the SNI name clients send
+    /// (`[[nts_ke.certificate]]`).
+    #[serde(default)]
+    pub certificate: Vec<CertPair>,
     /// Sent in a Server record; must be an address or a fully qualified name.
     #[serde(default)]
     pub ntp_server: Option<String>,
@@ -95,12 +101,34 @@ impl Default for NtsKeConfig {
             listen: default_ke_listen(),
             certificate_chain: PathBuf::new(),
             private_key: PathBuf::new(),
+            certificate: Vec::new(),
             ntp_server: None,
             ntp_port: None,
             max_connections: default_max_connections(),
             timeout: default_ke_timeout(),
             threads: 0,
         }
+    }
+}
+
+/// A certificate chain (PEM, leaf first) and its private key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub certificate_chain: PathBuf,
+    pub private_key: PathBuf,
+}
+
+impl NtsKeConfig {
+    /// Every certificate, the default first.
+    pub fn certificates(&self) -> Vec<CertPair> {
+        let default = CertPair {
+            certificate_chain: self.certificate_chain.clone(),
+            private_key: self.private_key.clone(),
+        };
+        std::iter::once(default)
+            .chain(self.certificate.iter().cloned())
+            .collect()
     }
 }
 
@@ -311,14 +339,28 @@ impl Config {
     }
 
     /// The files the server reads at start, by config key.
-    pub fn files(&self) -> [(&'static str, &Path); 2] {
-        [
+    pub fn files(&self) -> Vec<(String, PathBuf)> {
+        let mut files = vec![
             (
-                "[nts_ke] certificate_chain",
-                self.nts_ke.certificate_chain.as_path(),
+                "[nts_ke] certificate_chain".to_owned(),
+                self.nts_ke.certificate_chain.clone(),
             ),
-            ("[nts_ke] private_key", self.nts_ke.private_key.as_path()),
-        ]
+            (
+                "[nts_ke] private_key".to_owned(),
+                self.nts_ke.private_key.clone(),
+            ),
+        ];
+        for (i, c) in self.nts_ke.certificate.iter().enumerate() {
+            files.push((
+                format!("[[nts_ke.certificate]] #{} certificate_chain", i + 1),
+                c.certificate_chain.clone(),
+            ));
+            files.push((
+                format!("[[nts_ke.certificate]] #{} private_key", i + 1),
+                c.private_key.clone(),
+            ));
+        }
+        files
     }
 
     /// Semantic checks that types alone cannot express. Touches no files:

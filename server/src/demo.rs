@@ -86,6 +86,7 @@ pub fn run() -> Result<(), String> {
             listen: loopbacks(),
             certificate_chain: dir.path().join("chain.pem"),
             private_key: dir.path().join("key.pem"),
+            certificate: Vec::new(),
             ntp_server: None,
             ntp_port: None,
             max_connections: 64,

@@ -8,7 +8,7 @@
 //! ntsd stats [--config F]       a running server's counters (serverstats)
 //! ```
 
-use ntsd::{config, demo, keys, query, run, tls};
+use ntsd::{config, demo, keys, query, run};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,8 +106,11 @@ fn check_files(config: &config::Config) -> Result<(), String> {
         }
     }
     if !missing {
-        tls::server_config(&config.nts_ke.certificate_chain, &config.nts_ke.private_key)
-            .map_err(|e| format!("[nts_ke] {e}"))?;
+        ntsd::ke::certs::load_set(
+            &config.nts_ke.certificates(),
+            ntsd::clock::unix_secs() as i64,
+        )
+        .map_err(|e| format!("[nts_ke] {e}"))?;
     }
     Ok(())
 }

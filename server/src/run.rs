@@ -16,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::clock::unix_secs;
 use crate::config::Config;
+use crate::ke::certs::Certificates;
 use crate::ke::{self, KeContext};
 use crate::ops::counters::{KeCounters, KeyCounters};
 use crate::ops::health::Health;
@@ -48,10 +49,13 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> 
 }
 
 async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> {
-    // The certificate first: a start that fails on it touches no key file.
-    let tls =
-        crate::tls::server_config(&config.nts_ke.certificate_chain, &config.nts_ke.private_key)
-            .map_err(|e| format!("[nts_ke] {e}"))?;
+    // Before anything slow: SIGHUP's default action would kill the server.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| e.to_string())?;
+    // The certificates first: a start that fails on them touches no key file.
+    let certs =
+        Certificates::load(config.nts_ke.certificates()).map_err(|e| format!("[nts_ke] {e}"))?;
+    let tls = crate::tls::server_config(certs.clone()).map_err(|e| format!("[nts_ke] {e}"))?;
     let keys = Arc::new(crate::keys::open(&config.keys, unix_secs())?);
     let time_state = TimeState::new(&config.time)?;
     let system = Arc::new(ArcSwap::from_pointee(time_state.sample()));
@@ -119,6 +123,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         upstream: config.time.source == crate::config::TimeSource::Upstream,
         system: system.clone(),
         health: health.clone(),
+        certs: certs.clone(),
         backend: match workers.backend {
             crate::config::Backend::IoUring => "io-uring",
             _ => "portable",
@@ -139,6 +144,11 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
             stop_rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(crate::ke::certs::watch(
+        certs.clone(),
+        hup,
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(time_source::run(
         time_state,
         system,

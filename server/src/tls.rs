@@ -4,12 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 
 /// ALPN protocol id of NTS-KE (RFC 8915, section 4).
 pub const ALPN_NTSKE: &[u8] = b"ntske/1";
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -24,16 +24,16 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-pub fn server_config(chain: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs = load_certs(chain)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+/// The NTS-KE server configuration, with certificates from `certs`
+/// (reloadable, chosen by SNI).
+pub fn server_config(
+    certs: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and private key do not form a usable pair: {e}"))?;
+        .with_cert_resolver(certs);
     config.alpn_protocols = vec![ALPN_NTSKE.to_vec()];
     // One exchange per connection: session tickets would only cost CPU.
     config.send_tls13_tickets = 0;

@@ -1,6 +1,8 @@
 //! The NTS-KE front end: TLS 1.3 over TCP, one request, one response,
 //! close_notify (RFC 8915, section 4).
 
+pub mod certs;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

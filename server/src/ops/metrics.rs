@@ -38,6 +38,7 @@ pub struct Sources {
     pub upstream: bool,
     pub system: SharedSystem,
     pub health: Arc<Health>,
+    pub certs: Arc<crate::ke::certs::Certificates>,
     /// The NTP back end in use (`io-uring` or `portable`).
     pub backend: &'static str,
 }
@@ -64,6 +65,8 @@ pub const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
     ("ntsd_ke_sessions_total", C, &["aead"], "NTS-KE sessions completed with cookies, by the AEAD algorithm id chosen."),
     ("ntsd_ke_errors_total", C, &["reason"], "NTS-KE connections that ended without cookies, by reason."),
     ("ntsd_ke_cookies_issued_total", C, &[], "Cookies issued by NTS-KE."),
+    ("ntsd_ke_certificate_reloads_total", C, &["result"], "Certificate reloads (SIGHUP or a changed file), by result: ok or refused (the certificates in force keep serving)."),
+    ("ntsd_ke_certificate_expiry_timestamp_seconds", G, &["certificate"], "When each certificate in force expires (notAfter), Unix seconds, by chain file."),
     ("ntsd_keys_current_id", G, &[], "Id (epoch) of the master key that seals new cookies."),
     ("ntsd_keys_current_age_seconds", G, &[], "Seconds since the sealing master key took over."),
     ("ntsd_keys_accepted", G, &[], "Master keys that open cookies (the sealing one included)."),
@@ -192,6 +195,17 @@ impl NtsdCollector {
                 .filter_map(|&e| Some((vec![e.reason()?.to_owned()], s.ke.get(e) as f64)))
                 .collect(),
             "ntsd_ke_cookies_issued_total" => one(s.ke.cookies() as f64),
+            "ntsd_ke_certificate_reloads_total" => by(&[
+                ("ok", load(&s.certs.reloads_ok)),
+                ("refused", load(&s.certs.reloads_failed)),
+            ]),
+            "ntsd_ke_certificate_expiry_timestamp_seconds" => s
+                .certs
+                .current()
+                .pairs
+                .iter()
+                .map(|p| (vec![p.chain.display().to_string()], p.not_after as f64))
+                .collect(),
             "ntsd_keys_current_id" => one(f64::from(s.keys.load().current_id())),
             "ntsd_keys_current_age_seconds" => {
                 let ring = s.keys.load();
