@@ -376,6 +376,36 @@ fn nts_reply<K: CookieKeys>(
     Ok(total)
 }
 
+/// A RATE kiss-o'-death (RFC 5905, section 7.4) answering a plain client
+/// request received at `received`, for a server that limits rates: stratum
+/// 0, reference id `RATE`, leap 3, the request's transmit time as origin.
+/// 48 bytes, never longer than the request; `None` for anything that is not
+/// a client request or a buffer too small.
+pub fn rate_kod(request: &[u8], received: NtpTimestamp, reply: &mut [u8]) -> Option<usize> {
+    let header = NtpHeader::decode(&mut Reader::new(request))?;
+    if header.mode != Mode::Client || !(1..=4).contains(&header.version) {
+        return None;
+    }
+    let kod = NtpHeader {
+        leap: Leap::Unsynchronized,
+        version: header.version,
+        mode: Mode::Server,
+        stratum: 0,
+        poll: header.poll,
+        precision: 0,
+        root_delay: NtpShort(0),
+        root_dispersion: NtpShort(0),
+        reference_id: *b"RATE",
+        reference_time: NtpTimestamp(0),
+        origin: header.transmit,
+        receive: received,
+        transmit: received,
+    };
+    let out: &mut [u8; HEADER_LEN] = reply.get_mut(..HEADER_LEN)?.try_into().ok()?;
+    *out = kod.to_bytes();
+    Some(HEADER_LEN)
+}
+
 /// An NTS NAK: a kiss-o'-death `NTSN` echoing the Unique Identifier, with no
 /// cookie and no authenticator (RFC 8915, section 5.7).
 fn nak(

@@ -16,6 +16,14 @@ impl NtpTimestamp {
         Self((s << 32) | (frac & 0xffff_ffff))
     }
 
+    /// Nanoseconds since the start of the timestamp's era (a monotonic
+    /// count within an era, for rate keeping; not Unix time).
+    pub fn as_nanos(self) -> u64 {
+        let secs = self.0 >> 32;
+        let frac = self.0 & 0xffff_ffff;
+        secs * 1_000_000_000 + ((frac * 1_000_000_000) >> 32)
+    }
+
     /// Signed difference `self - earlier` in seconds, era-safe for
     /// timestamps within 68 years of each other.
     pub fn seconds_since(self, earlier: NtpTimestamp) -> f64 {
@@ -49,6 +57,16 @@ mod tests {
         assert_eq!(NtpTimestamp::from_unix(0, 0).0 >> 32, NTP_UNIX_OFFSET);
         let half = NtpTimestamp::from_unix(0, 500_000_000);
         assert_eq!(half.0 & 0xffff_ffff, 0x8000_0000);
+    }
+
+    #[test]
+    fn nanoseconds_within_the_era() {
+        assert_eq!(NtpTimestamp(0).as_nanos(), 0);
+        assert_eq!(
+            NtpTimestamp((3 << 32) | 0x8000_0000).as_nanos(),
+            3_500_000_000
+        );
+        assert_eq!(NtpTimestamp(u64::MAX).as_nanos(), 4_294_967_295_999_999_999);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::ntp::access::Cidr;
+
 /// A configuration error that names the file, the key and the problem.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -27,6 +29,65 @@ pub struct Config {
     pub time: TimeConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// `[access]`: who may use NTP and NTS-KE, and the NTP rate limit.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Prefixes served; empty: everyone.
+    pub allow: Vec<Cidr>,
+    /// Prefixes refused; wins over `allow`.
+    pub deny: Vec<Cidr>,
+    /// Off unless the table is present.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `[access.rate_limit]`, in the shape of chrony's `ratelimit`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Average time between answered requests per client prefix.
+    pub interval: HumanDuration,
+    /// Requests a client may send back to back.
+    pub burst: u32,
+    /// 1 in 2^leak of the requests over the limit is still answered.
+    pub leak: u8,
+    /// Answer plain NTP over the limit with a RATE kiss-o'-death.
+    pub kod: bool,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Clients tracked per worker (fixed memory, oldest evicted).
+    pub table_entries: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            interval: HumanDuration(Duration::from_secs(2)),
+            burst: 8,
+            leak: 2,
+            kod: false,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            table_entries: 65_536,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn limits(&self) -> crate::ntp::ratelimit::Limits {
+        crate::ntp::ratelimit::Limits {
+            interval_ns: u64::try_from(self.interval.0.as_nanos()).unwrap_or(u64::MAX),
+            burst: self.burst,
+            leak: self.leak,
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
+            table_entries: self.table_entries,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -93,6 +154,12 @@ pub struct NtsKeConfig {
     /// Threads of the KE runtime (TLS handshakes); 0 means one per core.
     #[serde(default)]
     pub threads: usize,
+    /// Override `[access] allow` for NTS-KE only.
+    #[serde(default)]
+    pub allow: Option<Vec<Cidr>>,
+    /// Override `[access] deny` for NTS-KE only.
+    #[serde(default)]
+    pub deny: Option<Vec<Cidr>>,
 }
 
 impl Default for NtsKeConfig {
@@ -107,6 +174,8 @@ impl Default for NtsKeConfig {
             max_connections: default_max_connections(),
             timeout: default_ke_timeout(),
             threads: 0,
+            allow: None,
+            deny: None,
         }
     }
 }
@@ -462,6 +531,29 @@ impl Config {
         if t.hold_time.0 < Duration::from_secs(1) {
             return Err("[time] hold_time: must be at least 1s".into());
         }
+        if let Some(r) = &self.access.rate_limit {
+            let key = "[access.rate_limit]";
+            if r.interval.0 < Duration::from_millis(1) {
+                return Err(format!("{key} interval: must be at least 1ms"));
+            }
+            if !(1..=65_535).contains(&r.burst) {
+                return Err(format!("{key} burst: must be 1..=65535"));
+            }
+            if !(1..=16).contains(&r.leak) {
+                return Err(format!(
+                    "{key} leak: must be 1..=16 (1 in 2^leak over-limit requests is answered)"
+                ));
+            }
+            if r.ipv4_prefix > 32 {
+                return Err(format!("{key} ipv4_prefix: must be 0..=32"));
+            }
+            if r.ipv6_prefix > 128 {
+                return Err(format!("{key} ipv6_prefix: must be 0..=128"));
+            }
+            if !(16..=1 << 24).contains(&r.table_entries) {
+                return Err(format!("{key} table_entries: must be 16..=16777216"));
+            }
+        }
         Ok(())
     }
 }
@@ -509,6 +601,35 @@ mod tests {
         example.keys.dump_dir = None;
         minimal.keys.dump_dir = None;
         assert_eq!(example, minimal);
+    }
+
+    /// The commented-out `[access.rate_limit]` of the example, uncommented,
+    /// is exactly the code's defaults for that table.
+    #[test]
+    fn the_example_rate_limit_block_shows_its_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml.example");
+        let text = std::fs::read_to_string(path).expect("example config");
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [access.rate_limit]")
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        assert!(block.contains("table_entries"), "{block}");
+        let c = parse(&block).unwrap();
+        assert_eq!(c.access.rate_limit, Some(RateLimitConfig::default()));
+        let bad = [
+            ("leak = 0", "leak"),
+            ("burst = 0", "burst"),
+            ("ipv4_prefix = 33", "ipv4_prefix"),
+            ("table_entries = 1", "table_entries"),
+        ];
+        for (line, key) in bad {
+            let e = parse(&format!("[access.rate_limit]\n{line}")).unwrap_err();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        let e = parse("[access]\nallow = [\"192.0.2.0/33\"]").unwrap_err();
+        assert!(e.contains("192.0.2.0/33"), "{e}");
     }
 
     #[test]

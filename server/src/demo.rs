@@ -92,6 +92,8 @@ pub fn run() -> Result<(), String> {
             max_connections: 64,
             timeout: HumanDuration(std::time::Duration::from_secs(5)),
             threads: 1,
+            allow: None,
+            deny: None,
         },
         keys: KeysConfig {
             dump_dir: Some(dir.path().join("state")),

@@ -70,7 +70,13 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     };
 
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel();
-    let workers = crate::ntp::start(&config.ntp, keys.clone(), system.clone(), fatal_tx)?;
+    let workers = crate::ntp::start(
+        &config.ntp,
+        &config.access,
+        keys.clone(),
+        system.clone(),
+        fatal_tx,
+    )?;
     let ntp_port = workers.local_addrs.first().map_or(123, |a| a.port());
     // RFC 8915, 4.1.7: clients use port 123 unless told otherwise, and every
     // client we tested learns the port only from this record.
@@ -96,6 +102,14 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         timeout: config.nts_ke.timeout.0,
         connections: ke_slots.clone(),
         rng: SystemRandom::new(),
+        access: crate::ntp::access::AccessList::new(
+            config
+                .nts_ke
+                .allow
+                .as_deref()
+                .unwrap_or(&config.access.allow),
+            config.nts_ke.deny.as_deref().unwrap_or(&config.access.deny),
+        ),
     });
     let mut ke_addrs = Vec::new();
     let mut tasks = Vec::new();

@@ -151,7 +151,10 @@ pub fn render(m: &BTreeMap<String, f64>) -> String {
         ),
         (
             "NTS-KE connections dropped",
-            get("ntsd_ke_errors_total{reason=\"busy\"}"),
+            ["busy", "access_denied", "rate_limited"]
+                .iter()
+                .map(|r| get(&format!("ntsd_ke_errors_total{{reason=\"{r}\"}}")))
+                .sum(),
         ),
         (
             "Authenticated NTP packets",

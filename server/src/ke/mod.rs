@@ -40,6 +40,8 @@ pub struct KeContext {
     pub timeout: Duration,
     pub connections: Arc<Semaphore>,
     pub rng: SystemRandom,
+    /// `[nts_ke] allow`/`deny`, else `[access]`: checked before TLS.
+    pub access: crate::ntp::access::AccessList,
 }
 
 impl std::fmt::Debug for KeContext {
@@ -72,6 +74,11 @@ pub async fn serve(
             _ = stop.changed() => return,
         };
         ctx.counters.add(KeEvent::Accepted);
+        if !ctx.access.permits(peer.ip()) {
+            ctx.counters.add(KeEvent::AccessDenied);
+            drop(stream);
+            continue;
+        }
         let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
             ctx.counters.add(KeEvent::Busy);
             drop(stream);

@@ -6,7 +6,9 @@
 //! per worker) and `portable` (blocking `recvmmsg`/`sendmmsg`, for hosts where
 //! io_uring is blocked, such as Docker's default seccomp profile).
 
+pub mod access;
 mod portable;
+pub mod ratelimit;
 mod uring;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -18,12 +20,14 @@ use keyrotate::RotatingKeys;
 use nts_proto::{Action, NtpTimestamp, ReplyKind, Server};
 
 use crate::clock::now_ntp;
-use crate::config::{Backend, NtpConfig};
+use crate::config::{AccessConfig, Backend, NtpConfig};
 use crate::net::SharedEphemeralPort;
 use crate::ops::counters::{NtpCounters, NtpEvent};
 use crate::ops::health::{self, WorkerHealth, WorkerState};
 use crate::rng::WorkerRng;
 use crate::time_source::SharedSystem;
+use access::AccessList;
+use ratelimit::{RateLimiter, Verdict};
 
 /// Largest datagram handled. NTS requests are a few hundred bytes; anything
 /// longer than this arrives truncated and is dropped as malformed.
@@ -41,6 +45,11 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     seal_delay: SealDelay,
     health: Arc<WorkerHealth>,
+    access: Arc<AccessList>,
+    /// This worker's rate-limit table, when `[access.rate_limit]` is set.
+    limiter: Option<RateLimiter>,
+    /// Answer plain requests over the limit with a RATE kiss-o'-death.
+    kod: bool,
 }
 
 /// How long the seal of an NTS reply takes after its transmit timestamp is
@@ -117,9 +126,13 @@ impl Worker {
     /// `received` is the kernel's receive timestamp (a clock read now if the
     /// kernel gave none); the transmit timestamp is read as late as `handle`
     /// allows.
+    ///
+    /// `peer` is checked against the access list and the rate limit first,
+    /// before any cryptographic work: a refused request costs a lookup.
     #[inline]
     pub fn process(
         &mut self,
+        peer: Option<std::net::IpAddr>,
         received: Option<NtpTimestamp>,
         request: &[u8],
         reply: &mut [u8],
@@ -135,6 +148,17 @@ impl Worker {
                 now_ntp()
             }
         };
+        if let Some(ip) = peer {
+            if !self.access.permits(ip) {
+                self.counters.add(NtpEvent::DropAccessDenied);
+                return None;
+            }
+            if let Some(limiter) = self.limiter.as_mut() {
+                if limiter.check(ip, received.as_nanos()) == Verdict::OverLimit {
+                    return self.over_limit(received, request, reply);
+                }
+            }
+        }
         let ring = self.keys.load();
         let system = self.system.load();
         let server = Server {
@@ -165,6 +189,27 @@ impl Worker {
                 None
             }
         }
+    }
+
+    /// A request over the rate limit: dropped, or for a plain request (no
+    /// extension fields) with `kod = true`, a RATE kiss-o'-death. NTS
+    /// requests are never answered here: a NAK would make an honest client
+    /// drop its cookies.
+    #[cold]
+    fn over_limit(
+        &mut self,
+        received: NtpTimestamp,
+        request: &[u8],
+        reply: &mut [u8],
+    ) -> Option<usize> {
+        if self.kod && request.len() == nts_proto::packet::HEADER_LEN {
+            if let Some(len) = nts_proto::server::rate_kod(request, received, reply) {
+                self.counters.add(NtpEvent::ReplyKod);
+                return Some(len);
+            }
+        }
+        self.counters.add(NtpEvent::DropRateLimited);
+        None
     }
 
     pub fn count(&self, event: NtpEvent) {
@@ -273,10 +318,13 @@ fn open_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// failing sends its error to `fatal`, and ntsd exits non-zero.
 pub fn start(
     cfg: &NtpConfig,
+    access: &AccessConfig,
     keys: Arc<RotatingKeys>,
     system: SharedSystem,
     fatal: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Workers, String> {
+    let acl = Arc::new(AccessList::new(&access.allow, &access.deny));
+    let limits = access.rate_limit.as_ref().map(|r| (r.limits(), r.kod));
     let n = worker_count(cfg.workers);
     let sockets = open_sockets(&cfg.listen, n).map_err(|e| e.to_string())?;
     let local_addrs = sockets
@@ -308,14 +356,23 @@ pub fn start(
         let mut make_worker = |name: String| -> Result<Worker, String> {
             let health = Arc::new(WorkerHealth::new(name));
             healths.push(health.clone());
+            let mut rng = WorkerRng::new().map_err(|_| "system random number generator failed")?;
+            let limiter = limits.map(|(l, _)| {
+                let mut seed = [0u8; 8];
+                nts_proto::Random::fill(&mut rng, &mut seed);
+                RateLimiter::new(l, u64::from_le_bytes(seed))
+            });
             Ok(Worker {
                 keys: keys.clone(),
                 system: system.clone(),
                 counters: c.clone(),
-                rng: WorkerRng::new().map_err(|_| "system random number generator failed")?,
+                rng,
                 stop: stop.clone(),
                 seal_delay: SealDelay::default(),
                 health,
+                access: acl.clone(),
+                limiter,
+                kod: limits.is_some_and(|(_, kod)| kod),
             })
         };
         match backend {
@@ -397,6 +454,35 @@ pub mod sys {
     /// Room for the SCM_TIMESTAMPNS control message (CMSG_SPACE of a
     /// timespec is 32 bytes on 64-bit Linux), as u64s for alignment.
     pub type ControlBuf = [u64; 8];
+
+    /// The peer's address from the sockaddr bytes the kernel wrote
+    /// (`sockaddr_in` or `sockaddr_in6`, read field by field).
+    #[inline]
+    pub fn peer_ip(name: &[u8]) -> Option<std::net::IpAddr> {
+        let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]);
+        match i32::from(family) {
+            libc::AF_INET => {
+                let a: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+                Some(std::net::IpAddr::from(a))
+            }
+            libc::AF_INET6 => {
+                let a: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+                Some(std::net::IpAddr::from(a))
+            }
+            _ => None,
+        }
+    }
+
+    /// The first `len` bytes of `storage`, as the kernel filled them.
+    #[inline]
+    pub fn storage_bytes(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> &[u8] {
+        let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: sockaddr_storage is plain old data of at least `len`
+        // bytes, borrowed for the lifetime of the slice.
+        unsafe {
+            std::slice::from_raw_parts((storage as *const libc::sockaddr_storage).cast::<u8>(), len)
+        }
+    }
 
     pub fn empty_storage() -> libc::sockaddr_storage {
         // SAFETY: sockaddr_storage is plain old data; all-zero is valid.

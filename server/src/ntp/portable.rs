@@ -4,7 +4,9 @@
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
-use super::sys::{empty_storage, errno, point_reply, rx_timestamp, send_all, ControlBuf};
+use super::sys::{
+    empty_storage, errno, peer_ip, point_reply, rx_timestamp, send_all, storage_bytes, ControlBuf,
+};
 use super::{Worker, MAX_PACKET};
 use crate::ops::counters::NtpEvent;
 
@@ -76,8 +78,9 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
                 continue;
             }
             let received = rx_timestamp(&msg.msg_hdr);
+            let peer = peer_ip(storage_bytes(&b.addrs[i], msg.msg_hdr.msg_namelen));
             let Some(reply_len) =
-                worker.process(received, &b.requests[i][..len], &mut b.replies[i])
+                worker.process(peer, received, &b.requests[i][..len], &mut b.replies[i])
             else {
                 continue;
             };

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::{BufRingEntry, RecvMsgOut};
 use io_uring::{cqueue, opcode, types, IoUring};
 
-use super::sys::{empty_storage, point_reply, rx_timestamp_in, send_all, ControlBuf};
+use super::sys::{empty_storage, peer_ip, point_reply, rx_timestamp_in, send_all, ControlBuf};
 use super::{Worker, MAX_PACKET, STOP_POLL};
 use crate::ops::counters::NtpEvent;
 
@@ -452,7 +452,8 @@ fn on_receive(
     }
     batch.reserve(worker, fd);
     let received = rx_timestamp_in(msg.control_data());
-    if let Some(len) = worker.process(received, msg.payload_data(), batch.next_reply()) {
+    let peer = peer_ip(msg.name_data());
+    if let Some(len) = worker.process(peer, received, msg.payload_data(), batch.next_reply()) {
         batch.commit(len, msg.name_data());
     }
 }

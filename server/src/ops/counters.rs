@@ -32,9 +32,15 @@ pub enum NtpEvent {
     KernelTimestamp,
     /// A reply the kernel took (counted per batch, not per packet).
     Sent,
+    /// Refused by `[access]` (no reply).
+    DropAccessDenied,
+    /// Over `[access.rate_limit]` (no reply).
+    DropRateLimited,
+    /// Over the rate limit, answered with a RATE kiss-o'-death.
+    ReplyKod,
 }
 
-pub const NTP_EVENTS: usize = 17;
+pub const NTP_EVENTS: usize = 20;
 
 impl NtpEvent {
     pub const ALL: [NtpEvent; NTP_EVENTS] = [
@@ -55,6 +61,9 @@ impl NtpEvent {
         NtpEvent::NoKernelTimestamp,
         NtpEvent::KernelTimestamp,
         NtpEvent::Sent,
+        NtpEvent::DropAccessDenied,
+        NtpEvent::DropRateLimited,
+        NtpEvent::ReplyKod,
     ];
 
     /// The event that an [`Action`] from `handle` counts as.
@@ -120,9 +129,13 @@ pub enum KeEvent {
     Timeout,
     Busy,
     InternalError,
+    /// Refused by the access list, before TLS.
+    AccessDenied,
+    /// Over the per-address NTS-KE rate or connection limit, before TLS.
+    RateLimited,
 }
 
-pub const KE_EVENTS: usize = 11;
+pub const KE_EVENTS: usize = 13;
 
 impl KeEvent {
     pub const ALL: [KeEvent; KE_EVENTS] = [
@@ -137,6 +150,8 @@ impl KeEvent {
         KeEvent::Timeout,
         KeEvent::Busy,
         KeEvent::InternalError,
+        KeEvent::AccessDenied,
+        KeEvent::RateLimited,
     ];
 
     /// The `reason` label of an error, `None` for the two outcomes that
@@ -154,6 +169,8 @@ impl KeEvent {
             Timeout => "timeout",
             Busy => "busy",
             InternalError => "internal",
+            AccessDenied => "access_denied",
+            RateLimited => "rate_limited",
         })
     }
 }

@@ -143,14 +143,14 @@ impl NtsdCollector {
             |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
         match name {
             "ntsd_ntp_requests_total" => by(&[
-                ("plain", self.ntp(ReplyPlain)),
+                ("plain", self.ntp(ReplyPlain) + self.ntp(ReplyKod)),
                 ("nts", self.ntp(ReplyNts) + naks),
             ]),
             "ntsd_ntp_responses_total" => by(&[
                 ("plain", self.ntp(ReplyPlain)),
                 ("nts", self.ntp(ReplyNts)),
                 ("nak", naks),
-                ("kod", 0.0),
+                ("kod", self.ntp(ReplyKod)),
             ]),
             "ntsd_ntp_naks_total" => by(&[
                 ("cookie_unknown_key", self.ntp(NakCookieUnknownKey)),
@@ -164,9 +164,8 @@ impl NtsdCollector {
                 ("malformed", self.ntp(DropMalformed)),
                 ("malformed_nts", self.ntp(DropMalformedNts)),
                 ("buffer_too_small", self.ntp(DropBufferTooSmall)),
-                // Declared for the access lists and rate limits to come.
-                ("access_denied", 0.0),
-                ("rate_limited", 0.0),
+                ("access_denied", self.ntp(DropAccessDenied)),
+                ("rate_limited", self.ntp(DropRateLimited)),
             ]),
             "ntsd_ntp_io_errors_total" => by(&[
                 ("receive", self.ntp(ReceiveError)),
