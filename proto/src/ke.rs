@@ -203,53 +203,116 @@ impl KeRequestError {
     }
 }
 
-impl KeRequest {
-    /// Parses a client request (RFC 8915, sections 4.1.2 and 4.1.5).
-    pub fn parse(buf: &[u8]) -> Result<KeRequest, KeRequestError> {
-        let records = decode_message(buf).map_err(|e| match e {
-            RecordError::Incomplete => KeRequestError::Incomplete,
-            RecordError::Malformed(_) => KeRequestError::BadRequest("malformed record"),
-        })?;
-        let mut protocols = None;
-        let mut aeads = None;
-        for rec in records {
-            match rec {
-                // 4.1.2: Next Protocol MUST appear exactly once. With no
-                // protocol id it asks for nothing: chrony's server answers
-                // Bad Request, and so do we.
-                Record::NextProtocol(p) if p.is_empty() => {
-                    return Err(KeRequestError::BadRequest("empty Next Protocol"))
-                }
-                Record::NextProtocol(p) if protocols.is_none() => protocols = Some(p),
-                Record::NextProtocol(_) => {
-                    return Err(KeRequestError::BadRequest("repeated Next Protocol"))
-                }
-                // 4.1.5: AEAD Algorithm at most once.
-                Record::Aead(a) if aeads.is_none() => aeads = Some(a),
-                Record::Aead(_) => {
-                    return Err(KeRequestError::BadRequest("repeated AEAD Algorithm"))
-                }
-                Record::Error(_) | Record::Warning(_) => {
-                    return Err(KeRequestError::BadRequest("client sent Error or Warning"))
-                }
-                Record::Unknown {
-                    critical: true,
-                    record_type,
-                    ..
-                } => return Err(KeRequestError::UnrecognizedCritical(record_type)),
-                // Server and Port are requests the server may ignore; New
-                // Cookie and unknown non-critical records are ignored.
-                _ => {}
-            }
+/// A client request parsed as its bytes arrive: each record is decoded
+/// once, when it is complete, so a client that trickles its request in tiny
+/// TLS records costs work in proportion to its bytes, not to their square.
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already decoded as whole records.
+    done: usize,
+    protocols: Option<Vec<u16>>,
+    aeads: Option<Vec<u16>>,
+    ended: bool,
+}
+
+impl RequestParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes received so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Adds `bytes` and decodes every record they complete. `Incomplete`
+    /// until End of Message has arrived; then the request, or the reason
+    /// it must be answered with an Error record. Bytes after End of Message
+    /// are malformed input.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<KeRequest, KeRequestError> {
+        if self.ended {
+            return Err(KeRequestError::BadRequest("data after End of Message"));
         }
-        let protocols = protocols.ok_or(KeRequestError::BadRequest("no Next Protocol record"))?;
-        let aeads = aeads.unwrap_or_default();
+        self.buf.extend_from_slice(bytes);
+        loop {
+            let rest = self.buf.get(self.done..).unwrap_or_default();
+            let mut r = Reader::new(rest);
+            let rec = match Record::decode(&mut r) {
+                Ok(rec) => rec,
+                Err(RecordError::Incomplete) => return Err(KeRequestError::Incomplete),
+                Err(RecordError::Malformed(_)) => {
+                    return Err(KeRequestError::BadRequest("malformed record"))
+                }
+            };
+            self.done += rest.len() - r.remaining();
+            if rec == Record::EndOfMessage {
+                self.ended = true;
+                if self.done != self.buf.len() {
+                    return Err(KeRequestError::BadRequest("malformed record"));
+                }
+                return self.finish();
+            }
+            self.record(rec)?;
+        }
+    }
+
+    fn record(&mut self, rec: Record) -> Result<(), KeRequestError> {
+        match rec {
+            // 4.1.2: Next Protocol MUST appear exactly once. With no
+            // protocol id it asks for nothing: chrony's server answers
+            // Bad Request, and so do we.
+            Record::NextProtocol(p) if p.is_empty() => {
+                Err(KeRequestError::BadRequest("empty Next Protocol"))
+            }
+            Record::NextProtocol(p) if self.protocols.is_none() => {
+                self.protocols = Some(p);
+                Ok(())
+            }
+            Record::NextProtocol(_) => Err(KeRequestError::BadRequest("repeated Next Protocol")),
+            // 4.1.5: AEAD Algorithm at most once.
+            Record::Aead(a) if self.aeads.is_none() => {
+                self.aeads = Some(a);
+                Ok(())
+            }
+            Record::Aead(_) => Err(KeRequestError::BadRequest("repeated AEAD Algorithm")),
+            Record::Error(_) | Record::Warning(_) => {
+                Err(KeRequestError::BadRequest("client sent Error or Warning"))
+            }
+            Record::Unknown {
+                critical: true,
+                record_type,
+                ..
+            } => Err(KeRequestError::UnrecognizedCritical(record_type)),
+            // Server and Port are requests the server may ignore; New
+            // Cookie and unknown non-critical records are ignored.
+            _ => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<KeRequest, KeRequestError> {
+        let protocols = self
+            .protocols
+            .take()
+            .ok_or(KeRequestError::BadRequest("no Next Protocol record"))?;
+        let aeads = self.aeads.take().unwrap_or_default();
         if protocols.contains(&PROTOCOL_NTPV4) && aeads.is_empty() {
             return Err(KeRequestError::BadRequest(
                 "NTPv4 requested without AEAD Algorithm",
             ));
         }
         Ok(KeRequest { protocols, aeads })
+    }
+}
+
+impl KeRequest {
+    /// Parses a whole client request (RFC 8915, sections 4.1.2 and 4.1.5).
+    pub fn parse(buf: &[u8]) -> Result<KeRequest, KeRequestError> {
+        RequestParser::new().feed(buf)
     }
 
     /// The first of the client's AEADs that the server supports, honouring
@@ -456,6 +519,65 @@ mod tests {
         ]
         .concat();
         assert!(KeRequest::parse(&extra).is_ok());
+    }
+
+    /// Fed in pieces of any size, the parser gives what it gives for the
+    /// whole request, and errors surface as soon as their record is in.
+    #[test]
+    fn incremental_parsing_matches_whole_parsing() {
+        let eom = [0x80u8, 0, 0, 0];
+        let padding: Vec<u8> = [0u8, 0x63, 0, 8]
+            .iter()
+            .chain([1u8; 8].iter())
+            .copied()
+            .collect();
+        let requests: Vec<Vec<u8>> = vec![
+            [
+                &[0x80u8, 1, 0, 2, 0, 0][..],
+                &[0, 4, 0, 4, 0, 17, 0, 15],
+                &eom,
+            ]
+            .concat(),
+            [
+                &[0x80u8, 1, 0, 2, 0, 0][..],
+                &padding.repeat(100),
+                &[0, 4, 0, 2, 0, 15],
+                &eom,
+            ]
+            .concat(),
+            [&[0x80u8, 0x63, 0, 0][..], &eom].concat(),
+            [&[0x80u8, 1, 0, 0][..], &eom].concat(),
+            [&[0, 4, 0, 2, 0, 15][..], &eom].concat(),
+        ];
+        for req in &requests {
+            let whole = KeRequest::parse(req);
+            for chunk in [1, 3, 4, 7, 1000] {
+                let mut p = RequestParser::new();
+                let mut got = Err(KeRequestError::Incomplete);
+                for c in req.chunks(chunk) {
+                    got = p.feed(c);
+                    if got != Err(KeRequestError::Incomplete) {
+                        break;
+                    }
+                }
+                assert_eq!(got, whole, "chunks of {chunk}: {req:02x?}");
+            }
+        }
+        // The request ends at End of Message: bytes in the same read are
+        // malformed, bytes after it are refused too.
+        let ok = [&[0x80u8, 1, 0, 2, 0, 0][..], &[0, 4, 0, 2, 0, 15], &eom].concat();
+        assert!(RequestParser::new()
+            .feed(&[&ok[..], &[9]].concat())
+            .is_err());
+        let mut p = RequestParser::new();
+        assert!(p.feed(&ok).is_ok());
+        assert!(p.feed(&[9]).is_err());
+        let mut p = RequestParser::new();
+        assert_eq!(p.feed(&[0x80, 0x63]), Err(KeRequestError::Incomplete));
+        assert_eq!(
+            p.feed(&[0, 0]),
+            Err(KeRequestError::UnrecognizedCritical(0x63))
+        );
     }
 
     #[test]

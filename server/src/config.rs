@@ -154,6 +154,13 @@ pub struct NtsKeConfig {
     /// Threads of the KE runtime (TLS handshakes); 0 means one per core.
     #[serde(default)]
     pub threads: usize,
+    /// Slots one address (IPv4 /32, IPv6 /64) may hold; a new connection
+    /// beyond closes the address's oldest.
+    #[serde(default = "default_per_address")]
+    pub max_connections_per_address: usize,
+    /// Sessions per address and time (`[nts_ke.rate_limit]`); off unless set.
+    #[serde(default)]
+    pub rate_limit: Option<KeRateLimitConfig>,
     /// Override `[access] allow` for NTS-KE only.
     #[serde(default)]
     pub allow: Option<Vec<Cidr>>,
@@ -174,8 +181,45 @@ impl Default for NtsKeConfig {
             max_connections: default_max_connections(),
             timeout: default_ke_timeout(),
             threads: 0,
+            max_connections_per_address: default_per_address(),
+            rate_limit: None,
             allow: None,
             deny: None,
+        }
+    }
+}
+
+fn default_per_address() -> usize {
+    32
+}
+
+/// `[nts_ke.rate_limit]`: NTS-KE sessions an address (IPv4 /32, IPv6 /64)
+/// may start back to back, then one per `interval`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeRateLimitConfig {
+    pub interval: HumanDuration,
+    pub burst: u32,
+}
+
+impl Default for KeRateLimitConfig {
+    fn default() -> Self {
+        Self {
+            interval: HumanDuration(Duration::from_secs(1)),
+            burst: 16,
+        }
+    }
+}
+
+impl KeRateLimitConfig {
+    pub fn limits(&self) -> crate::ntp::ratelimit::Limits {
+        crate::ntp::ratelimit::Limits {
+            interval_ns: u64::try_from(self.interval.0.as_nanos()).unwrap_or(u64::MAX),
+            burst: self.burst,
+            leak: 0,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            table_entries: 16_384,
         }
     }
 }
@@ -463,6 +507,17 @@ impl Config {
         if self.nts_ke.max_connections == 0 {
             return Err("[nts_ke] max_connections: must be at least 1".into());
         }
+        if self.nts_ke.max_connections_per_address == 0 {
+            return Err("[nts_ke] max_connections_per_address: must be at least 1".into());
+        }
+        if let Some(r) = &self.nts_ke.rate_limit {
+            if r.interval.0 < Duration::from_millis(1) {
+                return Err("[nts_ke.rate_limit] interval: must be at least 1ms".into());
+            }
+            if !(1..=65_535).contains(&r.burst) {
+                return Err("[nts_ke.rate_limit] burst: must be 1..=65535".into());
+            }
+        }
         if self.nts_ke.timeout.0 < Duration::from_millis(100) {
             return Err("[nts_ke] timeout: must be at least 100ms".into());
         }
@@ -618,6 +673,17 @@ mod tests {
         assert!(block.contains("table_entries"), "{block}");
         let c = parse(&block).unwrap();
         assert_eq!(c.access.rate_limit, Some(RateLimitConfig::default()));
+        let ke_block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [nts_ke.rate_limit]")
+            .take_while(|l| l.starts_with("# ") && !l.starts_with("# More"))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let ke = format!(
+            "[nts_ke]\ncertificate_chain = \"/dev/null\"\nprivate_key = \"/dev/null\"\n{ke_block}"
+        );
+        let c: Config = toml::from_str(&ke).unwrap();
+        assert_eq!(c.nts_ke.rate_limit, Some(KeRateLimitConfig::default()));
         let bad = [
             ("leak = 0", "leak"),
             ("burst = 0", "burst"),

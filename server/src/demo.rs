@@ -92,6 +92,8 @@ pub fn run() -> Result<(), String> {
             max_connections: 64,
             timeout: HumanDuration(std::time::Duration::from_secs(5)),
             threads: 1,
+            max_connections_per_address: 32,
+            rate_limit: None,
             allow: None,
             deny: None,
         },

@@ -92,7 +92,14 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let ke_counters = Arc::new(KeCounters::default());
-    let ke_slots = Arc::new(Semaphore::new(config.nts_ke.max_connections));
+    // Every NTS-KE connection is a descriptor: keep the cap under the
+    // limit, with room for the sockets and files ntsd holds (counted now,
+    // plus the metrics connections and a margin).
+    let nofile = crate::sys::raise_nofile();
+    let reserved = crate::sys::open_fds() + crate::ops::http::MAX_CONNECTIONS as u64 + 32;
+    let max_connections =
+        crate::sys::fit_connections(config.nts_ke.max_connections, nofile, reserved)?;
+    let ke_slots = Arc::new(Semaphore::new(max_connections));
     let ctx = Arc::new(KeContext {
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         keys: keys.clone(),
@@ -102,6 +109,12 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         timeout: config.nts_ke.timeout.0,
         connections: ke_slots.clone(),
         rng: SystemRandom::new(),
+        per_address: crate::ke::limits::AddressSlots::new(
+            config.nts_ke.max_connections_per_address,
+        ),
+        session_rate: config.nts_ke.rate_limit.as_ref().map(|r| {
+            crate::ke::limits::SessionRate::new(r.limits(), u64::from(std::process::id()))
+        }),
         access: crate::ntp::access::AccessList::new(
             config
                 .nts_ke
@@ -129,7 +142,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     let sources = Sources {
         ntp: workers.counters.clone(),
         ke: ke_counters,
-        ke_max_connections: config.nts_ke.max_connections,
+        ke_max_connections: max_connections,
         ke_open: ke_slots,
         keys: keys.clone(),
         key_events: key_events.clone(),

@@ -244,21 +244,29 @@ fn stats_line<'a>(table: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn ntsd_stats_shows_serverstats_lines_from_metrics_or_config() {
-    // A fixed port, so that --config can name it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A fixed port, so that --config can name it; another test may take
+    // it between the probe and the start, so a bind failure tries another.
     let dir = common::pki_dir();
-    let text = common::config_text(dir.path(), "auto", "", "", "").replace(
-        "[metrics]\nlisten = \"127.0.0.1:0\"",
-        &format!("[metrics]\nlisten = \"0.0.0.0:{port}\""),
-    );
-    assert!(text.contains(&format!("0.0.0.0:{port}")), "{text}");
     let cfg = dir.path().join("stats.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let mut s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    let mut attempt = 0;
+    let (mut s, port) = loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = common::config_text(dir.path(), "auto", "", "", "").replace(
+            "[metrics]\nlisten = \"127.0.0.1:0\"",
+            &format!("[metrics]\nlisten = \"0.0.0.0:{port}\""),
+        );
+        assert!(text.contains(&format!("0.0.0.0:{port}")), "{text}");
+        std::fs::write(&cfg, text).unwrap();
+        match Ntsd::try_spawn(dir.path().to_owned(), &cfg) {
+            Ok(s) => break (s, port),
+            Err(log) if attempt < 5 && log.contains("cannot bind") => attempt += 1,
+            Err(log) => panic!("ntsd did not start:\n{log}"),
+        }
+    };
     s.metrics_port = port;
     let (mut client, _) = client_of(&s);
     for i in 0..3 {

@@ -2,6 +2,7 @@
 //! close_notify (RFC 8915, section 4).
 
 pub mod certs;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use keyrotate::RotatingKeys;
 use nts_proto::cookie::{seal_cookie, MAX_COOKIE_LEN};
 use nts_proto::ke::{
-    exporter_context, KeRequest, KeRequestError, KeResponse, EXPORTER_LABEL, PROTOCOL_NTPV4,
+    exporter_context, KeRequest, KeRequestError, KeResponse, RequestParser, EXPORTER_LABEL,
+    PROTOCOL_NTPV4,
 };
 use nts_proto::{AeadAlgorithm, AeadKey, CookieKeys, SessionKeys};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -42,6 +44,10 @@ pub struct KeContext {
     pub rng: SystemRandom,
     /// `[nts_ke] allow`/`deny`, else `[access]`: checked before TLS.
     pub access: crate::ntp::access::AccessList,
+    /// Open connections per address.
+    pub per_address: limits::AddressSlots,
+    /// Sessions per address and time, when configured.
+    pub session_rate: Option<limits::SessionRate>,
 }
 
 impl std::fmt::Debug for KeContext {
@@ -54,54 +60,102 @@ impl std::fmt::Debug for KeContext {
     }
 }
 
-/// Accepts connections on `listener` until `stop` fires.
+/// How long the accept loop pauses when the process is out of descriptors
+/// or memory, and how often such a pause is logged.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Accepts connections on `listener` until `stop` fires. Every check that
+/// can refuse a connection (access list, session rate, the global cap) runs
+/// before TLS; an address at its own cap loses its oldest connection.
+/// Remote input never logs above `debug`.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<KeContext>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut next_id = 0u64;
+    let mut last_logged: Option<std::time::Instant> = None;
+    let mut failures = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // EMFILE and friends: back off rather than spin.
-                    tracing::warn!(error = %e, "NTS-KE accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failed(&e, &mut last_logged, &mut failures).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
         ctx.counters.add(KeEvent::Accepted);
-        if !ctx.access.permits(peer.ip()) {
+        let ip = peer.ip();
+        if !ctx.access.permits(ip) {
             ctx.counters.add(KeEvent::AccessDenied);
-            drop(stream);
+            continue;
+        }
+        if ctx.session_rate.as_ref().is_some_and(|r| !r.allows(ip)) {
+            ctx.counters.add(KeEvent::RateLimited);
             continue;
         }
         let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
             ctx.counters.add(KeEvent::Busy);
-            drop(stream);
             continue;
         };
-        let ctx = ctx.clone();
+        next_id += 1;
+        let id = next_id;
+        let task_ctx = ctx.clone();
         let accepted = std::time::Instant::now();
-        tokio::spawn(async move {
-            let outcome = match tokio::time::timeout(ctx.timeout, session(&ctx, stream)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Outcome::Failed(KeEvent::Timeout),
-            };
-            match outcome {
-                Outcome::Issued { aead, cookies } => ctx.counters.session(aead, cookies),
-                Outcome::Failed(event) => ctx.counters.add(event),
-            }
-            ctx.counters
-                .duration
-                .observe(accepted.elapsed().as_secs_f64());
-            tracing::debug!(%peer, ?outcome, "NTS-KE session ended");
-            drop(permit);
+        let evicted = ctx.per_address.admit(ip, id, || {
+            tokio::spawn(async move {
+                let ctx = task_ctx;
+                let outcome = match tokio::time::timeout(ctx.timeout, session(&ctx, stream)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::Failed(KeEvent::Timeout),
+                };
+                match outcome {
+                    Outcome::Issued { aead, cookies } => ctx.counters.session(aead, cookies),
+                    Outcome::Failed(event) => ctx.counters.add(event),
+                }
+                ctx.counters
+                    .duration
+                    .observe(accepted.elapsed().as_secs_f64());
+                tracing::debug!(%peer, ?outcome, "NTS-KE session ended");
+                ctx.per_address.remove(ip, id);
+                drop(permit);
+            })
+            .abort_handle()
         });
+        if evicted {
+            // The address's oldest connection was closed to make room.
+            ctx.counters.add(KeEvent::RateLimited);
+        }
     }
+}
+
+/// An `accept` that failed: out of descriptors or memory pauses the loop
+/// (logged once per [`ACCEPT_LOG_EVERY`], with the count); anything else
+/// (a connection reset before it was accepted) is the client's business.
+async fn accept_failed(
+    e: &std::io::Error,
+    last_logged: &mut Option<std::time::Instant>,
+    failures: &mut u64,
+) {
+    let exhausted = matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    );
+    if !exhausted {
+        tracing::debug!(error = %e, "NTS-KE accept failed");
+        return;
+    }
+    *failures += 1;
+    if last_logged.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+        tracing::warn!(error = %e, failures = *failures, "NTS-KE accept failed: out of descriptors or memory; pausing, still serving the connections open (raise LimitNOFILE / ulimit -n, or lower [nts_ke] max_connections)");
+        *last_logged = Some(std::time::Instant::now());
+        *failures = 0;
+    }
+    tokio::time::sleep(ACCEPT_PAUSE).await;
 }
 
 /// How a KE session ended.
@@ -131,7 +185,9 @@ async fn exchange(ctx: &KeContext, stream: TcpStream) -> Result<(AeadAlgorithm, 
         let _ = tls.shutdown().await;
         return Err(KeEvent::NoAlpn);
     }
-    let mut buf = Vec::with_capacity(256);
+    // Each record is decoded once, as it completes: a client trickling
+    // tiny TLS records costs work in proportion to its bytes.
+    let mut parser = RequestParser::new();
     let request = loop {
         let mut chunk = [0u8; 1024];
         let n = match tls.read(&mut chunk).await {
@@ -142,9 +198,10 @@ async fn exchange(ctx: &KeContext, stream: TcpStream) -> Result<(AeadAlgorithm, 
             // The client closed before End of Message.
             break Err(KeRequestError::BadRequest("request incomplete"));
         }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        match KeRequest::parse(&buf) {
-            Err(KeRequestError::Incomplete) if buf.len() < MAX_REQUEST => continue,
+        let room = MAX_REQUEST.saturating_sub(parser.len());
+        let bytes = chunk.get(..n.min(room)).unwrap_or_default();
+        match parser.feed(bytes) {
+            Err(KeRequestError::Incomplete) if parser.len() < MAX_REQUEST => continue,
             Err(KeRequestError::Incomplete) => {
                 break Err(KeRequestError::BadRequest("request too large"))
             }

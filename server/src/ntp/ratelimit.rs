@@ -40,7 +40,7 @@ pub enum Verdict {
 pub struct Limits {
     pub interval_ns: u64,
     pub burst: u32,
-    /// 1 in 2^leak over-limit requests is answered.
+    /// 1 in 2^leak over-limit requests is answered; 0: none is.
     pub leak: u8,
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
@@ -141,6 +141,9 @@ impl RateLimiter {
         if tat <= now_ns.saturating_add(tolerance) {
             slot.tat = tat.saturating_add(interval);
             return Verdict::Allow;
+        }
+        if self.limits.leak == 0 {
+            return Verdict::OverLimit;
         }
         // xorshift64: the leak's coin, cheap and unpredictable enough
         // (seeded from the system RNG) that a flood cannot time it.
