@@ -173,6 +173,9 @@ pub struct LoadReport {
 #[derive(Debug, Clone)]
 pub struct KeyStore {
     dir: PathBuf,
+    /// The user and group the files belong to when ntsd starts as root and
+    /// then drops to another user (`[server] user`); `None`: whoever runs.
+    owner: Option<(u32, u32)>,
 }
 
 fn read_file(path: &Path) -> Result<Option<Stored>, KeyError> {
@@ -203,6 +206,17 @@ impl KeyStore {
     /// lose its own mode). A file that does not decode is renamed to
     /// `keys.corrupt-<unix time>`.
     pub fn open(dir: &Path, now: u64) -> Result<(Self, LoadReport), KeyError> {
+        Self::open_for(dir, now, None)
+    }
+
+    /// [`KeyStore::open`] for a process that will run as `owner` (uid,
+    /// gid) once it drops its privileges: the directory must belong to that
+    /// user, one created here is given to it, and so is every file written.
+    pub fn open_for(
+        dir: &Path,
+        now: u64,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(Self, LoadReport), KeyError> {
         let io = |e: std::io::Error| KeyError::Store {
             path: dir.to_owned(),
             error: e.to_string(),
@@ -220,6 +234,9 @@ impl KeyStore {
                     .mode(0o700)
                     .create(dir)
                     .map_err(io)?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io)?;
+                }
                 std::fs::metadata(dir).map_err(io)?
             }
             Err(e) => return Err(io(e)),
@@ -227,7 +244,7 @@ impl KeyStore {
         if !meta.is_dir() {
             return Err(refuse("exists and is not a directory".into()));
         }
-        let uid = rustix::process::geteuid().as_raw();
+        let uid = owner.map_or_else(|| rustix::process::geteuid().as_raw(), |(u, _)| u);
         if meta.uid() != uid {
             return Err(refuse(format!(
                 "is owned by uid {}, not by uid {uid} that ntsd runs as; give ntsd a directory of its own (e.g. /var/lib/ntsd, or systemd's StateDirectory=ntsd), or chown it to uid {uid}",
@@ -250,6 +267,7 @@ impl KeyStore {
         }
         let store = Self {
             dir: dir.to_owned(),
+            owner,
         };
         let path = store.path();
         let bytes = match std::fs::read(&path) {
@@ -342,6 +360,9 @@ impl KeyStore {
         // A temp file left by a crash may have other permissions.
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(err)?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(err)?;
+        }
         f.write_all(&bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);

@@ -31,6 +31,18 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub access: AccessConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// `[server]`: the user and group ntsd drops to once every socket is bound
+/// and every file opened (unset: it keeps the user it was started as).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub user: Option<String>,
+    /// Default: the user's primary group.
+    pub group: Option<String>,
 }
 
 /// `[access]`: who may use NTP and NTS-KE, and the NTP rate limit.
@@ -585,6 +597,14 @@ impl Config {
         }
         if t.hold_time.0 < Duration::from_secs(1) {
             return Err("[time] hold_time: must be at least 1s".into());
+        }
+        if self.server.group.is_some() && self.server.user.is_none() {
+            return Err("[server] group: requires user".into());
+        }
+        for (key, v) in [("user", &self.server.user), ("group", &self.server.group)] {
+            if v.as_ref().is_some_and(|n| n.is_empty() || n.contains('\0')) {
+                return Err(format!("[server] {key}: must be a name"));
+            }
         }
         if let Some(r) = &self.access.rate_limit {
             let key = "[access.rate_limit]";

@@ -37,7 +37,10 @@ fn fleet_source(cfg: &KeysConfig, secret: &Path) -> Result<Box<dyn KeySource>, S
 /// `rotate_interval` aside (and takes back those of this one), and saves
 /// the ring before returning, so a dump directory that cannot be written
 /// fails the start.
-pub fn open(cfg: &KeysConfig, now: u64) -> Result<RotatingKeys, String> {
+///
+/// `owner` is the user and group ntsd will run as after dropping its
+/// privileges (`[server] user`): the key directory must be theirs.
+pub fn open(cfg: &KeysConfig, now: u64, owner: Option<(u32, u32)>) -> Result<RotatingKeys, String> {
     let sched = schedule(cfg);
     if sched.interval < 3600 {
         tracing::warn!(
@@ -62,7 +65,7 @@ pub fn open(cfg: &KeysConfig, now: u64) -> Result<RotatingKeys, String> {
             .map_err(|e| e.to_string());
     };
     let dump_err = |e: keyrotate::KeyError| format!("[keys] dump_dir: {e}");
-    let (store, report) = KeyStore::open(dir, now).map_err(dump_err)?;
+    let (store, report) = KeyStore::open_for(dir, now, owner).map_err(dump_err)?;
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
@@ -248,11 +251,16 @@ pub fn rotate(cfg: &KeysConfig) -> Result<String, String> {
     ))
 }
 
-/// Writes the pid file; removed again when the returned guard drops.
-pub fn write_pid(dir: &Path) -> Result<PidFile, String> {
+/// Writes the pid file (given to `owner`, the user ntsd drops to, if
+/// any); removed again when the returned guard drops.
+pub fn write_pid(dir: &Path, owner: Option<(u32, u32)>) -> Result<PidFile, String> {
     let path = dir.join(PID_FILE);
     std::fs::write(&path, format!("{}\n", std::process::id()))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+    }
     Ok(PidFile(path))
 }
 

@@ -56,7 +56,14 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     let certs =
         Certificates::load(config.nts_ke.certificates()).map_err(|e| format!("[nts_ke] {e}"))?;
     let tls = crate::tls::server_config(certs.clone()).map_err(|e| format!("[nts_ke] {e}"))?;
-    let keys = Arc::new(crate::keys::open(&config.keys, unix_secs())?);
+    let owner = match &config.server.user {
+        Some(user) => Some(crate::sys::lookup_user(
+            user,
+            config.server.group.as_deref(),
+        )?),
+        None => None,
+    };
+    let keys = Arc::new(crate::keys::open(&config.keys, unix_secs(), owner)?);
     let time_state = TimeState::new(&config.time)?;
     let system = Arc::new(ArcSwap::from_pointee(time_state.sample()));
 
@@ -194,7 +201,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         stop_rx.clone(),
     )?));
     let _pid_file = match config.keys.state_dir() {
-        Some(dir) => Some(crate::keys::write_pid(dir)?),
+        Some(dir) => Some(crate::keys::write_pid(dir, owner)?),
         None => None,
     };
 
@@ -202,6 +209,16 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         ntp: workers.local_addrs.clone(),
         ke: ke_addrs,
     };
+    if let Some((uid, gid)) = owner {
+        // Everything is bound and open: from here on ntsd needs no privilege.
+        crate::sys::drop_privileges(uid, gid)?;
+        for (key, path) in config.files() {
+            if !crate::sys::readable_by(&path, uid, gid) {
+                tracing::warn!(%key, path = %path.display(), uid, "not readable by the user ntsd runs as: certificate reloads will be refused until it is (e.g. group-readable by that user's group)");
+            }
+        }
+        tracing::info!(uid, gid, "privileges dropped");
+    }
     health.set_started();
     tracing::info!(ntp = ?bound.ntp, nts_ke = ?bound.ke, port_record = ?port_record, "ntsd ready");
     notify::ready(&format!(

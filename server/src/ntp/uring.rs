@@ -93,8 +93,28 @@ impl Rx {
     fn new(entries: u32, buffers: u16) -> std::io::Result<Rx> {
         let ring = new_ring(entries, buffers)?;
         let buffers = RecvBuffers::new(&ring, buffers)?;
+        restrict_and_enable(&ring)?;
         Ok(Rx { ring, buffers })
     }
+}
+
+/// Limits the ring, created disabled, to what the worker submits: the
+/// multishot receive (with buffer selection) and the cancel at shutdown.
+/// seccomp cannot see what a ring submits, so a compromised worker could
+/// otherwise open files or sockets through it. No register operation stays
+/// allowed (the buffer ring is registered before). Kernels without
+/// `IORING_REGISTER_RESTRICTIONS` (before 5.10) run the ring unrestricted.
+fn restrict_and_enable(ring: &IoUring) -> std::io::Result<()> {
+    use io_uring::register::Restriction;
+    let mut allowed = [
+        Restriction::sqe_op(opcode::RecvMsgMulti::CODE),
+        Restriction::sqe_op(opcode::AsyncCancel2::CODE),
+        Restriction::sqe_flags_allowed(io_uring::squeue::Flags::BUFFER_SELECT.bits()),
+    ];
+    if let Err(e) = ring.submitter().register_restrictions(&mut allowed) {
+        tracing::debug!(error = %e, "io_uring restrictions unavailable; the ring runs unrestricted");
+    }
+    ring.submitter().register_enable_rings()
 }
 
 /// A ring owned by this thread alone. Deferred task running (Linux 6.1)
@@ -110,8 +130,14 @@ fn new_ring(entries: u32, buffers: u16) -> std::io::Result<IoUring> {
         .setup_cqsize(cq)
         .setup_single_issuer()
         .setup_defer_taskrun()
+        .setup_r_disabled()
         .build(entries)
-        .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))
+        .or_else(|_| {
+            IoUring::builder()
+                .setup_cqsize(cq)
+                .setup_r_disabled()
+                .build(entries)
+        })
 }
 
 /// The `msghdr` a multishot receive reads its name and control lengths from.
@@ -455,5 +481,34 @@ fn on_receive(
     let peer = peer_ip(msg.name_data());
     if let Some(len) = worker.process(peer, received, msg.payload_data(), batch.next_reply()) {
         batch.commit(len, msg.name_data());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker's ring refuses an operation it does not use (here a
+    /// read), where the kernel supports restrictions, and still receives.
+    #[test]
+    fn the_ring_allows_only_the_receive_and_the_cancel() {
+        if probe().is_err() {
+            eprintln!("skipping: io_uring unavailable");
+            return;
+        }
+        let mut rx = Rx::new(8, 2).unwrap();
+        let mut buf = [0u8; 8];
+        let file = std::fs::File::open("/dev/zero").unwrap();
+        let read = opcode::Read::new(types::Fd(file.as_raw_fd()), buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(7);
+        // SAFETY: `buf` and `file` outlive the submission and its completion.
+        unsafe { rx.ring.submission().push(&read) }.unwrap();
+        rx.ring.submitter().submit_and_wait(1).unwrap();
+        let cqe = rx.ring.completion().next().unwrap();
+        assert_eq!(cqe.result(), -libc::EACCES, "a read went through the ring");
+        drop(rx);
+        // The restricted ring still does its job.
+        probe().unwrap();
     }
 }

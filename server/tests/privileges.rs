@@ -1,0 +1,127 @@
+//! `[server] user` and `group`: started as root, ntsd binds and opens
+//! everything, then runs as the configured user with no capabilities, and
+//! still serves, rotates and saves keys. Needs root (as CI is).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use common::{pki_dir, require, unsafe_free_kill, write_config, Ntsd};
+
+fn euid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// A field of /proc/PID/task/TID/status for every thread of `pid`.
+fn task_fields(pid: u32, field: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .map(|l| {
+                    l[field.len()..]
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn runs_as_the_configured_user_without_capabilities() {
+    if !require("root (to drop privileges)", euid() == Some(0)) {
+        return;
+    }
+    let dir = pki_dir();
+    // The user must reach its key directory inside the test directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let state = dir.path().join("state");
+    let tail = format!(
+        "[keys]\ndump_dir = \"{}\"\nrotate_interval = \"1s\"\n\n[server]\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+        state.display()
+    );
+    let cfg = write_config(dir.path(), "ntsd.toml", "auto", &tail);
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    let pid = s.pid();
+    let uids = task_fields(pid, "Uid:");
+    assert!(uids.len() > 3, "{uids:?}");
+    assert!(
+        uids.iter().all(|u| u == "65534 65534 65534 65534"),
+        "{uids:?}"
+    );
+    assert!(task_fields(pid, "Gid:")
+        .iter()
+        .all(|g| g == "65534 65534 65534 65534"));
+    for cap in ["CapEff:", "CapPrm:"] {
+        let caps = task_fields(pid, cap);
+        assert!(
+            caps.iter().all(|c| c == "0000000000000000"),
+            "{cap} {caps:?}"
+        );
+    }
+    assert!(
+        s.log_text().contains("privileges dropped"),
+        "{}",
+        s.log_text()
+    );
+
+    // Still serves.
+    let (mut client, _) = common::client_of(&s);
+    assert_eq!(
+        common::try_cookie(&mut client, s.ntp_port, 1),
+        common::Outcome::Authenticated
+    );
+    // The key directory is the user's, and rotations are saved as that user.
+    let meta = std::fs::metadata(&state).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o700));
+    let keys = state.join("keys");
+    let before = std::fs::read(&keys).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read(&keys).unwrap() == before {
+        assert!(
+            Instant::now() < deadline,
+            "no rotation saved:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::metadata(&keys).unwrap().uid(), 65534);
+    unsafe_free_kill(pid, "USR1");
+    assert_eq!(
+        s.wait_metric("ntsd_keys_rotations_total{kind=\"forced\"}", 1),
+        1
+    );
+    assert_eq!(
+        s.metric("ntsd_keys_rotation_failures_total"),
+        0,
+        "{}",
+        s.log_text()
+    );
+    assert!(state.join("ntsd.pid").exists());
+    assert!(s.terminate().success());
+    assert!(!state.join("ntsd.pid").exists(), "pid file left behind");
+}
+
+#[test]
+fn a_user_that_does_not_exist_stops_the_start() {
+    let dir = pki_dir();
+    let cfg = write_config(
+        dir.path(),
+        "ntsd.toml",
+        "auto",
+        "[server]\nuser = \"no-such-user-ntsd\"\n",
+    );
+    let log = Ntsd::try_spawn(dir.path().to_owned(), &cfg)
+        .err()
+        .expect("must fail");
+    assert!(log.contains("no user \"no-such-user-ntsd\""), "{log}");
+}
