@@ -292,6 +292,33 @@ proptest! {
         }
     }
 
+    /// The server's incremental request parser, fed in pieces of any size,
+    /// decides as the whole-message parser does (the property the
+    /// `ke_request` fuzz target checks too).
+    #[test]
+    fn ke_request_parsing_does_not_depend_on_chunking(
+        records in vec(record(), 0..8),
+        raw in bytes(64),
+        chunk in 1..40usize,
+        soup in any::<bool>(),
+    ) {
+        let b = if soup { ke::encode_message(&records) } else { raw };
+        let whole = KeRequest::parse(&b);
+        let mut p = ke::RequestParser::new();
+        let mut got = Err(ke::KeRequestError::Incomplete);
+        let mut used = 0;
+        for piece in b.chunks(chunk) {
+            used += piece.len();
+            got = p.feed(piece);
+            if got != Err(ke::KeRequestError::Incomplete) {
+                break;
+            }
+        }
+        if used == b.len() {
+            prop_assert_eq!(got, whole);
+        }
+    }
+
     #[test]
     fn open_cookie_is_total(b in bytes(300), scratch_len in 0..200usize) {
         let ring = one_key();
