@@ -57,6 +57,20 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// Exit 0 if a running server is ready to take traffic (GET /readyz on
+    /// its metrics endpoint is 200), else 1 with the reason: a health check.
+    Ready {
+        /// The metrics endpoint, http://HOST:PORT.
+        #[arg(long, conflicts_with = "config")]
+        metrics: Option<String>,
+        /// A config file whose `[metrics] listen` names the endpoint
+        /// (default /etc/ntsd/config.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Check liveness (/healthz) instead of readiness.
+        #[arg(long)]
+        live: bool,
+    },
     /// A running server's counters, like `chronyc serverstats`.
     Stats {
         /// The metrics endpoint, http://HOST:PORT[/metrics].
@@ -160,6 +174,13 @@ fn main() -> ExitCode {
             ca,
             timeout,
         } => query::run(&target, ca.as_deref(), Duration::from_secs(timeout)),
+        Command::Ready {
+            metrics,
+            config,
+            live,
+        } => ntsd::cli::stats::probe(metrics.as_deref(), config.as_deref(), live).map(|body| {
+            print!("{body}");
+        }),
         Command::Stats { metrics, config } => {
             ntsd::cli::stats::run(metrics.as_deref(), config.as_deref())
         }

@@ -89,7 +89,8 @@ async fn get(authority: &str, path: &str) -> Result<String, String> {
         .map_err(|e| format!("{authority}: {e}"))?
         .to_bytes();
     if !status.is_success() {
-        return Err(format!("{authority}{path}: HTTP {status}"));
+        let why = String::from_utf8_lossy(&body);
+        return Err(format!("{authority}{path}: HTTP {status}: {}", why.trim()));
     }
     String::from_utf8(body.to_vec()).map_err(|_| format!("{authority}{path}: not text"))
 }
@@ -218,6 +219,20 @@ pub fn render(m: &BTreeMap<String, f64>) -> String {
         .iter()
         .map(|(k, v)| format!("{k:<width$}: {v}\n"))
         .collect()
+}
+
+/// `ntsd ready` (a container or load-balancer health check): `GET
+/// /readyz` (or `/healthz` with `live`) on the endpoint of `--metrics URL`
+/// or `--config FILE`; success only for 200, else the body says why.
+pub fn probe(metrics: Option<&str>, config: Option<&Path>, live: bool) -> Result<String, String> {
+    let path = if live { "/healthz" } else { "/readyz" };
+    let authority = match (metrics, config) {
+        (Some(url), _) => parse_url(url)?.0,
+        (None, config) => {
+            endpoint_from_config(config.unwrap_or(Path::new("/etc/ntsd/config.toml")))?.to_string()
+        }
+    };
+    fetch(&authority, path)
 }
 
 /// `ntsd stats`: from `--metrics URL`, or `--config FILE` (default
