@@ -351,7 +351,7 @@ pub fn clock_ticks_per_second() -> f64 {
 /// `ntsd::ntp::sys::enable_rx_timestamps`).
 pub fn recv_timestamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<NtpTimestamp>)> {
     // The server's control buffer: room for SCM_TIMESTAMPNS, u64-aligned.
-    let mut control: ntsd::ntp::sys::ControlBuf = [0; 8];
+    let mut control: ntsd::ntp::sys::ControlBuf = [0; ntsd::ntp::sys::CONTROL_WORDS];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),

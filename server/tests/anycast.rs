@@ -298,14 +298,16 @@ fn an_anycast_fleet_keeps_every_client_authenticated_through_withdrawals_kills_a
     }
     set_route(&lab, &[0, 1, 2]);
 
-    // Nodes: one fleet secret, NTS-KE and NTP on every address.
+    // Nodes: one fleet secret; NTP and NTS-KE on the default wildcard
+    // addresses, so replies must leave from the anycast address the client
+    // sent to (IP_PKTINFO), not from the node's own.
     let mut nodes = Vec::new();
     for i in 0..NODES {
         let config = dir.join(format!("n{i}.toml"));
         std::fs::write(
             &config,
             format!(
-                "[ntp]\nlisten = [\"{ANYCAST}:123\"]\nworkers = 1\n[nts_ke]\nlisten = [\"{ANYCAST}:4460\"]\ncertificate_chain = \"{d}/chain.pem\"\nprivate_key = \"{d}/key.pem\"\nthreads = 1\n\
+                "[ntp]\nworkers = 1\n[nts_ke]\ncertificate_chain = \"{d}/chain.pem\"\nprivate_key = \"{d}/key.pem\"\nthreads = 1\n\
                  [keys]\nfleet_secret_file = \"{s}\"\nrotate_interval = \"1h\"\n[time]\nsource = \"local\"\n\
                  [metrics]\nlisten = \"127.0.0.1:9460\"\n",
                 d = dir.display(),

@@ -549,3 +549,38 @@ fn receive_timestamps_come_from_the_kernel() {
         assert_eq!(s.metric("ntsd_ntp_daemon_timestamps_total"), 0);
     }
 }
+
+/// On a wildcard socket, a reply leaves from the address the request was
+/// sent to (anycast, or a second address of the host): a client whose
+/// socket is connected to that address accepts nothing else.
+#[test]
+fn wildcard_sockets_answer_from_the_address_asked() {
+    for backend in ["io-uring", "portable"] {
+        let dir = common::pki_dir();
+        let text = common::config_text(dir.path(), backend, "", "", "").replacen(
+            "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",
+            "listen = [\"0.0.0.0:0\"]",
+            1,
+        );
+        let text = text.replacen(
+            "listen = [\"127.0.0.1:0\"]\nworkers",
+            "listen = [\"0.0.0.0:0\"]\nworkers",
+            1,
+        );
+        assert!(text.contains("listen = [\"0.0.0.0:0\"]"), "{text}");
+        let cfg = dir.path().join("wild.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let w = Ntsd::spawn(dir.path().to_owned(), &cfg);
+        for to in ["127.0.0.1", "127.0.0.2", "127.0.1.77"] {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.connect((to, w.ntp_port)).unwrap();
+            sock.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+                .unwrap();
+            let req = nts_proto::NtpHeader::client_request(NtpTimestamp(1)).to_bytes();
+            assert!(
+                exchange(&sock, &req).is_some(),
+                "{backend}: no reply from {to} (answered from another address?)"
+            );
+        }
+    }
+}

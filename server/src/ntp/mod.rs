@@ -309,6 +309,9 @@ fn open_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     }
     s.set_read_timeout(Some(STOP_POLL))?;
     sys::enable_rx_timestamps(&s)?;
+    if addr.ip().is_unspecified() {
+        sys::enable_pktinfo(&s, addr.is_ipv6())?;
+    }
     s.bind(&addr.into())?;
     Ok(s.into())
 }
@@ -451,9 +454,108 @@ pub mod sys {
 
     use nts_proto::NtpTimestamp;
 
-    /// Room for the SCM_TIMESTAMPNS control message (CMSG_SPACE of a
-    /// timespec is 32 bytes on 64-bit Linux), as u64s for alignment.
-    pub type ControlBuf = [u64; 8];
+    /// Room for the control messages of a received datagram, as u64s for
+    /// alignment: SCM_TIMESTAMPNS (CMSG_SPACE of a timespec, 32 bytes on
+    /// 64-bit Linux) and, on wildcard sockets, IP_PKTINFO (32) or
+    /// IPV6_PKTINFO (40).
+    pub const CONTROL_WORDS: usize = 12;
+    pub type ControlBuf = [u64; CONTROL_WORDS];
+
+    /// Room for the one control message of a reply: the source address
+    /// (IP_PKTINFO or IPV6_PKTINFO, at most 40 bytes).
+    pub type SourceBuf = [u64; 6];
+
+    /// What the control messages of a received datagram say.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Received {
+        /// The kernel's receive timestamp.
+        pub at: Option<NtpTimestamp>,
+        /// The address the datagram was sent to, on a socket bound to a
+        /// wildcard address (IP_PKTINFO / IPV6_RECVPKTINFO); a unicast
+        /// address only.
+        pub local: Option<std::net::IpAddr>,
+    }
+
+    /// Asks the kernel for the destination address of every datagram, so
+    /// that a socket bound to `0.0.0.0` or `[::]` answers from the address
+    /// the client sent to (an anycast address, or one of several): a
+    /// reply from another address is dropped by the client.
+    pub fn enable_pktinfo(socket: &impl AsRawFd, ipv6: bool) -> std::io::Result<()> {
+        let on: libc::c_int = 1;
+        let (level, name) = match ipv6 {
+            true => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+            false => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+        };
+        // SAFETY: the option value is a c_int that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Writes the control message that sends a reply from `local` into
+    /// `buf` and points `msg` at it.
+    pub fn attach_source(msg: &mut libc::mmsghdr, buf: &mut SourceBuf, local: std::net::IpAddr) {
+        *buf = [0; 6];
+        let h = &mut msg.msg_hdr;
+        h.msg_control = buf.as_mut_ptr().cast();
+        h.msg_controllen = std::mem::size_of::<SourceBuf>();
+        // SAFETY: `buf` is u64-aligned and large enough for one cmsghdr
+        // with an in6_pktinfo (CMSG_SPACE(20) = 40 <= 48); the header and
+        // its data are written within it, and msg_controllen is set to
+        // exactly the one message.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(h);
+            if cmsg.is_null() {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+                return;
+            }
+            match local {
+                std::net::IpAddr::V4(a) => {
+                    let info = libc::in_pktinfo {
+                        ipi_ifindex: 0,
+                        ipi_spec_dst: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(a.octets()),
+                        },
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    };
+                    (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                    (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                    (*cmsg).cmsg_len =
+                        libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+                    h.msg_controllen =
+                        libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
+                }
+                std::net::IpAddr::V6(a) => {
+                    let info = libc::in6_pktinfo {
+                        ipi6_addr: libc::in6_addr {
+                            s6_addr: a.octets(),
+                        },
+                        ipi6_ifindex: 0,
+                    };
+                    (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                    (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                    (*cmsg).cmsg_len =
+                        libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+                    h.msg_controllen =
+                        libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32) as usize;
+                }
+            }
+        }
+    }
 
     /// The peer's address from the sockaddr bytes the kernel wrote
     /// (`sockaddr_in` or `sockaddr_in6`, read field by field).
@@ -566,37 +668,74 @@ pub mod sys {
 
     /// The kernel receive timestamp in the control messages of `msg`, if any.
     pub fn rx_timestamp(msg: &libc::msghdr) -> Option<NtpTimestamp> {
+        received(msg).at
+    }
+
+    /// The receive timestamp and destination address in `msg`'s control
+    /// messages.
+    pub fn received(msg: &libc::msghdr) -> Received {
+        let mut out = Received::default();
         if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() {
-            return None;
+            return out;
         }
         // SAFETY: msg_control/msg_controllen describe a buffer we own and the
-        // kernel filled; the CMSG macros stay within msg_controllen, and the
-        // timespec is read unaligned from the data of a header whose length
-        // was checked to hold one.
+        // kernel filled; the CMSG macros stay within msg_controllen, and each
+        // payload is read unaligned from the data of a header whose length
+        // was checked to hold it.
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(msg);
             while !cmsg.is_null() {
                 let c = &*cmsg;
-                if c.cmsg_level == libc::SOL_SOCKET
-                    && c.cmsg_type == libc::SCM_TIMESTAMPNS
-                    && c.cmsg_len as usize
-                        >= libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize
-                {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    let secs = u64::try_from(ts.tv_sec).ok()?;
-                    let nanos = u32::try_from(ts.tv_nsec).ok()?;
-                    return Some(NtpTimestamp::from_unix(secs, nanos));
+                let holds = |n: usize| c.cmsg_len as usize >= libc::CMSG_LEN(n as u32) as usize;
+                match (c.cmsg_level, c.cmsg_type) {
+                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)
+                        if holds(std::mem::size_of::<libc::timespec>()) =>
+                    {
+                        let ts: libc::timespec =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                        if let (Ok(secs), Ok(nanos)) =
+                            (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec))
+                        {
+                            out.at = Some(NtpTimestamp::from_unix(secs, nanos));
+                        }
+                    }
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO)
+                        if holds(std::mem::size_of::<libc::in_pktinfo>()) =>
+                    {
+                        let info: libc::in_pktinfo =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                        let a = std::net::Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes());
+                        if !a.is_broadcast() && !a.is_multicast() && !a.is_unspecified() {
+                            out.local = Some(a.into());
+                        }
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                        if holds(std::mem::size_of::<libc::in6_pktinfo>()) =>
+                    {
+                        let info: libc::in6_pktinfo =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                        let a = std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                        if !a.is_multicast() && !a.is_unspecified() {
+                            out.local = Some(a.into());
+                        }
+                    }
+                    _ => {}
                 }
                 cmsg = libc::CMSG_NXTHDR(msg, cmsg);
             }
         }
-        None
+        out
     }
 
     /// The kernel receive timestamp in `control`, control messages as the
     /// kernel laid them out (a multishot receive's buffer).
     pub fn rx_timestamp_in(control: &[u8]) -> Option<NtpTimestamp> {
-        let mut aligned: ControlBuf = [0; 8];
+        received_in(control).at
+    }
+
+    /// [`received`] for control messages as bytes (io_uring's layout).
+    pub fn received_in(control: &[u8]) -> Received {
+        let mut aligned: ControlBuf = [0; CONTROL_WORDS];
         let len = control.len().min(std::mem::size_of::<ControlBuf>());
         // SAFETY: copies `len` bytes, within both buffers, into an aligned
         // buffer, so the cmsg headers are read at their natural alignment.
@@ -607,7 +746,7 @@ pub mod sys {
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_control = aligned.as_mut_ptr().cast();
         msg.msg_controllen = len;
-        rx_timestamp(&msg)
+        received(&msg)
     }
 }
 

@@ -5,7 +5,8 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
 use super::sys::{
-    empty_storage, errno, peer_ip, point_reply, rx_timestamp, send_all, storage_bytes, ControlBuf,
+    attach_source, empty_storage, errno, peer_ip, point_reply, received, send_all, storage_bytes,
+    ControlBuf, SourceBuf, CONTROL_WORDS,
 };
 use super::{Worker, MAX_PACKET};
 use crate::ops::counters::NtpEvent;
@@ -17,6 +18,8 @@ struct Batch {
     replies: Box<[[u8; MAX_PACKET]; BATCH]>,
     addrs: [libc::sockaddr_storage; BATCH],
     controls: [ControlBuf; BATCH],
+    /// The source-address control message of each reply (wildcard sockets).
+    sources: [SourceBuf; BATCH],
 }
 
 /// Serves `socket` until the worker is asked to stop; receive errors are
@@ -27,7 +30,8 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
         requests: Box::new([[0; MAX_PACKET]; BATCH]),
         replies: Box::new([[0; MAX_PACKET]; BATCH]),
         addrs: [empty_storage(); BATCH],
-        controls: [[0; 8]; BATCH],
+        controls: [[0; CONTROL_WORDS]; BATCH],
+        sources: [[0; 6]; BATCH],
     };
     // SAFETY: iovec and mmsghdr are plain old data; zero is a valid value.
     let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -77,10 +81,10 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
                 worker.count(NtpEvent::DropMalformed);
                 continue;
             }
-            let received = rx_timestamp(&msg.msg_hdr);
+            let info = received(&msg.msg_hdr);
             let peer = peer_ip(storage_bytes(&b.addrs[i], msg.msg_hdr.msg_namelen));
             let Some(reply_len) =
-                worker.process(peer, received, &b.requests[i][..len], &mut b.replies[i])
+                worker.process(peer, info.at, &b.requests[i][..len], &mut b.replies[i])
             else {
                 continue;
             };
@@ -94,6 +98,9 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
                 &mut b.addrs[i],
                 msg.msg_hdr.msg_namelen,
             );
+            if let Some(local) = info.local {
+                attach_source(&mut out[m], &mut b.sources[m], local);
+            }
             m += 1;
         }
         // SAFETY: `out[..m]` point at reply buffers and addresses owned by

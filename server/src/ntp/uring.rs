@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::{BufRingEntry, RecvMsgOut};
 use io_uring::{cqueue, opcode, types, IoUring};
 
-use super::sys::{empty_storage, peer_ip, point_reply, rx_timestamp_in, send_all, ControlBuf};
+use super::sys::{
+    attach_source, empty_storage, peer_ip, point_reply, received_in, send_all, ControlBuf,
+    SourceBuf,
+};
 use super::{Worker, MAX_PACKET, STOP_POLL};
 use crate::ops::counters::NtpEvent;
 
@@ -275,6 +278,8 @@ struct SendBatch {
     addrs: Box<[libc::sockaddr_storage; SEND_BATCH]>,
     iov: Box<[libc::iovec; SEND_BATCH]>,
     msgs: Box<[libc::mmsghdr; SEND_BATCH]>,
+    /// The source-address control message of each reply (wildcard sockets).
+    sources: Box<[SourceBuf; SEND_BATCH]>,
     /// The socket of the replies in the batch (one socket per batch).
     fd: i32,
     len: usize,
@@ -289,6 +294,7 @@ impl SendBatch {
             // Entries are pointed at the batch's own buffers in `commit`.
             iov: Box::new(unsafe { std::mem::zeroed() }),
             msgs: Box::new(unsafe { std::mem::zeroed() }),
+            sources: Box::new([[0; 6]; SEND_BATCH]),
             fd: -1,
             len: 0,
         }
@@ -309,7 +315,7 @@ impl SendBatch {
     }
 
     /// Queues the reply built in `next_reply`, `len` bytes, to `name`.
-    fn commit(&mut self, len: usize, name: &[u8]) {
+    fn commit(&mut self, len: usize, name: &[u8], local: Option<std::net::IpAddr>) {
         let i = self.len.min(SEND_BATCH - 1);
         let namelen = name.len().min(NAME_LEN);
         // SAFETY: sockaddr_storage is plain old data of NAME_LEN bytes.
@@ -330,6 +336,9 @@ impl SendBatch {
             &mut self.addrs[i],
             namelen as libc::socklen_t,
         );
+        if let Some(local) = local {
+            attach_source(&mut self.msgs[i], &mut self.sources[i], local);
+        }
         self.len = i + 1;
     }
 
@@ -477,10 +486,10 @@ fn on_receive(
         return;
     }
     batch.reserve(worker, fd);
-    let received = rx_timestamp_in(msg.control_data());
+    let info = received_in(msg.control_data());
     let peer = peer_ip(msg.name_data());
-    if let Some(len) = worker.process(peer, received, msg.payload_data(), batch.next_reply()) {
-        batch.commit(len, msg.name_data());
+    if let Some(len) = worker.process(peer, info.at, msg.payload_data(), batch.next_reply()) {
+        batch.commit(len, msg.name_data(), info.local);
     }
 }
 
