@@ -170,32 +170,45 @@ fn a_clock_that_keeps_jumping_does_not_grow_the_ring() {
     }
 }
 
-#[test]
-fn a_loaded_ring_ahead_of_the_clock_is_kept_as_after_a_step_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let sched = schedule(10, 2);
-    let (store, _) = KeyStore::open(dir.path(), 0).unwrap();
-    let first = RotatingKeys::new(
+/// A persisted ring created at `first`, reopened from its file at `then`
+/// as a restarted server would; returns the reopened keys and a cookie the
+/// first ring sealed.
+fn restarted(
+    dir: &std::path::Path,
+    sched: Schedule,
+    first: u64,
+    then: u64,
+) -> (RotatingKeys, Vec<u8>) {
+    let (store, _) = KeyStore::open(dir, first).unwrap();
+    let k = RotatingKeys::new(
         sched,
         Box::<RandomKeys>::default(),
         Some(store),
         None,
-        1_000,
+        first,
     )
     .unwrap();
-    let cookie = cookie_from(&first.load());
-    drop(first);
-    // Restarted with the clock behind (before chronyd stepped it at boot).
-    let (store, report) = KeyStore::open(dir.path(), 20).unwrap();
+    let cookie = cookie_from(&k.load());
+    drop(k);
+    let (store, report) = KeyStore::open(dir, then).unwrap();
     let previous = ring_from_stored(report.stored.unwrap(), &sched);
     let k = RotatingKeys::new(
         sched,
         Box::<RandomKeys>::default(),
         Some(store),
         previous,
-        20,
+        then,
     )
     .unwrap();
+    (k, cookie)
+}
+
+#[test]
+fn a_loaded_ring_ahead_of_the_clock_is_kept_as_after_a_step_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = schedule(10, 2);
+    // Restarted with the clock behind (before chronyd stepped it at boot).
+    let (k, cookie) = restarted(dir.path(), sched, 1_000, 20);
     assert_eq!(k.started(), Movement::Jumped { from: 100, to: 2 });
     assert_eq!(k.load().current_id(), 2);
     assert!(opens(&k.load(), &cookie));
@@ -312,28 +325,8 @@ fn a_rolled_fleet_secret_still_opens_cookies_of_the_old_one() {
 fn a_reloaded_ring_is_rotated_forward_and_keeps_its_keys() {
     let dir = tempfile::tempdir().unwrap();
     let sched = schedule(100, 7);
-    let (store, _) = KeyStore::open(dir.path(), 1_000).unwrap();
-    let first = RotatingKeys::new(
-        sched,
-        Box::<RandomKeys>::default(),
-        Some(store),
-        None,
-        1_000,
-    )
-    .unwrap();
-    let cookie = cookie_from(&first.load());
-    drop(first);
     // Down for three intervals.
-    let (store, report) = KeyStore::open(dir.path(), 1_350).unwrap();
-    let previous = ring_from_stored(report.stored.unwrap(), &sched);
-    let second = RotatingKeys::new(
-        sched,
-        Box::<RandomKeys>::default(),
-        Some(store),
-        previous,
-        1_350,
-    )
-    .unwrap();
+    let (second, cookie) = restarted(dir.path(), sched, 1_000, 1_350);
     assert_eq!(second.load().current_id(), 13);
     assert!(opens(&second.load(), &cookie));
     // The file now holds the rotated ring.

@@ -240,11 +240,7 @@ fn pki(dir: &Path) -> PathBuf {
 
 #[test]
 fn an_anycast_fleet_keeps_every_client_authenticated_through_withdrawals_kills_and_restarts() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !require("root (network namespaces)", root)
+    if !require("root (network namespaces)", common::is_root())
         || !require("chronyd", Path::new("/usr/sbin/chronyd").exists())
     {
         return;

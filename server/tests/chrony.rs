@@ -7,17 +7,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{require, Ntsd};
+use common::{is_root, require, Ntsd};
 
 const CHRONYD: &str = "/usr/sbin/chronyd";
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 /// Whether the chrony tests can run: chronyd installed and running as root
 /// (both required in CI, see `require`).

@@ -11,18 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ipv6_loopback, pki_dir, require, Ntsd, BIN};
-
-fn is_root() -> bool {
-    rustix_free_euid() == Some(0)
-}
-
-/// The effective uid from /proc, keeping the tests free of unsafe code.
-fn rustix_free_euid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
+use common::{ipv6_loopback, is_root, pki_dir, require, Ntsd, BIN};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
@@ -77,21 +66,10 @@ fn a_minimal_config_serves_both_stacks_on_the_standard_ports_with_keys_on_disk()
     .unwrap();
     // unshare execs the shell, which execs ntsd: one process throughout,
     // killed by the harness on drop.
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--net",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-ec",
-    ])
-    .arg(r#"ip link set lo up; mount --bind "$1" /var/lib; exec "$2" run --config "$3""#)
-    .arg("sh")
-    .arg(&var_lib)
-    .arg(BIN)
-    .arg(&cfg);
+    let mut cmd = common::in_namespaces(
+        r#"ip link set lo up; mount --bind "$1" /var/lib; exec "$2" run --config "$3""#,
+    );
+    cmd.arg("sh").arg(&var_lib).arg(BIN).arg(&cfg);
     let s = Ntsd::try_spawn_command(pki.path().to_owned(), cmd)
         .unwrap_or_else(|log| panic!("ntsd did not start in its namespace:\n{log}"));
     let pid = s.pid();

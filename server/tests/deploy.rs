@@ -294,11 +294,7 @@ fn synchronised_kernel(dir: &Path) -> PathBuf {
 
 #[test]
 fn the_container_entrypoint_serves_nts_and_passes_its_health_check() {
-    let root_user = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !require("root (namespaces)", root_user)
+    if !require("root (namespaces)", common::is_root())
         || !require("gcc", have("gcc"))
         || !require("chronyd", Path::new("/usr/sbin/chronyd").exists())
     {
@@ -334,21 +330,8 @@ fn the_container_entrypoint_serves_nts_and_passes_its_health_check() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--net",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-ec",
-        &script,
-    ])
-    .arg(BIN)
-    .arg(&etc)
-    .arg(&state)
-    .arg(&synced);
+    let mut cmd = common::in_namespaces(&script);
+    cmd.arg(BIN).arg(&etc).arg(&state).arg(&synced);
     let s = Ntsd::try_spawn_command(pki.path().to_owned(), cmd)
         .unwrap_or_else(|log| panic!("the entrypoint did not start:\n{log}"));
     let pid = s.pid().to_string();

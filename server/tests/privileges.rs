@@ -9,12 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::{pki_dir, require, unsafe_free_kill, write_config, Ntsd};
 
-fn euid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 /// A field of /proc/PID/task/TID/status for every thread of `pid`.
 fn task_fields(pid: u32, field: &str) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -38,7 +32,7 @@ fn task_fields(pid: u32, field: &str) -> Vec<String> {
 
 #[test]
 fn runs_as_the_configured_user_without_capabilities() {
-    if !require("root (to drop privileges)", euid() == Some(0)) {
+    if !require("root (to drop privileges)", common::is_root()) {
         return;
     }
     let dir = pki_dir();

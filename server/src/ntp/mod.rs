@@ -481,11 +481,20 @@ pub mod sys {
     /// the client sent to (an anycast address, or one of several): a
     /// reply from another address is dropped by the client.
     pub fn enable_pktinfo(socket: &impl AsRawFd, ipv6: bool) -> std::io::Result<()> {
-        let on: libc::c_int = 1;
         let (level, name) = match ipv6 {
             true => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
             false => (libc::IPPROTO_IP, libc::IP_PKTINFO),
         };
+        set_flag(socket, level, name)
+    }
+
+    /// Turns on an integer socket option.
+    fn set_flag(
+        socket: &impl AsRawFd,
+        level: libc::c_int,
+        name: libc::c_int,
+    ) -> std::io::Result<()> {
+        let on: libc::c_int = 1;
         // SAFETY: the option value is a c_int that outlives the call.
         let r = unsafe {
             libc::setsockopt(
@@ -648,22 +657,7 @@ pub mod sys {
     /// Asks the kernel for a software receive timestamp on every datagram
     /// (SO_TIMESTAMPNS, CLOCK_REALTIME, taken when the packet arrives).
     pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> std::io::Result<()> {
-        let on: libc::c_int = 1;
-        // SAFETY: the option value is a c_int that outlives the call.
-        let r = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        set_flag(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)
     }
 
     /// The kernel receive timestamp in the control messages of `msg`, if any.

@@ -452,3 +452,32 @@ pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
         })
         .collect()
 }
+
+/// The effective uid, from /proc (keeping the tests free of unsafe code).
+pub fn euid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+pub fn is_root() -> bool {
+    euid() == Some(0)
+}
+
+/// `sh -ec script ARGS...` in a new network and mount namespace (private
+/// mounts): the script sets the namespaces up and execs what runs there,
+/// so the spawned process is the one the harness watches and kills.
+pub fn in_namespaces(script: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
+        script,
+    ]);
+    cmd
+}
