@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! SIGHUP ─┐
-//! poll (metadata of every file, 5 s) ─┴─► load every pair ─► all good? ─► ArcSwap::store
+//! poll (metadata of every file, 2 s) ─┴─► load every pair ─► all good? ─► ArcSwap::store
 //!                                                           └ no: one log line, old set serves on
 //! TLS handshake ─► Certificates::resolve(SNI) ─► ArcSwap::load ─► CertifiedKey
 //! ```
@@ -27,8 +27,9 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::CertPair;
 
-/// How often the certificate files are checked for a change.
-pub const POLL: Duration = Duration::from_secs(5);
+/// How often the certificate files are checked for a change (a stat of
+/// each file: nothing to save by checking less often).
+pub const POLL: Duration = Duration::from_secs(2);
 
 /// One loaded pair.
 #[derive(Debug)]
