@@ -16,9 +16,9 @@
 //! not decode is moved aside, never overwritten. Every buffer that holds key
 //! bytes is wiped when dropped.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nts_proto::reader::Reader;
@@ -170,9 +170,14 @@ pub struct LoadReport {
 }
 
 /// The dump directory holding the key file.
+///
+/// Saves go through a descriptor of the directory opened with the store
+/// (`openat`, `renameat`), so a server that drops its privileges keeps
+/// saving even where its new user could not walk the path to it.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
     dir: PathBuf,
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
     /// The user and group the files belong to when ntsd starts as root and
     /// then drops to another user (`[server] user`); `None`: whoever runs.
     owner: Option<(u32, u32)>,
@@ -265,8 +270,16 @@ impl KeyStore {
                 mode & 0o7777
             ));
         }
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io(e.into()))?;
         let store = Self {
             dir: dir.to_owned(),
+            fd: std::sync::Arc::new(fd),
             owner,
         };
         let path = store.path();
@@ -342,34 +355,39 @@ impl KeyStore {
         read_file(&dir.join(FILE_NAME))
     }
 
-    /// Writes the ring atomically: temp file (0600), fsync, rename, fsync dir.
+    /// Writes the ring atomically: temp file (0600), fsync, rename, fsync
+    /// dir, all relative to the directory's descriptor.
     pub fn save(&self, interval: u64, ring: &KeyRing) -> Result<(), KeyError> {
+        use rustix::fs::{Mode, OFlags};
         let err = |e: std::io::Error| KeyError::Store {
             path: self.path(),
             error: e.to_string(),
         };
-        let tmp = self.dir.join(TMP_NAME);
         let bytes = encode(interval, ring);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
+        let fd = rustix::fs::openat(
+            &*self.fd,
+            TMP_NAME,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| err(e.into()))?;
         // A temp file left by a crash may have other permissions.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600)).map_err(|e| err(e.into()))?;
         if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(err)?;
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| err(e.into()))?;
         }
+        let mut f = File::from(fd);
         f.write_all(&bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
-        std::fs::rename(&tmp, self.path()).map_err(err)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
+        rustix::fs::renameat(&*self.fd, TMP_NAME, &*self.fd, FILE_NAME)
+            .map_err(|e| err(e.into()))?;
+        rustix::fs::fsync(&*self.fd).map_err(|e| err(e.into()))?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! in `dump_dir/keys`), or standalone in memory (`dump_dir = ""`: a restart
 //! invalidates every cookie).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use keyrotate::{
@@ -252,23 +252,32 @@ pub fn rotate(cfg: &KeysConfig) -> Result<String, String> {
 }
 
 /// Writes the pid file (given to `owner`, the user ntsd drops to, if
-/// any); removed again when the returned guard drops.
+/// any); removed again when the returned guard drops, through a descriptor
+/// of the directory, so also after the privileges are gone.
 pub fn write_pid(dir: &Path, owner: Option<(u32, u32)>) -> Result<PidFile, String> {
+    use rustix::fs::{Mode, OFlags};
     let path = dir.join(PID_FILE);
-    std::fs::write(&path, format!("{}\n", std::process::id()))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    std::fs::write(&path, format!("{}\n", std::process::id())).map_err(err)?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(err)?;
     }
-    Ok(PidFile(path))
+    let dirfd = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
+    Ok(PidFile { dirfd })
 }
 
 #[derive(Debug)]
-pub struct PidFile(PathBuf);
+pub struct PidFile {
+    dirfd: std::os::fd::OwnedFd,
+}
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = rustix::fs::unlinkat(&self.dirfd, PID_FILE, rustix::fs::AtFlags::empty());
     }
 }

@@ -36,8 +36,10 @@ fn runs_as_the_configured_user_without_capabilities() {
         return;
     }
     let dir = pki_dir();
-    // The user must reach its key directory inside the test directory.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    // The test directory stays 0700 root: the user cannot walk to its key
+    // directory by path, and must keep saving through the descriptor ntsd
+    // opened before dropping privileges.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let state = dir.path().join("state");
     let tail = format!(
         "[keys]\ndump_dir = \"{}\"\nrotate_interval = \"1s\"\n\n[server]\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
