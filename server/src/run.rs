@@ -190,11 +190,8 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         stop_rx.clone(),
     )));
     report_start(&keys, &key_events);
-    tasks.push(tokio::spawn(follow_clock(
-        keys.clone(),
-        key_events.clone(),
-        stop_rx.clone(),
-    )));
+    let keys_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keys_thread = follow_clock(keys.clone(), key_events.clone(), keys_stop.clone())?;
     tasks.push(tokio::spawn(forced_rotations(
         keys.clone(),
         key_events,
@@ -239,9 +236,11 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     }
     notify::stopping();
     let _ = stop_tx.send(true);
+    keys_stop.store(true, Relaxed);
     for t in tasks {
         let _ = t.await;
     }
+    let _ = tokio::task::spawn_blocking(move || keys_thread.join()).await;
     tokio::task::spawn_blocking(move || workers.stop())
         .await
         .map_err(|e| e.to_string())?;
@@ -264,38 +263,73 @@ async fn wait_for_signal() -> Result<(), String> {
 /// checks before it counts as a step.
 const STEP_THRESHOLD: f64 = 1.0;
 
-/// Keeps the master keys on the epoch of the wall clock. Checked just after
-/// every wall-clock second, so a rotation happens on time and a clock step
-/// (chronyd stepping the clock at boot, a VM restored from a snapshot) moves
-/// the keys within a second, in either direction. A step is told apart from
-/// a late check by comparing the wall clock's progress with the monotonic
-/// clock's; each is logged once and counted. A ring that cannot be saved
-/// leaves the old ring in force and is retried every 10 s.
-async fn follow_clock(
+/// The kernel's monotonic clock, read through the vDSO by rustix rather
+/// than through libc: what the step detection compares the wall clock
+/// with must not move with it, even under a preloaded time shim such as
+/// libfaketime (which shifts libc's CLOCK_MONOTONIC too, by default).
+fn kernel_monotonic() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    std::time::Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Keeps the master keys on the epoch of the wall clock, on a thread of
+/// its own. Checked just after every wall-clock second, so a rotation
+/// happens on time and a clock step (chronyd stepping the clock at boot, a
+/// VM restored from a snapshot) moves the keys within a second, in either
+/// direction. A step is told apart from a late check by comparing the wall
+/// clock's progress with the kernel's monotonic clock; each is logged once
+/// and counted. A ring that cannot be saved leaves the old ring in force
+/// and is retried every 10 s.
+///
+/// A thread with `sleep` (a relative nanosleep) rather than a tokio timer:
+/// timers follow the process's monotonic clock, and a clock that a shim
+/// steps backwards would hold them back for as long as the step.
+fn follow_clock(
     keys: Arc<RotatingKeys>,
     events: Arc<KeyCounters>,
-    mut stop: watch::Receiver<bool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("ntsd-keys".into())
+        .spawn(move || follow_clock_loop(&keys, &events, &stop))
+        .map_err(|e| format!("cannot start the key rotation thread: {e}"))
+}
+
+fn follow_clock_loop(
+    keys: &RotatingKeys,
+    events: &KeyCounters,
+    stop: &std::sync::atomic::AtomicBool,
 ) {
     use keyrotate::Movement;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
     const RETRY: Duration = Duration::from_secs(10);
+    const STEP: Duration = Duration::from_millis(100);
     let wall = || {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
     };
-    let mut last = (wall(), Instant::now());
-    let mut retry_at: Option<Instant> = None;
+    let mut last = (wall(), kernel_monotonic());
+    let mut retry_at: Option<Duration> = None;
     loop {
+        // To just after the next wall-clock second, in short sleeps so that
+        // a stop is seen at once.
         let into_second = u64::from(wall().subsec_millis());
-        let wait = Duration::from_millis(1_000 - into_second.min(999) + 5);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+        let mut left = Duration::from_millis(1_000 - into_second.min(999) + 5);
+        while !left.is_zero() {
+            if stop.load(Relaxed) {
+                return;
+            }
+            let nap = left.min(STEP);
+            std::thread::sleep(nap);
+            left -= nap;
         }
-        let (now, mono) = (wall(), Instant::now());
+        let (now, mono) = (wall(), kernel_monotonic());
         let step =
-            (now.as_secs_f64() - last.0.as_secs_f64()) - mono.duration_since(last.1).as_secs_f64();
+            (now.as_secs_f64() - last.0.as_secs_f64()) - mono.saturating_sub(last.1).as_secs_f64();
         last = (now, mono);
         let stepped = step.abs() >= STEP_THRESHOLD;
         if stepped {

@@ -60,7 +60,9 @@ fn step_and_correct(offset: i64) {
         ("FAKETIME_TIMESTAMP_FILE", clock.to_str().unwrap()),
         // Re-read at every clock read, so the correction lands at once.
         ("FAKETIME_NO_CACHE", "1"),
-        // Timers (tokio) and the step detection run on the monotonic clock.
+        // A real step moves the wall clock only. (libfaketime's default
+        // shifts CLOCK_MONOTONIC as well, which the kernel never does: the
+        // correction would then step tokio's timers back by 80 s.)
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ];
     let b = Ntsd::try_spawn_env(
