@@ -519,50 +519,55 @@ pub mod sys {
         let h = &mut msg.msg_hdr;
         h.msg_control = buf.as_mut_ptr().cast();
         h.msg_controllen = std::mem::size_of::<SourceBuf>();
-        // SAFETY: `buf` is u64-aligned and large enough for one cmsghdr
-        // with an in6_pktinfo (CMSG_SPACE(20) = 40 <= 48); the header and
-        // its data are written within it, and msg_controllen is set to
-        // exactly the one message.
+        match local {
+            std::net::IpAddr::V4(a) => put_cmsg(
+                h,
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                },
+            ),
+            std::net::IpAddr::V6(a) => put_cmsg(
+                h,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_PKTINFO,
+                libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: a.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                },
+            ),
+        }
+    }
+
+    /// Writes one control message carrying `value` at the start of
+    /// `h.msg_control` (which must hold CMSG_SPACE of it) and sets
+    /// `msg_controllen` to exactly that message; clears the control
+    /// pointer if it does not fit.
+    fn put_cmsg<T>(h: &mut libc::msghdr, level: libc::c_int, ty: libc::c_int, value: T) {
+        let size = std::mem::size_of::<T>() as u32;
+        // SAFETY: CMSG_FIRSTHDR is null unless msg_controllen holds a
+        // header; the space check keeps the header and `value` within the
+        // buffer the caller pointed at, and the value is written unaligned.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(h);
-            if cmsg.is_null() {
+            let space = libc::CMSG_SPACE(size) as usize;
+            if cmsg.is_null() || h.msg_controllen < space {
                 h.msg_control = std::ptr::null_mut();
                 h.msg_controllen = 0;
                 return;
             }
-            match local {
-                std::net::IpAddr::V4(a) => {
-                    let info = libc::in_pktinfo {
-                        ipi_ifindex: 0,
-                        ipi_spec_dst: libc::in_addr {
-                            s_addr: u32::from_ne_bytes(a.octets()),
-                        },
-                        ipi_addr: libc::in_addr { s_addr: 0 },
-                    };
-                    (*cmsg).cmsg_level = libc::IPPROTO_IP;
-                    (*cmsg).cmsg_type = libc::IP_PKTINFO;
-                    (*cmsg).cmsg_len =
-                        libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
-                    h.msg_controllen =
-                        libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
-                }
-                std::net::IpAddr::V6(a) => {
-                    let info = libc::in6_pktinfo {
-                        ipi6_addr: libc::in6_addr {
-                            s6_addr: a.octets(),
-                        },
-                        ipi6_ifindex: 0,
-                    };
-                    (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
-                    (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
-                    (*cmsg).cmsg_len =
-                        libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as u32) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
-                    h.msg_controllen =
-                        libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32) as usize;
-                }
-            }
+            (*cmsg).cmsg_level = level;
+            (*cmsg).cmsg_type = ty;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), value);
+            h.msg_controllen = space;
         }
     }
 
