@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nts_proto::ke::{
-    client_request, exporter_context, parse_client_response, KeClientError, EXPORTER_LABEL,
+    client_request, exporter_aead, exporter_context, parse_client_response, KeClientError,
+    EXPORTER_LABEL,
 };
 use nts_proto::{AeadAlgorithm, AeadKey, SessionKeys};
 use ntsd::query::KeOutcome;
@@ -92,6 +93,8 @@ pub struct KeTarget {
     pub tls: Arc<rustls::ClientConfig>,
     /// Limit of one whole session.
     pub timeout: Duration,
+    /// AEADs offered, in order of preference (default: every supported one).
+    pub aeads: Vec<AeadAlgorithm>,
 }
 
 impl KeTarget {
@@ -114,10 +117,11 @@ impl KeTarget {
             name,
             tls,
             timeout,
+            aeads: AeadAlgorithm::ALL.to_vec(),
         })
     }
 
-    /// One full NTS-KE session offering every supported AEAD.
+    /// One full NTS-KE session offering [`KeTarget::aeads`].
     pub fn session(&self) -> Result<KeOutcome, KeError> {
         let fail = |kind: KeFailure, detail: String| KeError {
             kind,
@@ -139,7 +143,7 @@ impl KeTarget {
             .map_err(|e| fail(KeFailure::Tls, e.to_string()))?;
         // Buffered until the handshake completes, then sent with Finished.
         conn.writer()
-            .write_all(&client_request(&AeadAlgorithm::ALL))
+            .write_all(&client_request(&self.aeads))
             .map_err(io(KeFailure::Tls))?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let mut buf = Vec::with_capacity(2048);
@@ -181,7 +185,10 @@ impl KeTarget {
                 .export_keying_material(
                     &mut *key,
                     EXPORTER_LABEL,
-                    Some(&exporter_context(result.aead, s2c)),
+                    Some(&exporter_context(
+                        exporter_aead(result.aead, result.compliant_128gcm_export),
+                        s2c,
+                    )),
                 )
                 .map_err(|e| fail(KeFailure::Exporter, e.to_string()))?;
             AeadKey::new(result.aead, key)

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use nts_proto::AeadAlgorithm;
 use ntsd::query::{split_host_port, DEFAULT_KE_PORT};
 use ntsd_bench::ke::KeTarget;
 use ntsd_bench::keflood::without_resumption;
@@ -37,6 +38,8 @@ enum Command {
         target: String,
         #[arg(long)]
         ca: Option<PathBuf>,
+        #[command(flatten)]
+        aead: AeadArg,
     },
     /// NTS-KE sessions, then verified NTS (or plain) requests, closed loop
     /// or paced.
@@ -77,6 +80,8 @@ enum Command {
         /// Seconds between requests (fractions allowed).
         #[arg(long, default_value_t = 0.02)]
         interval: f64,
+        #[command(flatten)]
+        aead: AeadArg,
     },
     /// A bare UDP reflector answering NTP requests with minimal server
     /// replies (until killed); the ceiling of the harness.
@@ -104,6 +109,8 @@ struct FloodArgs {
     /// Plain NTPv4 instead of NTS.
     #[arg(long)]
     plain: bool,
+    #[command(flatten)]
+    aead: AeadArg,
     /// Distinct NTS-KE sessions (client identities), dealt out to the
     /// threads; raised to --threads if lower.
     #[arg(long, default_value_t = 16)]
@@ -135,6 +142,27 @@ struct FloodArgs {
     server_pid: Vec<u32>,
 }
 
+/// The AEADs a client offers in NTS-KE.
+#[derive(Debug, Clone, clap::Args)]
+struct AeadArg {
+    /// AEAD id to offer (15, 17 or 30), repeated in order of preference;
+    /// default: 15, 17, 30. Offering 30 also sends chrony's record 1024.
+    #[arg(long = "aead", value_name = "ID")]
+    ids: Vec<u16>,
+}
+
+impl AeadArg {
+    fn algorithms(&self) -> Result<Vec<AeadAlgorithm>, String> {
+        if self.ids.is_empty() {
+            return Ok(AeadAlgorithm::ALL.to_vec());
+        }
+        self.ids
+            .iter()
+            .map(|&id| AeadAlgorithm::from_id(id).ok_or_else(|| format!("unsupported AEAD {id}")))
+            .collect()
+    }
+}
+
 fn secs(s: f64, what: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s)
         .ok()
@@ -156,10 +184,12 @@ fn nts_sessions(
     host: &str,
     port: u16,
     ca: Option<&std::path::Path>,
+    aeads: &AeadArg,
     sessions: usize,
 ) -> Result<(Vec<Session>, (String, u16)), String> {
     let tls = ntsd::tls::client_config(ca)?;
-    let target = KeTarget::new(host, port, tls, Duration::from_secs(5))?;
+    let mut target = KeTarget::new(host, port, tls, Duration::from_secs(5))?;
+    target.aeads = aeads.algorithms()?;
     let mut out = Vec::with_capacity(sessions);
     let mut ntp = (host.to_owned(), 123);
     for _ in 0..sessions {
@@ -177,6 +207,7 @@ fn run_path(
     target: &str,
     ca: Option<&std::path::Path>,
     plain: bool,
+    aead: &AeadArg,
     count: usize,
     interval: f64,
 ) -> Result<(), String> {
@@ -186,7 +217,7 @@ fn run_path(
     let (session, ntp) = if plain {
         (None, (host, port))
     } else {
-        let (mut s, ntp) = nts_sessions(&host, port, ca, 1)?;
+        let (mut s, ntp) = nts_sessions(&host, port, ca, aead, 1)?;
         (s.pop(), ntp)
     };
     let target = (ntp.0.trim_end_matches('.'), ntp.1)
@@ -232,6 +263,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         target,
         ca,
         plain,
+        aead,
         sessions,
         window,
         seconds,
@@ -251,7 +283,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         if n != sessions {
             eprintln!("ntsd-bench: --sessions raised to {n} (one per thread at least)");
         }
-        nts_sessions(&host, port, ca.as_deref(), n)?
+        nts_sessions(&host, port, ca.as_deref(), &aead, n)?
     };
     let target = (ntp.0.trim_end_matches('.'), ntp.1)
         .to_socket_addrs()
@@ -444,10 +476,11 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Ke { target, ca } => {
+        Command::Ke { target, ca, aead } => {
             let (host, port) = split_host_port(&target, DEFAULT_KE_PORT)?;
             let tls = ntsd::tls::client_config(ca.as_deref())?;
-            let target = KeTarget::new(&host, port, tls, Duration::from_secs(5))?;
+            let mut target = KeTarget::new(&host, port, tls, Duration::from_secs(5))?;
+            target.aeads = aead.algorithms()?;
             let start = Instant::now();
             let ke = target.session().map_err(|e| e.to_string())?;
             let r = ke.result;
@@ -469,7 +502,8 @@ fn run(cli: Cli) -> Result<(), String> {
             plain,
             count,
             interval,
-        } => run_path(&target, ca.as_deref(), plain, count, interval),
+            aead,
+        } => run_path(&target, ca.as_deref(), plain, &aead, count, interval),
         Command::Keflood {
             target,
             ca,

@@ -1,18 +1,26 @@
-//! AEAD algorithms negotiated by NTS-KE (RFC 8915, section 5.1; RFC 5297).
+//! AEAD algorithms negotiated by NTS-KE (RFC 8915, section 5.1; RFC 5297;
+//! RFC 8452).
 //!
-//! Both supported algorithms are AES-SIV, used with the associated data and
+//! The two AES-SIV algorithms (ids 15 and 17) take the associated data and
 //! then the nonce as S2V headers, as RFC 5297 section 3 specifies for
-//! nonce-based use. The output of sealing is the 16-byte SIV tag followed by
-//! the ciphertext, which is what NTS carries on the wire.
+//! nonce-based use, and put the 16-byte SIV tag before the ciphertext.
+//! AES-128-GCM-SIV (id 30, RFC 8452) takes a 12-byte nonce and puts its tag
+//! after the ciphertext, as chrony (Nettle's `siv_gcm`) carries it in the
+//! Authenticator field. Callers place plaintext with
+//! [`AeadAlgorithm::text_range`] and never assume where the tag is.
 
 use crate::siv::{self, Siv, SivRef};
 use aes::{Aes128Enc, Aes256Enc};
+use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
+use aes_gcm_siv::Aes128GcmSiv;
 use zeroize::Zeroize;
 
 /// Length of the SIV tag that prefixes every ciphertext.
 pub const TAG_LEN: usize = 16;
 /// Longest key among the supported algorithms.
 pub const MAX_KEY_LEN: usize = 64;
+/// The one nonce length of AES-GCM-SIV (RFC 8452, section 4).
+pub const GCM_SIV_NONCE_LEN: usize = 12;
 
 /// AEAD algorithm identifiers from the IANA AEAD registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,18 +29,25 @@ pub enum AeadAlgorithm {
     AesSivCmac256,
     /// AEAD_AES_SIV_CMAC_512 (id 17).
     AesSivCmac512,
+    /// AEAD_AES_128_GCM_SIV (id 30, RFC 8452), which chrony 4.4 and later
+    /// offer first.
+    AesGcmSiv128,
 }
 
 impl AeadAlgorithm {
     /// Every supported algorithm, in the server's order of preference when a
     /// client expresses none.
-    pub const ALL: [AeadAlgorithm; 2] =
-        [AeadAlgorithm::AesSivCmac256, AeadAlgorithm::AesSivCmac512];
+    pub const ALL: [AeadAlgorithm; 3] = [
+        AeadAlgorithm::AesSivCmac256,
+        AeadAlgorithm::AesSivCmac512,
+        AeadAlgorithm::AesGcmSiv128,
+    ];
 
     pub fn from_id(id: u16) -> Option<Self> {
         match id {
             15 => Some(Self::AesSivCmac256),
             17 => Some(Self::AesSivCmac512),
+            30 => Some(Self::AesGcmSiv128),
             _ => None,
         }
     }
@@ -41,13 +56,45 @@ impl AeadAlgorithm {
         match self {
             Self::AesSivCmac256 => 15,
             Self::AesSivCmac512 => 17,
+            Self::AesGcmSiv128 => 30,
         }
     }
 
-    pub fn key_len(self) -> usize {
+    pub const fn key_len(self) -> usize {
         match self {
             Self::AesSivCmac256 => 32,
             Self::AesSivCmac512 => 64,
+            Self::AesGcmSiv128 => 16,
+        }
+    }
+
+    /// Whether a nonce of `len` bytes may be used: AES-SIV takes any
+    /// nonce, of which NTS refuses those shorter than 16 bytes (RFC 8915,
+    /// 5.6); AES-GCM-SIV takes exactly 12 (RFC 8452, section 4).
+    pub fn accepts_nonce_len(self, len: usize) -> bool {
+        match self {
+            Self::AesSivCmac256 | Self::AesSivCmac512 => len >= 16,
+            Self::AesGcmSiv128 => len == GCM_SIV_NONCE_LEN,
+        }
+    }
+
+    /// The nonce length this side sends: 16 bytes for AES-SIV, 12 for
+    /// AES-GCM-SIV (what chrony sends with each).
+    pub const fn nonce_len(self) -> usize {
+        match self {
+            Self::AesSivCmac256 | Self::AesSivCmac512 => 16,
+            Self::AesGcmSiv128 => GCM_SIV_NONCE_LEN,
+        }
+    }
+
+    /// Where the plaintext sits in a sealed buffer of `sealed_len` bytes
+    /// (tag included): after the tag for AES-SIV, before it for
+    /// AES-GCM-SIV. Empty when `sealed_len` is shorter than a tag.
+    pub fn text_range(self, sealed_len: usize) -> std::ops::Range<usize> {
+        let text = sealed_len.saturating_sub(TAG_LEN);
+        match self {
+            Self::AesSivCmac256 | Self::AesSivCmac512 => TAG_LEN..TAG_LEN + text,
+            Self::AesGcmSiv128 => 0..text,
         }
     }
 
@@ -130,12 +177,15 @@ impl AeadKey {
     ) -> Result<&'b mut [u8], AeadError> {
         if let Ok(tag) = <&[u8; TAG_LEN]>::try_from(&*buf) {
             // Nothing to decrypt, as in most NTS requests: the CTR half of
-            // the key is not expanded.
+            // an AES-SIV key is not expanded.
             let key = self.as_bytes();
             let headers: [&[u8]; 2] = [ad, nonce];
             let ok = match self.algorithm {
                 AeadAlgorithm::AesSivCmac256 => siv::verify_empty::<Aes128Enc>(key, &headers, tag),
                 AeadAlgorithm::AesSivCmac512 => siv::verify_empty::<Aes256Enc>(key, &headers, tag),
+                AeadAlgorithm::AesGcmSiv128 => {
+                    return self.with_cipher(|c| c.open(ad, nonce, buf))?
+                }
             };
             return match ok {
                 Some(true) => Ok(buf.get_mut(TAG_LEN..).unwrap_or_default()),
@@ -159,6 +209,9 @@ impl AeadKey {
             AeadAlgorithm::AesSivCmac512 => {
                 siv::with_key::<Aes256Enc, _>(key, |s| f(CipherRef(Borrowed::Siv256(s))))
             }
+            AeadAlgorithm::AesGcmSiv128 => Aes128GcmSiv::new_from_slice(key)
+                .ok()
+                .map(|c| f(CipherRef(Borrowed::Gcm(&c)))),
         }
         .ok_or(AeadError)
     }
@@ -171,6 +224,9 @@ impl AeadKey {
         match self.algorithm {
             AeadAlgorithm::AesSivCmac256 => Siv::new(key).map(Expanded::Siv128),
             AeadAlgorithm::AesSivCmac512 => Siv::new(key).map(Expanded::Siv256),
+            AeadAlgorithm::AesGcmSiv128 => {
+                Aes128GcmSiv::new_from_slice(key).ok().map(Expanded::Gcm)
+            }
         }
         .map(Cipher)
         .ok_or(AeadError)
@@ -189,6 +245,9 @@ pub struct Cipher(Expanded);
 enum Expanded {
     Siv128(Siv<Aes128Enc>),
     Siv256(Siv<Aes256Enc>),
+    /// The key-generating key; each message derives its own keys from it
+    /// and the nonce (RFC 8452, section 4).
+    Gcm(Aes128GcmSiv),
 }
 
 impl std::fmt::Debug for Cipher {
@@ -203,6 +262,7 @@ impl Cipher {
         CipherRef(match &self.0 {
             Expanded::Siv128(c) => Borrowed::Siv128(c.as_ref()),
             Expanded::Siv256(c) => Borrowed::Siv256(c.as_ref()),
+            Expanded::Gcm(c) => Borrowed::Gcm(c),
         })
     }
 
@@ -231,6 +291,7 @@ pub struct CipherRef<'a>(Borrowed<'a>);
 enum Borrowed<'a> {
     Siv128(SivRef<'a, Aes128Enc>),
     Siv256(SivRef<'a, Aes256Enc>),
+    Gcm(&'a Aes128GcmSiv),
 }
 
 impl std::fmt::Debug for CipherRef<'_> {
@@ -240,9 +301,20 @@ impl std::fmt::Debug for CipherRef<'_> {
 }
 
 impl CipherRef<'_> {
+    pub fn algorithm(self) -> AeadAlgorithm {
+        match self.0 {
+            Borrowed::Siv128(_) => AeadAlgorithm::AesSivCmac256,
+            Borrowed::Siv256(_) => AeadAlgorithm::AesSivCmac512,
+            Borrowed::Gcm(_) => AeadAlgorithm::AesGcmSiv128,
+        }
+    }
+
     /// As [`AeadKey::seal`].
     pub fn seal(self, ad: &[u8], nonce: &[u8], buf: &mut [u8]) -> Result<(), AeadError> {
-        self.seal_with_headers(&[ad, nonce], buf)
+        match self.0 {
+            Borrowed::Gcm(c) => gcm_siv_seal(c, ad, nonce, buf),
+            _ => self.seal_with_headers(&[ad, nonce], buf),
+        }
     }
 
     /// As [`AeadKey::open`].
@@ -252,7 +324,10 @@ impl CipherRef<'_> {
         nonce: &[u8],
         buf: &'b mut [u8],
     ) -> Result<&'b mut [u8], AeadError> {
-        self.open_with_headers(&[ad, nonce], buf)
+        match self.0 {
+            Borrowed::Gcm(c) => gcm_siv_open(c, ad, nonce, buf),
+            _ => self.open_with_headers(&[ad, nonce], buf),
+        }
     }
 
     fn seal_with_headers(self, headers: &[&[u8]], buf: &mut [u8]) -> Result<(), AeadError> {
@@ -263,6 +338,7 @@ impl CipherRef<'_> {
         let tag = match self.0 {
             Borrowed::Siv128(c) => c.seal(headers, text),
             Borrowed::Siv256(c) => c.seal(headers, text),
+            Borrowed::Gcm(_) => return Err(AeadError),
         };
         tag_out.copy_from_slice(&tag);
         Ok(())
@@ -282,6 +358,7 @@ impl CipherRef<'_> {
         let ok = match self.0 {
             Borrowed::Siv128(c) => c.open(headers, text, &t),
             Borrowed::Siv256(c) => c.open(headers, text, &t),
+            Borrowed::Gcm(_) => false,
         };
         if ok {
             Ok(text)
@@ -289,6 +366,46 @@ impl CipherRef<'_> {
             Err(AeadError)
         }
     }
+}
+
+/// AES-GCM-SIV sealing in the NTS layout: `buf` is the plaintext followed
+/// by room for the tag, which RFC 8452 appends.
+fn gcm_siv_seal(
+    c: &Aes128GcmSiv,
+    ad: &[u8],
+    nonce: &[u8],
+    buf: &mut [u8],
+) -> Result<(), AeadError> {
+    let nonce = gcm_siv_nonce(nonce)?;
+    let text_len = buf.len().checked_sub(TAG_LEN).ok_or(AeadError)?;
+    let (text, tag_out) = buf.split_at_mut(text_len);
+    let tag = c
+        .encrypt_in_place_detached(&nonce, ad, text)
+        .map_err(|_| AeadError)?;
+    tag_out.copy_from_slice(&tag);
+    Ok(())
+}
+
+/// Opens `buf` (ciphertext then tag) in place; the plaintext is the front.
+fn gcm_siv_open<'b>(
+    c: &Aes128GcmSiv,
+    ad: &[u8],
+    nonce: &[u8],
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], AeadError> {
+    let nonce = gcm_siv_nonce(nonce)?;
+    let text_len = buf.len().checked_sub(TAG_LEN).ok_or(AeadError)?;
+    let (text, tag) = buf.split_at_mut(text_len);
+    let tag = aes_gcm_siv::Tag::from(<[u8; TAG_LEN]>::try_from(&*tag).map_err(|_| AeadError)?);
+    c.decrypt_in_place_detached(&nonce, ad, text, &tag)
+        .map_err(|_| AeadError)?;
+    Ok(text)
+}
+
+fn gcm_siv_nonce(nonce: &[u8]) -> Result<aes_gcm_siv::Nonce, AeadError> {
+    <[u8; GCM_SIV_NONCE_LEN]>::try_from(nonce)
+        .map(aes_gcm_siv::Nonce::from)
+        .map_err(|_| AeadError)
 }
 
 #[cfg(test)]
@@ -382,28 +499,104 @@ mod tests {
             let bytes: Vec<u8> = (0..alg.key_len()).map(|i| i as u8).collect();
             let key = AeadKey::new(alg, &bytes).expect("key");
             let cipher = key.cipher().expect("cipher");
+            let n = alg.nonce_len();
+            let (good, other) = (&[9u8; 16][..n], &[8u8; 16][..n]);
             let mut sealed = [0u8; TAG_LEN];
-            cipher
-                .seal(b"request", &[9u8; 16], &mut sealed)
-                .expect("seal");
+            cipher.seal(b"request", good, &mut sealed).expect("seal");
             let mut tampered = sealed;
             tampered[TAG_LEN - 1] ^= 1;
             for (ad, nonce, buf) in [
-                (&b"request"[..], [9u8; 16], sealed),
-                (&b"requesT"[..], [9u8; 16], sealed),
-                (&b"request"[..], [8u8; 16], sealed),
-                (&b"request"[..], [9u8; 16], tampered),
+                (&b"request"[..], good, sealed),
+                (&b"requesT"[..], good, sealed),
+                (&b"request"[..], other, sealed),
+                (&b"request"[..], good, tampered),
             ] {
                 let (mut a, mut b) = (buf, buf);
-                let fast = key.open(ad, &nonce, &mut a).map(|p| p.len());
-                let full = cipher.open(ad, &nonce, &mut b).map(|p| p.len());
+                let fast = key.open(ad, nonce, &mut a).map(|p| p.len());
+                let full = cipher.open(ad, nonce, &mut b).map(|p| p.len());
                 assert_eq!(fast, full, "{alg:?}");
                 assert_eq!(
                     fast.is_ok(),
-                    buf == sealed && ad == b"request" && nonce == [9; 16]
+                    buf == sealed && ad == b"request" && nonce == good
                 );
             }
         }
+    }
+
+    /// RFC 8452, appendix C.1 (the first two AES-128-GCM-SIV vectors), and
+    /// a packet-shaped one computed with Python's `cryptography`
+    /// (`AESGCMSIV(bytes(range(16))).encrypt(bytes(range(40, 52)),
+    /// bytes(range(100, 200)), bytes(range(72)))`): ciphertext then tag, in
+    /// place, through every entry point; any change to the tag, nonce or
+    /// associated data is refused.
+    #[test]
+    fn aes_128_gcm_siv_vectors() {
+        let alg = AeadAlgorithm::AesGcmSiv128;
+        let key = AeadKey::new(alg, &unhex("01000000000000000000000000000000")).expect("key");
+        let nonce = unhex("030000000000000000000000");
+        let mut tag_only = [0u8; TAG_LEN];
+        key.seal(b"", &nonce, &mut tag_only).expect("seal");
+        assert_eq!(hex::encode(tag_only), "dc20e2d83f25705bb49e439eca56de25");
+        let mut buf = unhex("0100000000000000");
+        buf.extend_from_slice(&[0; TAG_LEN]);
+        key.seal(b"", &nonce, &mut buf).expect("seal");
+        assert_eq!(
+            hex::encode(&buf),
+            "b5d839330ac7b786578782fff6013b815b287c22493a364c"
+        );
+
+        let key = AeadKey::new(alg, &(0..16).collect::<Vec<u8>>()).expect("key");
+        let nonce: Vec<u8> = (40..52).collect();
+        let ad: Vec<u8> = (0..72).collect();
+        let text: Vec<u8> = (100..200).collect();
+        let expected = unhex(
+            "dac51223c09bf50ebfad4e9606821cd4932a5f9e88a581afa3447b6fb9d3dd3f\
+             a34527a5b55edab8ae90c223bcd4f46a8cf826a6ce147365724bca729109a875\
+             7946de32baa2b5eef4665f23ff3d521278d15f4c1d3e999cf373317c3dc20553\
+             3c3e3e12d99b543eb8d1dfba0963618fc1b5d411",
+        );
+        let mut buf = text.clone();
+        buf.extend_from_slice(&[0; TAG_LEN]);
+        assert_eq!(alg.text_range(buf.len()), 0..text.len());
+        key.seal(&ad, &nonce, &mut buf).expect("seal");
+        assert_eq!(buf, expected);
+        let cipher = key.cipher().expect("cipher");
+        let mut again = text.clone();
+        again.extend_from_slice(&[0; TAG_LEN]);
+        key.with_cipher(|c| c.seal(&ad, &nonce, &mut again))
+            .expect("cipher")
+            .expect("seal");
+        assert_eq!(again, expected);
+        for open in [0, 1] {
+            let mut b = expected.clone();
+            let plain = if open == 0 {
+                key.open(&ad, &nonce, &mut b).expect("open").to_vec()
+            } else {
+                cipher.open(&ad, &nonce, &mut b).expect("open").to_vec()
+            };
+            assert_eq!(plain, text);
+        }
+        let mut bad = expected.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            key.open(&ad, &nonce, &mut bad).map(|p| p.len()),
+            Err(AeadError)
+        );
+        let mut b = expected.clone();
+        assert_eq!(
+            key.open(&ad[1..], &nonce, &mut b).map(|p| p.len()),
+            Err(AeadError)
+        );
+        let mut b = expected.clone();
+        assert_eq!(
+            key.open(&ad, &[0u8; 16], &mut b).map(|p| p.len()),
+            Err(AeadError),
+            "AES-GCM-SIV takes 12-byte nonces only"
+        );
+        assert!(alg.accepts_nonce_len(12));
+        assert!(!alg.accepts_nonce_len(16));
+        assert!(AeadAlgorithm::AesSivCmac256.accepts_nonce_len(16));
+        assert!(!AeadAlgorithm::AesSivCmac256.accepts_nonce_len(12));
     }
 
     #[test]

@@ -13,6 +13,8 @@ use crate::reader::{BufferTooSmall, Reader, Writer};
 use crate::time::NtpTimestamp;
 
 pub const UNIQUE_ID_LEN: usize = 32;
+/// Random bytes drawn for a request's nonce: the longest any AEAD uses (16,
+/// AES-SIV); AES-GCM-SIV takes the first 12.
 pub const NONCE_LEN: usize = 16;
 
 /// Why a reply was not accepted.
@@ -136,7 +138,7 @@ impl NtsClient {
             + field_len(UNIQUE_ID_LEN)
             + (1 + placeholders) * field_len(self.cookie_len)
             + 4
-            + Authenticator::body_len(NONCE_LEN, TAG_LEN)
+            + Authenticator::body_len(self.keys.algorithm().nonce_len(), TAG_LEN)
     }
 }
 
@@ -154,6 +156,8 @@ pub fn write_request(
     out: &mut [u8],
 ) -> Result<usize, ClientError> {
     let (uid, nonce) = random.split_at(UNIQUE_ID_LEN);
+    let nonce_len = c2s.algorithm().nonce_len();
+    let nonce = nonce.get(..nonce_len).ok_or(ClientError::BufferTooSmall)?;
     let mut w = Writer::new(out);
     NtpHeader::client_request(transmit).encode(&mut w)?;
     write_field(&mut w, field_type::UNIQUE_IDENTIFIER, uid)?;
@@ -162,17 +166,17 @@ pub fn write_request(
         write_zero_field(&mut w, field_type::COOKIE_PLACEHOLDER, cookie.len())?;
     }
     let auth_offset = w.position();
-    let body_len = Authenticator::body_len(NONCE_LEN, TAG_LEN);
+    let body_len = Authenticator::body_len(nonce_len, TAG_LEN);
     w.put_u16(field_type::AUTHENTICATOR)?;
     w.put_u16(u16::try_from(4 + body_len).map_err(|_| ClientError::BufferTooSmall)?)?;
-    w.put_u16(NONCE_LEN as u16)?;
+    w.put_u16(u16::try_from(nonce_len).map_err(|_| ClientError::BufferTooSmall)?)?;
     w.put_u16(TAG_LEN as u16)?;
     w.put(nonce)?;
     w.reserve(TAG_LEN)?;
     let len = w.position();
     let (ad, rest) = out.split_at_mut(auth_offset);
     let tag = rest
-        .get_mut(8 + NONCE_LEN..8 + NONCE_LEN + TAG_LEN)
+        .get_mut(8 + nonce_len..8 + nonce_len + TAG_LEN)
         .ok_or(ClientError::BufferTooSmall)?;
     c2s.seal(ad, nonce, tag)
         .map_err(|_| ClientError::BufferTooSmall)?;

@@ -8,10 +8,13 @@
 //! id as associated data. SIV resists nonce misuse, which matters because
 //! master keys are reused across restarts and shared between fleet nodes that
 //! cannot coordinate nonces. The AEAD of the session keys is not stored: the
-//! two keys' length identifies it (32 bytes for id 15, 64 for id 17), and that
-//! length is authenticated with the rest. This keeps an AEAD-15 cookie at 100
-//! bytes, a multiple of 4 and below chrony's 104-byte limit, and makes every
-//! cookie of one AEAD the same length whatever the master key.
+//! two keys' length identifies it (32 bytes each for id 15, 64 for id 17, 16
+//! for id 30), and that length is authenticated with the rest. This keeps an
+//! AEAD-15 cookie at 100 bytes and an AEAD-30 cookie at 68, multiples of 4
+//! below chrony's 104-byte limit, and makes every cookie of one AEAD the same
+//! length whatever the master key (NTPsec refuses a reply whose cookies
+//! change length). The master key's own AEAD is AES-SIV-CMAC-256 for every
+//! session AEAD, so cookies issued before AEAD 30 was offered still open.
 
 use crate::aead::{AeadAlgorithm, AeadKey, Cipher, TAG_LEN};
 use crate::reader::Reader;
@@ -25,11 +28,7 @@ pub const MAX_COOKIE_LEN: usize = KEY_ID_LEN + COOKIE_NONCE_LEN + TAG_LEN + 2 * 
 
 /// Length of every cookie issued for `algorithm`.
 pub const fn cookie_len(algorithm: AeadAlgorithm) -> usize {
-    let key_len = match algorithm {
-        AeadAlgorithm::AesSivCmac256 => 32,
-        AeadAlgorithm::AesSivCmac512 => 64,
-    };
-    KEY_ID_LEN + COOKIE_NONCE_LEN + TAG_LEN + 2 * key_len
+    KEY_ID_LEN + COOKIE_NONCE_LEN + TAG_LEN + 2 * algorithm.key_len()
 }
 
 /// A 256-bit master key that seals cookies, kept with its AES-SIV key
@@ -254,6 +253,7 @@ mod tests {
         // chrony takes 8 cookies only if each is <= 104 bytes and a multiple of 4.
         assert_eq!(cookie_len(AeadAlgorithm::AesSivCmac256), 100);
         assert_eq!(cookie_len(AeadAlgorithm::AesSivCmac512), 164);
+        assert_eq!(cookie_len(AeadAlgorithm::AesGcmSiv128), 68);
         assert_eq!(MAX_COOKIE_LEN, 164);
     }
 

@@ -19,6 +19,12 @@ pub mod record_type {
     pub const NEW_COOKIE: u16 = 5;
     pub const SERVER: u16 = 6;
     pub const PORT: u16 = 7;
+    /// chrony's private record "compliant AES-128-GCM-SIV export" (from the
+    /// Private or Experimental range): sent empty and non-critical by a
+    /// client that derives AEAD-30 keys with id 30 in the exporter context,
+    /// echoed by a server that does the same. Without it both sides use id
+    /// 15 in the context, as chrony 4.4 to 4.6.0 did.
+    pub const COMPLIANT_128GCM_EXPORT: u16 = 1024;
 }
 
 /// Error codes (RFC 8915, section 4.1.3).
@@ -43,6 +49,8 @@ pub enum Record {
     NewCookie(Vec<u8>),
     Server(String),
     Port(u16),
+    /// [`record_type::COMPLIANT_128GCM_EXPORT`]; its body is empty.
+    Compliant128GcmExport,
     Unknown {
         critical: bool,
         record_type: u16,
@@ -109,6 +117,9 @@ impl Record {
                     .to_owned(),
             ),
             PORT => Record::Port(single_u16(body, t)?),
+            // chrony answers a non-empty one with Bad Request.
+            COMPLIANT_128GCM_EXPORT if body.is_empty() => Record::Compliant128GcmExport,
+            COMPLIANT_128GCM_EXPORT => return Err(RecordError::Malformed(t)),
             _ => Record::Unknown {
                 critical,
                 record_type: t,
@@ -139,6 +150,7 @@ impl Record {
             Record::NewCookie(c) => put(NEW_COOKIE, false, c),
             Record::Server(s) => put(SERVER, false, s.as_bytes()),
             Record::Port(p) => put(PORT, false, &p.to_be_bytes()),
+            Record::Compliant128GcmExport => put(COMPLIANT_128GCM_EXPORT, false, &[]),
             Record::Unknown {
                 critical,
                 record_type,
@@ -180,6 +192,9 @@ pub struct KeRequest {
     pub protocols: Vec<u16>,
     /// The client's AEAD ids in its order of preference.
     pub aeads: Vec<u16>,
+    /// The client sent chrony's record 1024: it derives AES-128-GCM-SIV
+    /// keys with the compliant exporter context.
+    pub compliant_128gcm_export: bool,
 }
 
 /// Why a request must be answered with an Error record.
@@ -213,6 +228,7 @@ pub struct RequestParser {
     done: usize,
     protocols: Option<Vec<u16>>,
     aeads: Option<Vec<u16>>,
+    compliant_128gcm_export: bool,
     ended: bool,
 }
 
@@ -280,6 +296,10 @@ impl RequestParser {
                 Ok(())
             }
             Record::Aead(_) => Err(KeRequestError::BadRequest("repeated AEAD Algorithm")),
+            Record::Compliant128GcmExport => {
+                self.compliant_128gcm_export = true;
+                Ok(())
+            }
             Record::Error(_) | Record::Warning(_) => {
                 Err(KeRequestError::BadRequest("client sent Error or Warning"))
             }
@@ -305,7 +325,11 @@ impl RequestParser {
                 "NTPv4 requested without AEAD Algorithm",
             ));
         }
-        Ok(KeRequest { protocols, aeads })
+        Ok(KeRequest {
+            protocols,
+            aeads,
+            compliant_128gcm_export: self.compliant_128gcm_export,
+        })
     }
 }
 
@@ -327,6 +351,15 @@ impl KeRequest {
     pub fn wants_ntpv4(&self) -> bool {
         self.protocols.contains(&PROTOCOL_NTPV4)
     }
+
+    /// Whether the response to this request carries record 1024: only when
+    /// AES-128-GCM-SIV is chosen and the client sent the record, as chrony's
+    /// server does. A client that did not send it derives its keys with id
+    /// 15 in the exporter context, so the server must too, and must not
+    /// claim otherwise.
+    pub fn echoes_compliant_export(&self, aead: AeadAlgorithm) -> bool {
+        aead == AeadAlgorithm::AesGcmSiv128 && self.compliant_128gcm_export
+    }
 }
 
 /// A successful server response, before encoding.
@@ -339,6 +372,8 @@ pub struct KeResponse {
     pub cookies: Vec<Vec<u8>>,
     pub server: Option<String>,
     pub port: Option<u16>,
+    /// Send record 1024 after the AEAD record ([`KeRequest::echoes_compliant_export`]).
+    pub compliant_128gcm_export: bool,
 }
 
 impl KeResponse {
@@ -348,6 +383,9 @@ impl KeResponse {
             records.push(Record::Aead(
                 self.aead.map(AeadAlgorithm::id).into_iter().collect(),
             ));
+            if self.compliant_128gcm_export && self.aead == Some(AeadAlgorithm::AesGcmSiv128) {
+                records.push(Record::Compliant128GcmExport);
+            }
         }
         if let Some(s) = &self.server {
             records.push(Record::Server(s.clone()));
@@ -370,6 +408,9 @@ impl KeResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeClientResult {
     pub aead: AeadAlgorithm,
+    /// The server echoed record 1024: AEAD-30 keys use the compliant
+    /// exporter context ([`exporter_aead`]).
+    pub compliant_128gcm_export: bool,
     pub cookies: Vec<Vec<u8>>,
     pub server: Option<String>,
     pub port: Option<u16>,
@@ -396,13 +437,19 @@ pub enum KeClientError {
     UnrecognizedCritical(u16),
 }
 
-/// A client request offering NTPv4 and `aeads` in preference order.
+/// A client request offering NTPv4 and `aeads` in preference order, with
+/// record 1024 when AES-128-GCM-SIV is among them (as chrony 4.6.1 and
+/// later send it).
 pub fn client_request(aeads: &[AeadAlgorithm]) -> Vec<u8> {
-    encode_message(&[
+    let mut records = vec![
         Record::NextProtocol(vec![PROTOCOL_NTPV4]),
         Record::Aead(aeads.iter().map(|a| a.id()).collect()),
-        Record::EndOfMessage,
-    ])
+    ];
+    if aeads.contains(&AeadAlgorithm::AesGcmSiv128) {
+        records.push(Record::Compliant128GcmExport);
+    }
+    records.push(Record::EndOfMessage);
+    encode_message(&records)
 }
 
 /// Interprets a server response (RFC 8915, section 4.1).
@@ -413,6 +460,7 @@ pub fn parse_client_response(buf: &[u8]) -> Result<KeClientResult, KeClientError
     })?;
     let (mut protocol_ok, mut aead, mut cookies, mut server, mut port) =
         (false, None, Vec::new(), None, None);
+    let mut compliant = false;
     for rec in records {
         match rec {
             Record::Error(c) => return Err(KeClientError::ServerError(c)),
@@ -422,6 +470,7 @@ pub fn parse_client_response(buf: &[u8]) -> Result<KeClientResult, KeClientError
             Record::NewCookie(c) => cookies.push(c),
             Record::Server(s) => server = Some(s),
             Record::Port(p) => port = Some(p),
+            Record::Compliant128GcmExport => compliant = true,
             Record::Unknown {
                 critical: true,
                 record_type,
@@ -439,6 +488,7 @@ pub fn parse_client_response(buf: &[u8]) -> Result<KeClientResult, KeClientError
     }
     Ok(KeClientResult {
         aead,
+        compliant_128gcm_export: compliant,
         cookies,
         server,
         port,
@@ -447,6 +497,19 @@ pub fn parse_client_response(buf: &[u8]) -> Result<KeClientResult, KeClientError
 
 /// TLS exporter label and context (RFC 8915, section 5.1).
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-network-time-security";
+
+/// The AEAD whose id goes into the exporter context for keys of
+/// `negotiated`: itself, except AES-128-GCM-SIV without record 1024, whose
+/// keys (16 bytes each) are exported with id 15 in the context, as chrony
+/// 4.4 to 4.6.0 derive them (chrony's server does the same for clients
+/// that do not send the record).
+pub fn exporter_aead(negotiated: AeadAlgorithm, compliant_128gcm_export: bool) -> AeadAlgorithm {
+    if negotiated == AeadAlgorithm::AesGcmSiv128 && !compliant_128gcm_export {
+        AeadAlgorithm::AesSivCmac256
+    } else {
+        negotiated
+    }
+}
 
 /// Exporter context: protocol id, AEAD id, then 0 for c2s or 1 for s2c.
 pub fn exporter_context(aead: AeadAlgorithm, server_to_client: bool) -> [u8; 5] {
@@ -584,7 +647,7 @@ mod tests {
     fn no_common_aead_gives_empty_record() {
         let req = KeRequest::parse(&encode_message(&[
             Record::NextProtocol(vec![0]),
-            Record::Aead(vec![30, 1]),
+            Record::Aead(vec![31, 16, 1]),
             Record::EndOfMessage,
         ]))
         .unwrap();
@@ -611,6 +674,7 @@ mod tests {
             cookies: vec![vec![1; 100], vec![2; 100]],
             server: Some("ntp.example.".into()),
             port: Some(1123),
+            compliant_128gcm_export: false,
         };
         let got = parse_client_response(&resp.encode()).unwrap();
         assert_eq!(got.aead, AeadAlgorithm::AesSivCmac256);
@@ -621,6 +685,111 @@ mod tests {
             parse_client_response(&KeResponse::error(1)),
             Err(KeClientError::ServerError(1))
         );
+    }
+
+    /// chrony's private record 1024 (nts_ke_server.c): an empty body sets
+    /// the compliant export, a body is Bad Request, the critical bit does
+    /// not matter; the server echoes it only with AEAD 30 and only when
+    /// asked, and the client request carries it exactly when it offers 30.
+    #[test]
+    fn compliant_128gcm_export_record() {
+        let gcm = AeadAlgorithm::AesGcmSiv128;
+        let siv = AeadAlgorithm::AesSivCmac256;
+        // A chrony 4.6.1+ request: NTPv4, AEADs [30, 15], record 1024.
+        let req = client_request(&[gcm, siv]);
+        assert_eq!(
+            hex::encode(&req),
+            "8001000200000004000400 1e000f 04000000 80000000".replace(' ', "")
+        );
+        let parsed = KeRequest::parse(&req).unwrap();
+        assert!(parsed.compliant_128gcm_export);
+        assert_eq!(parsed.select_aead(&AeadAlgorithm::ALL), Some(gcm));
+        assert!(parsed.echoes_compliant_export(gcm));
+        assert!(!parsed.echoes_compliant_export(siv));
+        // Critical, it is still the same record.
+        let critical =
+            hex::decode("8001000200008004000400 1e000f 84000000 80000000".replace(' ', ""))
+                .unwrap();
+        assert!(KeRequest::parse(&critical).unwrap().compliant_128gcm_export);
+        // With a body: Bad Request, as chrony answers.
+        let bodied =
+            hex::decode("8001000200008004000400 1e000f 040000020000 80000000".replace(' ', ""))
+                .unwrap();
+        assert_eq!(
+            KeRequest::parse(&bodied).map_err(KeRequestError::error_code),
+            Err(error_code::BAD_REQUEST)
+        );
+        // A chrony 4.4-4.6.0 request: [30, 15] without the record.
+        let old = encode_message(&[
+            Record::NextProtocol(vec![PROTOCOL_NTPV4]),
+            Record::Aead(vec![30, 15]),
+            Record::EndOfMessage,
+        ]);
+        let parsed = KeRequest::parse(&old).unwrap();
+        assert!(!parsed.compliant_128gcm_export);
+        assert!(!parsed.echoes_compliant_export(gcm));
+        // Offering no 30, no record.
+        assert!(
+            !KeRequest::parse(&client_request(&[siv]))
+                .unwrap()
+                .compliant_128gcm_export
+        );
+
+        let response = |aead, compliant| KeResponse {
+            protocol: Some(0),
+            aead: Some(aead),
+            cookies: vec![vec![7; 68]],
+            compliant_128gcm_export: compliant,
+            ..Default::default()
+        };
+        let with = response(gcm, true).encode();
+        assert_eq!(hex::encode(&with[..16]), "80010002000000040002001e04000000");
+        let got = parse_client_response(&with).unwrap();
+        assert!(got.compliant_128gcm_export);
+        let without = response(gcm, false).encode();
+        assert!(
+            !parse_client_response(&without)
+                .unwrap()
+                .compliant_128gcm_export
+        );
+        assert_eq!(without.len() + 4, with.len());
+        // Never with another AEAD, whatever the flag says.
+        let siv_resp = response(siv, true).encode();
+        assert!(
+            !parse_client_response(&siv_resp)
+                .unwrap()
+                .compliant_128gcm_export
+        );
+        assert_eq!(siv_resp.len(), without.len());
+    }
+
+    /// The exporter context of each kind of AEAD-30 session: id 30 with the
+    /// record, id 15 without (what chrony 4.4-4.6.0 clients derive), and
+    /// the AES-SIV ids unchanged either way.
+    #[test]
+    fn exporter_context_of_aead_30() {
+        let gcm = AeadAlgorithm::AesGcmSiv128;
+        assert_eq!(
+            exporter_context(exporter_aead(gcm, true), false),
+            [0, 0, 0, 30, 0]
+        );
+        assert_eq!(
+            exporter_context(exporter_aead(gcm, true), true),
+            [0, 0, 0, 30, 1]
+        );
+        assert_eq!(
+            exporter_context(exporter_aead(gcm, false), false),
+            [0, 0, 0, 15, 0]
+        );
+        assert_eq!(
+            exporter_context(exporter_aead(gcm, false), true),
+            [0, 0, 0, 15, 1]
+        );
+        for alg in [AeadAlgorithm::AesSivCmac256, AeadAlgorithm::AesSivCmac512] {
+            for compliant in [false, true] {
+                assert_eq!(exporter_aead(alg, compliant), alg);
+            }
+        }
     }
 
     #[test]

@@ -22,9 +22,11 @@ use crate::time::{NtpShort, NtpTimestamp};
 
 /// RFC 8915, section 5.3: the Unique Identifier is at least 32 octets.
 pub const MIN_UNIQUE_ID_LEN: usize = 32;
-/// Nonces shorter than this are refused (RFC 8915, section 5.6, with AES-SIV).
+/// Nonces shorter than this are refused with AES-SIV (RFC 8915, section
+/// 5.6); AES-GCM-SIV takes exactly 12 ([`crate::AeadAlgorithm::accepts_nonce_len`]).
 pub const MIN_NONCE_LEN: usize = 16;
-const REPLY_NONCE_LEN: usize = 16;
+/// The longest nonce the server puts in a reply (AES-SIV's 16 bytes).
+const MAX_REPLY_NONCE_LEN: usize = 16;
 
 /// What the server says about its own clock, published by the time source.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -288,7 +290,7 @@ impl<K: CookieKeys> Server<'_, K> {
         })?;
         let (body, offset) = fields.authenticator.ok_or(NakReason::AuthFailed)?;
         let auth = Authenticator::decode(body).ok_or(NakReason::AuthFailed)?;
-        if auth.nonce.len() < MIN_NONCE_LEN {
+        if !keys.algorithm().accepts_nonce_len(auth.nonce.len()) {
             return Err(NakReason::AuthFailed);
         }
         let ad = request.get(..offset).ok_or(NakReason::AuthFailed)?;
@@ -334,28 +336,35 @@ fn nts_reply<K: CookieKeys>(
     write_field(&mut w, field_type::UNIQUE_IDENTIFIER, unique_id)?;
     let auth_offset = w.position();
     let limit = reply.len();
-    let one_cookie = field_len(cookie_len(keys.algorithm()));
-    let fixed = auth_offset + 4 + Authenticator::body_len(REPLY_NONCE_LEN, TAG_LEN);
+    let alg = keys.algorithm();
+    let nonce_len = alg.nonce_len();
+    let one_cookie = field_len(cookie_len(alg));
+    let fixed = auth_offset + 4 + Authenticator::body_len(nonce_len, TAG_LEN);
     let fit = limit.saturating_sub(fixed) / one_cookie;
     let count = wanted.min(fit);
     let ct_len = TAG_LEN + count * one_cookie;
-    let body_len = Authenticator::body_len(REPLY_NONCE_LEN, ct_len);
+    let body_len = Authenticator::body_len(nonce_len, ct_len);
     let total = auth_offset + 4 + body_len;
 
     let (ad, rest) = reply.split_at_mut(auth_offset);
     let mut w = Writer::new(rest);
     w.put_u16(field_type::AUTHENTICATOR)?;
     w.put_u16(u16::try_from(4 + body_len).map_err(|_| BufferTooSmall)?)?;
-    w.put_u16(REPLY_NONCE_LEN as u16)?;
+    w.put_u16(u16::try_from(nonce_len).map_err(|_| BufferTooSmall)?)?;
     w.put_u16(u16::try_from(ct_len).map_err(|_| BufferTooSmall)?)?;
-    let mut nonce = [0u8; REPLY_NONCE_LEN];
-    rng.fill(&mut nonce);
-    w.put(&nonce)?;
+    let mut nonce_buf = [0u8; MAX_REPLY_NONCE_LEN];
+    let nonce = nonce_buf.get_mut(..nonce_len).ok_or(BufferTooSmall)?;
+    rng.fill(nonce);
+    let nonce = &*nonce;
+    w.put(nonce)?;
     let sealed = w.reserve(ct_len)?;
     {
-        let mut cw = Writer::new(sealed.get_mut(TAG_LEN..).ok_or(BufferTooSmall)?);
+        let text = sealed
+            .get_mut(alg.text_range(ct_len))
+            .ok_or(BufferTooSmall)?;
+        let mut cw = Writer::new(text);
         let (key_id, master) = ring.sealing_key();
-        let clen = cookie_len(keys.algorithm());
+        let clen = cookie_len(alg);
         for _ in 0..count {
             let mut cookie_nonce = [0u8; COOKIE_NONCE_LEN];
             rng.fill(&mut cookie_nonce);
@@ -370,7 +379,7 @@ fn nts_reply<K: CookieKeys>(
             ad.get_mut(TRANSMIT_OFFSET..HEADER_LEN)
                 .ok_or(BufferTooSmall)?
                 .copy_from_slice(&transmit().0.to_be_bytes());
-            sealer.seal(ad, &nonce, sealed).map_err(|_| BufferTooSmall)
+            sealer.seal(ad, nonce, sealed).map_err(|_| BufferTooSmall)
         })
         .map_err(|_| BufferTooSmall)??;
     Ok(total)

@@ -304,7 +304,8 @@ fn nak_unknown_key() {
 fn nak_tampered_cookie() {
     let ring = one_key();
     for alg in AeadAlgorithm::ALL {
-        for at in [4, 20, 36, 99] {
+        let last = nts_proto::cookie::cookie_len(alg) - 1;
+        for at in [4, 20, 36, last] {
             let (mut client, _) = client_with(alg, &ring, 1);
             let mut out = [0u8; 2048];
             let (len, _) = client.build_request(T1, &[3; 48], 1, &mut out).unwrap();

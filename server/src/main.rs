@@ -56,6 +56,11 @@ enum Command {
         /// Seconds to wait for each step.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+        /// AEAD id to offer (15, 17 or 30), repeated in order of
+        /// preference; default 15, 17, 30. Offering 30 also sends chrony's
+        /// record 1024, as chrony 4.6.1 and later do.
+        #[arg(long = "aead", value_name = "ID")]
+        aeads: Vec<u16>,
     },
     /// Exit 0 if a running server is ready to take traffic (GET /readyz on
     /// its metrics endpoint is 200), else 1 with the reason: a health check.
@@ -173,7 +178,8 @@ fn main() -> ExitCode {
             target,
             ca,
             timeout,
-        } => query::run(&target, ca.as_deref(), Duration::from_secs(timeout)),
+            aeads,
+        } => query::run(&target, ca.as_deref(), &aeads, Duration::from_secs(timeout)),
         Command::Ready {
             metrics,
             config,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use nts_proto::client::{offset_delay, NtsClient, NONCE_LEN, UNIQUE_ID_LEN};
 use nts_proto::ke::{
-    client_request, exporter_context, parse_client_response, KeClientError, KeClientResult,
-    EXPORTER_LABEL,
+    client_request, exporter_aead, exporter_context, parse_client_response, KeClientError,
+    KeClientResult, EXPORTER_LABEL,
 };
 use nts_proto::{AeadAlgorithm, AeadKey, SessionKeys};
 use ring::rand::SecureRandom;
@@ -108,7 +108,10 @@ pub fn key_exchange(
             .export_keying_material(
                 &mut key,
                 EXPORTER_LABEL,
-                Some(&exporter_context(result.aead, s2c)),
+                Some(&exporter_context(
+                    exporter_aead(result.aead, result.compliant_128gcm_export),
+                    s2c,
+                )),
             )
             .map_err(|e| format!("TLS exporter: {e}"))?;
         AeadKey::new(result.aead, &key)
@@ -121,18 +124,38 @@ pub fn key_exchange(
     Ok(KeOutcome { result, keys })
 }
 
-pub fn run(target: &str, ca: Option<&Path>, timeout: Duration) -> Result<(), String> {
+/// `ntsd query`: NTS-KE offering `aead_ids` (every supported AEAD when
+/// empty), then one authenticated exchange.
+pub fn run(
+    target: &str,
+    ca: Option<&Path>,
+    aead_ids: &[u16],
+    timeout: Duration,
+) -> Result<(), String> {
     let (host, port) = split_host_port(target, DEFAULT_KE_PORT)?;
     let config = crate::tls::client_config(ca)?;
-    let ke = key_exchange(&host, port, config, &AeadAlgorithm::ALL, timeout)?;
+    let aeads = if aead_ids.is_empty() {
+        AeadAlgorithm::ALL.to_vec()
+    } else {
+        aead_ids
+            .iter()
+            .map(|&id| AeadAlgorithm::from_id(id).ok_or_else(|| format!("unsupported AEAD {id}")))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let ke = key_exchange(&host, port, config, &aeads, timeout)?;
     let r = &ke.result;
     let cookie_len = r.cookies.first().map_or(0, Vec::len);
     let ntp_host = r.server.clone().unwrap_or_else(|| host.clone());
     let ntp_port = r.port.unwrap_or(123);
     println!(
-        "NTS-KE {host}:{port}: AEAD {} ({:?}), {} cookies of {cookie_len} bytes, NTP server {ntp_host}:{ntp_port}",
+        "NTS-KE {host}:{port}: AEAD {} ({:?}{}), {} cookies of {cookie_len} bytes, NTP server {ntp_host}:{ntp_port}",
         r.aead.id(),
         r.aead,
+        if r.compliant_128gcm_export {
+            ", compliant export"
+        } else {
+            ""
+        },
         r.cookies.len()
     );
 

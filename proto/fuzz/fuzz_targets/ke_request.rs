@@ -52,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
                 cookies: (0..8).map(|i| cookie(&ring, alg, i)).collect(),
                 server: None,
                 port: Some(1123),
+                compliant_128gcm_export: req.echoes_compliant_export(alg),
             }
             .encode(),
         },
@@ -64,6 +65,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Some(got.aead), req.select_aead(&AeadAlgorithm::ALL));
             assert_eq!(got.cookies.len(), 8);
             assert_eq!(got.port, Some(1123));
+            // Record 1024 comes back only with AEAD 30 and only when sent.
+            assert_eq!(
+                got.compliant_128gcm_export,
+                got.aead == AeadAlgorithm::AesGcmSiv128 && req.compliant_128gcm_export
+            );
         }
         (Ok(req), Err(KeClientError::NoProtocol)) => assert!(!req.wants_ntpv4()),
         (Ok(req), Err(KeClientError::NoAead)) => {

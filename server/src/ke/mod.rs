@@ -11,8 +11,8 @@ use std::time::Duration;
 use keyrotate::RotatingKeys;
 use nts_proto::cookie::{seal_cookie, MAX_COOKIE_LEN};
 use nts_proto::ke::{
-    exporter_context, KeRequest, KeRequestError, KeResponse, RequestParser, EXPORTER_LABEL,
-    PROTOCOL_NTPV4,
+    exporter_aead, exporter_context, KeRequest, KeRequestError, KeResponse, RequestParser,
+    EXPORTER_LABEL, PROTOCOL_NTPV4,
 };
 use nts_proto::{AeadAlgorithm, AeadKey, CookieKeys, SessionKeys};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -244,7 +244,8 @@ fn respond(ctx: &KeContext, req: &KeRequest, conn: &rustls::ServerConnection) ->
         };
         return (resp.encode(), Err(KeEvent::NoCommonAead));
     };
-    match make_cookies(ctx, aead, conn) {
+    let compliant = req.echoes_compliant_export(aead);
+    match make_cookies(ctx, aead, exporter_aead(aead, compliant), conn) {
         Ok(cookies) => {
             let count = cookies.len();
             let resp = KeResponse {
@@ -253,6 +254,7 @@ fn respond(ctx: &KeContext, req: &KeRequest, conn: &rustls::ServerConnection) ->
                 cookies,
                 server: ctx.ntp_server.clone(),
                 port: ctx.ntp_port,
+                compliant_128gcm_export: compliant,
             };
             (resp.encode(), Ok((aead, count)))
         }
@@ -268,9 +270,12 @@ fn respond(ctx: &KeContext, req: &KeRequest, conn: &rustls::ServerConnection) ->
 }
 
 /// Exports the session keys (RFC 8915, section 5.1) and seals the cookies.
+/// `context_aead` is the id the exporter context names
+/// ([`nts_proto::ke::exporter_aead`]); the keys are `aead`'s length.
 fn make_cookies(
     ctx: &KeContext,
     aead: AeadAlgorithm,
+    context_aead: AeadAlgorithm,
     conn: &rustls::ServerConnection,
 ) -> Result<Vec<Vec<u8>>, String> {
     let export = |s2c: bool| -> Result<AeadKey, String> {
@@ -279,7 +284,7 @@ fn make_cookies(
         conn.export_keying_material(
             &mut *key,
             EXPORTER_LABEL,
-            Some(&exporter_context(aead, s2c)),
+            Some(&exporter_context(context_aead, s2c)),
         )
         .map_err(|e| format!("TLS exporter: {e}"))?;
         AeadKey::new(aead, key).ok_or_else(|| "key length".into())
