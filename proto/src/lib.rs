@@ -21,6 +21,7 @@
 )]
 
 pub mod aead;
+mod batch;
 pub mod client;
 pub mod cookie;
 pub mod ef;
@@ -32,6 +33,7 @@ mod siv;
 pub mod time;
 
 pub use aead::{AeadAlgorithm, AeadKey};
+pub use batch::{BatchClock, Datagram};
 pub use cookie::{CookieKeys, MasterKey, SessionKeys, SingleKey};
 pub use packet::{Leap, NtpHeader};
 pub use server::{Action, DropReason, NakReason, Random, ReplyKind, Server, SystemInfo};

@@ -13,7 +13,8 @@
 
 use crate::aead::TAG_LEN;
 use crate::cookie::{
-    cookie_len, open_cookie, seal_cookie, CookieError, CookieKeys, COOKIE_NONCE_LEN, MAX_COOKIE_LEN,
+    cookie_len, open_cookie, prepare_cookie, CookieError, CookieKeys, SessionKeys,
+    COOKIE_NONCE_LEN, MAX_COOKIE_LEN,
 };
 use crate::ef::{field_len, field_type, reserve_field, write_field, Authenticator, Fields};
 use crate::packet::{Leap, Mode, NtpHeader, HEADER_LEN};
@@ -115,7 +116,7 @@ pub struct Server<'a, K> {
     pub system: &'a SystemInfo,
 }
 
-struct NtsFields<'a> {
+pub(crate) struct NtsFields<'a> {
     unique_id: Option<&'a [u8]>,
     cookie: Option<&'a [u8]>,
     placeholders: usize,
@@ -200,6 +201,38 @@ impl<K: CookieKeys> Server<'_, K> {
         reply: &mut [u8],
         rng: &mut impl Random,
     ) -> Result<Action, DropReason> {
+        let nts = match self.classify(now, request, reply)? {
+            Classified::Plain(response) => return plain_reply(response, transmit, reply),
+            Classified::Nts(nts) => nts,
+        };
+        let mut cookie_scratch = [0u8; MAX_COOKIE_LEN];
+        let opened = open_cookie(self.keys, nts.cookie, &mut cookie_scratch).map_err(nak_reason);
+        let verified = opened.and_then(|keys| {
+            let wanted = verify(request, &keys, &nts.fields, reply)?;
+            Ok((keys, wanted))
+        });
+        match verified {
+            Ok((keys, wanted)) => {
+                let (key_id, master) = self.keys.sealing_key();
+                let frame = frame_reply(&nts, &keys, wanted, key_id, reply, rng)
+                    .map_err(|_| DropReason::BufferTooSmall)?;
+                crate::cookie::seal_cookies(master, &mut frame.cookies(reply));
+                frame
+                    .seal(&keys, reply, transmit)
+                    .map_err(|_| DropReason::BufferTooSmall)
+            }
+            Err(reason) => nak_reply(&nts, now, transmit(), reason, reply),
+        }
+    }
+
+    /// The checks every request goes through before any cryptography: a
+    /// plain reply's header, or the NTS fields to authenticate.
+    pub(crate) fn classify<'r>(
+        &self,
+        now: NtpTimestamp,
+        request: &'r [u8],
+        reply: &[u8],
+    ) -> Result<Classified<'r>, DropReason> {
         let header = NtpHeader::decode(&mut Reader::new(request)).ok_or(DropReason::TooShort)?;
         if header.mode != Mode::Client {
             return Err(DropReason::NotClient);
@@ -208,20 +241,13 @@ impl<K: CookieKeys> Server<'_, K> {
             return Err(DropReason::BadVersion);
         }
         let limit = request.len().min(reply.len());
-        let reply = reply.get_mut(..limit).ok_or(DropReason::BufferTooSmall)?;
+        if limit < HEADER_LEN {
+            return Err(DropReason::BufferTooSmall);
+        }
         let fields = NtsFields::collect(request)?;
-        let mut response = self.response_header(&header, now);
+        let response = self.response_header(&header, now);
         if !fields.is_nts() {
-            let out: &mut [u8; HEADER_LEN] = reply
-                .get_mut(..HEADER_LEN)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(DropReason::BufferTooSmall)?;
-            response.transmit = transmit();
-            *out = response.to_bytes();
-            return Ok(Action::Reply {
-                len: HEADER_LEN,
-                kind: ReplyKind::Plain,
-            });
+            return Ok(Classified::Plain(response));
         }
         if header.version != 4 {
             return Err(DropReason::BadVersion);
@@ -232,26 +258,14 @@ impl<K: CookieKeys> Server<'_, K> {
         if unique_id.len() < MIN_UNIQUE_ID_LEN {
             return Err(DropReason::MalformedNts);
         }
-        match self.authenticate(request, cookie, &fields, reply) {
-            Ok((keys, wanted)) => {
-                let len = nts_reply(
-                    &response, unique_id, &keys, wanted, self.keys, reply, rng, transmit,
-                )
-                .map_err(|_| DropReason::BufferTooSmall)?;
-                Ok(Action::Reply {
-                    len,
-                    kind: ReplyKind::Nts,
-                })
-            }
-            Err(reason) => {
-                let len = nak(&header, now, transmit(), unique_id, reply)
-                    .map_err(|_| DropReason::BufferTooSmall)?;
-                Ok(Action::Reply {
-                    len,
-                    kind: ReplyKind::Nak(reason),
-                })
-            }
-        }
+        Ok(Classified::Nts(NtsRequest {
+            header,
+            response,
+            unique_id,
+            cookie,
+            fields,
+            limit,
+        }))
     }
 
     fn response_header(&self, request: &NtpHeader, now: NtpTimestamp) -> NtpHeader {
@@ -272,73 +286,154 @@ impl<K: CookieKeys> Server<'_, K> {
             transmit: now,
         }
     }
+}
 
-    /// Opens the cookie and verifies the authenticator. On success returns the
-    /// session keys and the number of cookies the client asked for. Uses
-    /// `scratch` (the reply buffer) to decrypt.
-    fn authenticate(
-        &self,
-        request: &[u8],
-        cookie: &[u8],
-        fields: &NtsFields<'_>,
-        scratch: &mut [u8],
-    ) -> Result<(crate::cookie::SessionKeys, usize), NakReason> {
-        let mut cookie_scratch = [0u8; MAX_COOKIE_LEN];
-        let keys = open_cookie(self.keys, cookie, &mut cookie_scratch).map_err(|e| match e {
-            CookieError::UnknownKey => NakReason::CookieUnknownKey,
-            _ => NakReason::CookieInvalid,
-        })?;
-        let (body, offset) = fields.authenticator.ok_or(NakReason::AuthFailed)?;
-        let auth = Authenticator::decode(body).ok_or(NakReason::AuthFailed)?;
-        if !keys.algorithm().accepts_nonce_len(auth.nonce.len()) {
-            return Err(NakReason::AuthFailed);
-        }
-        let ad = request.get(..offset).ok_or(NakReason::AuthFailed)?;
-        let buf = scratch
-            .get_mut(..auth.ciphertext.len())
-            .ok_or(NakReason::AuthFailed)?;
-        buf.copy_from_slice(auth.ciphertext);
-        let plaintext = keys
-            .c2s
-            .open(ad, auth.nonce, buf)
-            .map_err(|_| NakReason::AuthFailed)?;
-        // Placeholders may also travel encrypted (RFC 8915, section 5.7).
-        let mut wanted = 1 + fields.placeholders;
-        for field in Fields::new(plaintext, 0) {
-            match field {
-                Ok(f) if f.field_type == field_type::COOKIE_PLACEHOLDER => wanted += 1,
-                Ok(_) => {}
-                Err(_) => return Err(NakReason::AuthFailed),
-            }
-        }
-        Ok((keys, wanted))
+/// What [`Server::classify`] made of a request.
+pub(crate) enum Classified<'r> {
+    /// No NTS fields: answer with this header.
+    Plain(NtpHeader),
+    Nts(NtsRequest<'r>),
+}
+
+/// An NTS request that passed the checks that need no key.
+pub(crate) struct NtsRequest<'r> {
+    header: NtpHeader,
+    response: NtpHeader,
+    unique_id: &'r [u8],
+    pub(crate) cookie: &'r [u8],
+    fields: NtsFields<'r>,
+    /// The reply's length limit: the request's, or the buffer's if shorter.
+    limit: usize,
+}
+
+impl<'r> NtsRequest<'r> {
+    pub(crate) fn fields(&self) -> &NtsFields<'r> {
+        &self.fields
     }
+}
+
+pub(crate) fn nak_reason(e: CookieError) -> NakReason {
+    match e {
+        CookieError::UnknownKey => NakReason::CookieUnknownKey,
+        _ => NakReason::CookieInvalid,
+    }
+}
+
+/// The plain reply: the header with the transmit time read last.
+pub(crate) fn plain_reply(
+    mut response: NtpHeader,
+    transmit: impl FnOnce() -> NtpTimestamp,
+    reply: &mut [u8],
+) -> Result<Action, DropReason> {
+    let out: &mut [u8; HEADER_LEN] = reply
+        .get_mut(..HEADER_LEN)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(DropReason::BufferTooSmall)?;
+    response.transmit = transmit();
+    *out = response.to_bytes();
+    Ok(Action::Reply {
+        len: HEADER_LEN,
+        kind: ReplyKind::Plain,
+    })
+}
+
+/// The NAK of `nts` for `reason`.
+pub(crate) fn nak_reply(
+    nts: &NtsRequest<'_>,
+    now: NtpTimestamp,
+    transmit: NtpTimestamp,
+    reason: NakReason,
+    reply: &mut [u8],
+) -> Result<Action, DropReason> {
+    let reply = reply
+        .get_mut(..nts.limit)
+        .ok_or(DropReason::BufferTooSmall)?;
+    let len = nak(&nts.header, now, transmit, nts.unique_id, reply)
+        .map_err(|_| DropReason::BufferTooSmall)?;
+    Ok(Action::Reply {
+        len,
+        kind: ReplyKind::Nak(reason),
+    })
+}
+
+/// Verifies the authenticator of `request` under the session keys of its
+/// cookie and returns the number of cookies the client asked for. Uses
+/// `scratch` (the reply buffer) to decrypt.
+pub(crate) fn verify(
+    request: &[u8],
+    keys: &SessionKeys,
+    fields: &NtsFields<'_>,
+    scratch: &mut [u8],
+) -> Result<usize, NakReason> {
+    let (body, offset) = fields.authenticator.ok_or(NakReason::AuthFailed)?;
+    let auth = Authenticator::decode(body).ok_or(NakReason::AuthFailed)?;
+    if !keys.algorithm().accepts_nonce_len(auth.nonce.len()) {
+        return Err(NakReason::AuthFailed);
+    }
+    let ad = request.get(..offset).ok_or(NakReason::AuthFailed)?;
+    let buf = scratch
+        .get_mut(..auth.ciphertext.len())
+        .ok_or(NakReason::AuthFailed)?;
+    buf.copy_from_slice(auth.ciphertext);
+    let plaintext = keys
+        .c2s
+        .open(ad, auth.nonce, buf)
+        .map_err(|_| NakReason::AuthFailed)?;
+    // Placeholders may also travel encrypted (RFC 8915, section 5.7).
+    let mut wanted = 1 + fields.placeholders;
+    for field in Fields::new(plaintext, 0) {
+        match field {
+            Ok(f) if f.field_type == field_type::COOKIE_PLACEHOLDER => wanted += 1,
+            Ok(_) => {}
+            Err(_) => return Err(NakReason::AuthFailed),
+        }
+    }
+    Ok(wanted)
 }
 
 /// Offset of the transmit timestamp in the NTP header.
 const TRANSMIT_OFFSET: usize = 40;
 
-/// Writes an authenticated reply carrying up to `wanted` new cookies, as many
-/// as fit in `reply` (whose length is already capped at the request's).
-#[allow(clippy::too_many_arguments)]
-fn nts_reply<K: CookieKeys>(
-    header: &NtpHeader,
-    unique_id: &[u8],
-    keys: &crate::cookie::SessionKeys,
+/// An NTS reply written but for its seals: everything is in place, the new
+/// cookies in the clear ([`crate::cookie::prepare_cookie`]) and the
+/// authenticator's tag empty.
+pub(crate) struct Frame {
+    total: usize,
+    auth_offset: usize,
+    nonce: [u8; MAX_REPLY_NONCE_LEN],
+    nonce_len: usize,
+    /// Where the sealed part (tag and encrypted fields) is.
+    sealed_at: usize,
+    sealed_len: usize,
+    /// Where the first cookie body is, the distance between cookies, how
+    /// many there are and how long each is.
+    cookie_at: usize,
+    cookie_stride: usize,
+    cookie_count: usize,
+    cookie_len: usize,
+}
+
+/// Writes the frame of an authenticated reply carrying up to `wanted` new
+/// cookies, as many as fit in the request's length; draws the reply nonce,
+/// then each cookie's nonce, from `rng`.
+pub(crate) fn frame_reply(
+    nts: &NtsRequest<'_>,
+    keys: &SessionKeys,
     wanted: usize,
-    ring: &K,
+    key_id: u32,
     reply: &mut [u8],
     rng: &mut impl Random,
-    transmit: impl FnOnce() -> NtpTimestamp,
-) -> Result<usize, BufferTooSmall> {
+) -> Result<Frame, BufferTooSmall> {
+    let reply = reply.get_mut(..nts.limit).ok_or(BufferTooSmall)?;
     let mut w = Writer::new(reply);
-    header.encode(&mut w)?;
-    write_field(&mut w, field_type::UNIQUE_IDENTIFIER, unique_id)?;
+    nts.response.encode(&mut w)?;
+    write_field(&mut w, field_type::UNIQUE_IDENTIFIER, nts.unique_id)?;
     let auth_offset = w.position();
     let limit = reply.len();
     let alg = keys.algorithm();
     let nonce_len = alg.nonce_len();
-    let one_cookie = field_len(cookie_len(alg));
+    let clen = cookie_len(alg);
+    let one_cookie = field_len(clen);
     let fixed = auth_offset + 4 + Authenticator::body_len(nonce_len, TAG_LEN);
     let fit = limit.saturating_sub(fixed) / one_cookie;
     let count = wanted.min(fit);
@@ -346,43 +441,122 @@ fn nts_reply<K: CookieKeys>(
     let body_len = Authenticator::body_len(nonce_len, ct_len);
     let total = auth_offset + 4 + body_len;
 
-    let (ad, rest) = reply.split_at_mut(auth_offset);
+    let rest = reply.get_mut(auth_offset..).ok_or(BufferTooSmall)?;
     let mut w = Writer::new(rest);
     w.put_u16(field_type::AUTHENTICATOR)?;
     w.put_u16(u16::try_from(4 + body_len).map_err(|_| BufferTooSmall)?)?;
     w.put_u16(u16::try_from(nonce_len).map_err(|_| BufferTooSmall)?)?;
     w.put_u16(u16::try_from(ct_len).map_err(|_| BufferTooSmall)?)?;
-    let mut nonce_buf = [0u8; MAX_REPLY_NONCE_LEN];
-    let nonce = nonce_buf.get_mut(..nonce_len).ok_or(BufferTooSmall)?;
-    rng.fill(nonce);
-    let nonce = &*nonce;
-    w.put(nonce)?;
+    let mut nonce = [0u8; MAX_REPLY_NONCE_LEN];
+    let n = nonce.get_mut(..nonce_len).ok_or(BufferTooSmall)?;
+    rng.fill(n);
+    w.put(n)?;
+    let sealed_at = auth_offset + w.position();
     let sealed = w.reserve(ct_len)?;
-    {
-        let text = sealed
-            .get_mut(alg.text_range(ct_len))
+    let text_at = alg.text_range(ct_len).start;
+    let text = sealed
+        .get_mut(alg.text_range(ct_len))
+        .ok_or(BufferTooSmall)?;
+    let mut cw = Writer::new(text);
+    for _ in 0..count {
+        let mut cookie_nonce = [0u8; COOKIE_NONCE_LEN];
+        rng.fill(&mut cookie_nonce);
+        let body = reserve_field(&mut cw, field_type::COOKIE, clen)?;
+        prepare_cookie(key_id, &cookie_nonce, keys, body).map_err(|_| BufferTooSmall)?;
+        body.get_mut(clen..).unwrap_or_default().fill(0);
+    }
+    Ok(Frame {
+        total,
+        auth_offset,
+        nonce,
+        nonce_len,
+        sealed_at,
+        sealed_len: ct_len,
+        cookie_at: sealed_at + text_at + 4,
+        cookie_stride: one_cookie,
+        cookie_count: count,
+        cookie_len: clen,
+    })
+}
+
+impl Frame {
+    /// The unsealed cookies in `reply`, for [`crate::cookie::seal_cookies`].
+    pub(crate) fn cookies<'r>(&self, reply: &'r mut [u8]) -> CookieSlots<'r> {
+        let first = self.cookie_at.saturating_sub(4);
+        let area = reply
+            .get_mut(first..first + self.cookie_count * self.cookie_stride)
+            .unwrap_or_default();
+        let mut slots = CookieSlots::default();
+        for field in area.chunks_mut(self.cookie_stride.max(1)) {
+            if let Some(body) = field.get_mut(4..4 + self.cookie_len) {
+                slots.push(body);
+            }
+        }
+        slots
+    }
+
+    /// Writes the transmit timestamp and seals the reply under the s2c
+    /// key, which is expanded before the timestamp is read.
+    pub(crate) fn seal(
+        &self,
+        keys: &SessionKeys,
+        reply: &mut [u8],
+        transmit: impl FnOnce() -> NtpTimestamp,
+    ) -> Result<Action, BufferTooSmall> {
+        let (ad, rest) = reply
+            .split_at_mut_checked(self.auth_offset)
             .ok_or(BufferTooSmall)?;
-        let mut cw = Writer::new(text);
-        let (key_id, master) = ring.sealing_key();
-        let clen = cookie_len(alg);
-        for _ in 0..count {
-            let mut cookie_nonce = [0u8; COOKIE_NONCE_LEN];
-            rng.fill(&mut cookie_nonce);
-            let body = reserve_field(&mut cw, field_type::COOKIE, clen)?;
-            seal_cookie(key_id, master, &cookie_nonce, keys, body).map_err(|_| BufferTooSmall)?;
-            body.get_mut(clen..).unwrap_or_default().fill(0);
+        let sealed = rest
+            .get_mut(self.sealed_at - self.auth_offset..)
+            .and_then(|r| r.get_mut(..self.sealed_len))
+            .ok_or(BufferTooSmall)?;
+        let nonce = self.nonce.get(..self.nonce_len).ok_or(BufferTooSmall)?;
+        keys.s2c
+            .with_cipher(|sealer| {
+                ad.get_mut(TRANSMIT_OFFSET..HEADER_LEN)
+                    .ok_or(BufferTooSmall)?
+                    .copy_from_slice(&transmit().0.to_be_bytes());
+                sealer.seal(ad, nonce, sealed).map_err(|_| BufferTooSmall)
+            })
+            .map_err(|_| BufferTooSmall)??;
+        Ok(Action::Reply {
+            len: self.total,
+            kind: ReplyKind::Nts,
+        })
+    }
+}
+
+/// The cookies of one reply (at most as many as fit in a datagram).
+#[derive(Default)]
+pub(crate) struct CookieSlots<'r> {
+    slots: [&'r mut [u8]; MAX_COOKIES_PER_REPLY],
+    n: usize,
+}
+
+/// More cookies than fit in the longest datagram handled (2048 bytes, 72
+/// bytes per AEAD-30 cookie field).
+pub(crate) const MAX_COOKIES_PER_REPLY: usize = 32;
+
+impl<'r> CookieSlots<'r> {
+    fn push(&mut self, body: &'r mut [u8]) {
+        if let Some(slot) = self.slots.get_mut(self.n) {
+            *slot = body;
+            self.n += 1;
         }
     }
-    // The reply key is expanded before the transmit timestamp is read.
-    keys.s2c
-        .with_cipher(|sealer| {
-            ad.get_mut(TRANSMIT_OFFSET..HEADER_LEN)
-                .ok_or(BufferTooSmall)?
-                .copy_from_slice(&transmit().0.to_be_bytes());
-            sealer.seal(ad, nonce, sealed).map_err(|_| BufferTooSmall)
-        })
-        .map_err(|_| BufferTooSmall)??;
-    Ok(total)
+}
+
+impl<'r> std::ops::Deref for CookieSlots<'r> {
+    type Target = [&'r mut [u8]];
+    fn deref(&self) -> &Self::Target {
+        self.slots.get(..self.n).unwrap_or_default()
+    }
+}
+
+impl std::ops::DerefMut for CookieSlots<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.slots.get_mut(..self.n).unwrap_or_default()
+    }
 }
 
 /// A RATE kiss-o'-death (RFC 5905, section 7.4) answering a plain client

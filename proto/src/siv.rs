@@ -130,6 +130,7 @@ fn pad(data: &[u8]) -> Block {
 
 /// Streaming CMAC (RFC 4493) over a cipher backend. The last block is held
 /// back until `finish`, since only then is it known to be the last.
+#[derive(Clone, Copy, Default)]
 struct Cmac {
     x: Block,
     buf: Block,
@@ -521,6 +522,215 @@ impl<C: BlockEncrypt<BlockSize = U16>> SivRef<'_, C> {
     }
 }
 
+/// Messages of one batch under one key that run side by side.
+pub(crate) const BATCH_LANES: usize = 8;
+
+/// One message of a batch under one key, with two headers (associated data
+/// and nonce, as NTS uses AES-SIV). Sealing writes `tag`; opening reads it
+/// and sets `ok`.
+#[derive(Default)]
+pub(crate) struct Job<'a> {
+    pub(crate) ad: &'a [u8],
+    pub(crate) nonce: &'a [u8],
+    pub(crate) text: &'a mut [u8],
+    pub(crate) tag: Block,
+    pub(crate) ok: bool,
+}
+
+/// S2V of up to [`BATCH_LANES`] messages in lockstep: step `k` absorbs block
+/// `k` of every chain of every message, so the AES rounds of one message's
+/// chains overlap with the others' instead of waiting on their own previous
+/// block. The chains and their combination are those of [`S2v`], which the
+/// tests compare this with.
+struct S2vMany<'a, 'j> {
+    consts: &'a Consts,
+    jobs: &'a [Job<'j>],
+    out: &'a mut [Block; BATCH_LANES],
+}
+
+impl BlockSizeUser for S2vMany<'_, '_> {
+    type BlockSize = U16;
+}
+
+impl BlockClosure for S2vMany<'_, '_> {
+    #[inline(always)]
+    fn call<B: BlockBackend<BlockSize = U16>>(self, aes: &mut B) {
+        let (k1, k2) = (&self.consts.k1, &self.consts.k2);
+        // Per message: chains of the associated data, the nonce and the
+        // message's whole blocks before its last 16 bytes.
+        let mut x = [[[0u8; BLOCK]; 3]; BATCH_LANES];
+        let mut bodies: [[&[u8]; 3]; BATCH_LANES] = [[&[]; 3]; BATCH_LANES];
+        let mut lasts: [[&[u8]; 2]; BATCH_LANES] = [[&[]; 2]; BATCH_LANES];
+        let mut tails: [&[u8]; BATCH_LANES] = [&[]; BATCH_LANES];
+        let mut steps = 0;
+        let jobs = self.jobs.iter().take(BATCH_LANES);
+        for (((job, body), last), tail) in jobs
+            .zip(bodies.iter_mut())
+            .zip(lasts.iter_mut())
+            .zip(tails.iter_mut())
+        {
+            let msg: &[u8] = job.text;
+            let (head, rest) = msg.split_at(msg.len().saturating_sub(BLOCK) / BLOCK * BLOCK);
+            let (ad_body, ad_last) = split_last(job.ad);
+            let (nonce_body, nonce_last) = split_last(job.nonce);
+            *body = [ad_body, nonce_body, head];
+            *last = [ad_last, nonce_last];
+            *tail = rest;
+            steps = body.iter().map(|b| b.len() / BLOCK).fold(steps, usize::max);
+        }
+        let n = self.jobs.len().min(BATCH_LANES);
+        for step in 0..steps {
+            let range = step * BLOCK..(step + 1) * BLOCK;
+            for (x, body) in x.iter_mut().zip(&bodies).take(n) {
+                for (x, chain) in x.iter_mut().zip(body) {
+                    if let Some(block) = chain.get(range.clone()) {
+                        absorb_block(aes, x, block);
+                    }
+                }
+            }
+        }
+        for (x, last) in x.iter_mut().zip(&lasts).take(n) {
+            for (x, last) in x.iter_mut().zip(last) {
+                let fin = final_block(last, k1, k2);
+                absorb_block(aes, x, &fin);
+            }
+        }
+        let mut macs = [Cmac::default(); BATCH_LANES];
+        for ((((job, x), tail), mac), out) in self
+            .jobs
+            .iter()
+            .zip(&x)
+            .zip(&tails)
+            .zip(macs.iter_mut())
+            .zip(self.out.iter_mut())
+            .take(n)
+        {
+            let [ad_x, nonce_x, msg_x] = x;
+            let mut d = dbl(&self.consts.d0);
+            xor(&mut d, ad_x);
+            d = dbl(&d);
+            xor(&mut d, nonce_x);
+            if job.text.len() >= BLOCK {
+                let mut t = [0u8; 2 * BLOCK];
+                let t = t.get_mut(..tail.len()).unwrap_or_default();
+                t.copy_from_slice(tail);
+                let from = t.len() - BLOCK;
+                for (a, b) in t.iter_mut().skip(from).zip(&d) {
+                    *a ^= b;
+                }
+                *mac = Cmac {
+                    x: *msg_x,
+                    buf: [0; BLOCK],
+                    len: 0,
+                };
+                mac.update(aes, t);
+            } else {
+                let mut t = dbl(&d);
+                xor(&mut t, &pad(job.text));
+                let mut v = [0u8; BLOCK];
+                absorb_block(aes, &mut v, &final_block(&t, k1, k2));
+                *out = v;
+            }
+        }
+        for ((job, mac), out) in self.jobs.iter().zip(macs).zip(self.out.iter_mut()).take(n) {
+            if job.text.len() >= BLOCK {
+                *out = mac.finish(aes, k1, k2);
+            }
+        }
+    }
+}
+
+/// AES-CTR of every message of a batch in one pass over the backend, each
+/// from its own IV (`ivs[i]`, RFC 5297 2.5), `CTR_PAR` blocks at a time
+/// across the messages.
+struct CtrMany<'a, 'j> {
+    ivs: &'a [Block; BATCH_LANES],
+    jobs: &'a mut [Job<'j>],
+    /// Messages to skip (opened already, or failed).
+    skip: [bool; BATCH_LANES],
+}
+
+impl BlockSizeUser for CtrMany<'_, '_> {
+    type BlockSize = U16;
+}
+
+impl BlockClosure for CtrMany<'_, '_> {
+    #[inline(always)]
+    fn call<B: BlockBackend<BlockSize = U16>>(self, aes: &mut B) {
+        for ((job, iv), skip) in self.jobs.iter_mut().zip(self.ivs).zip(self.skip) {
+            if skip {
+                continue;
+            }
+            Ctr {
+                iv,
+                data: &mut *job.text,
+            }
+            .call(aes);
+        }
+    }
+}
+
+impl<C: BlockEncrypt<BlockSize = U16>> SivRef<'_, C> {
+    /// Seals every job in place and writes its tag: the same bytes as
+    /// [`SivRef::seal`] with headers `[ad, nonce]`, message by message.
+    pub(crate) fn seal_many(&self, jobs: &mut [Job<'_>]) {
+        for chunk in jobs.chunks_mut(BATCH_LANES) {
+            let mut tags = [[0u8; BLOCK]; BATCH_LANES];
+            self.mac.encrypt_with_backend(S2vMany {
+                consts: self.consts,
+                jobs: chunk,
+                out: &mut tags,
+            });
+            for (job, tag) in chunk.iter_mut().zip(&tags) {
+                job.tag = *tag;
+                job.ok = true;
+            }
+            self.ctr.encrypt_with_backend(CtrMany {
+                ivs: &tags,
+                jobs: chunk,
+                skip: [false; BATCH_LANES],
+            });
+        }
+    }
+
+    /// Opens every job in place against its tag and sets `ok`: what
+    /// [`SivRef::open`] does message by message, and as there a failed
+    /// message is left as it was.
+    pub(crate) fn open_many(&self, jobs: &mut [Job<'_>]) {
+        for chunk in jobs.chunks_mut(BATCH_LANES) {
+            let mut ivs = [[0u8; BLOCK]; BATCH_LANES];
+            for (iv, job) in ivs.iter_mut().zip(chunk.iter()) {
+                *iv = job.tag;
+            }
+            self.ctr.encrypt_with_backend(CtrMany {
+                ivs: &ivs,
+                jobs: chunk,
+                skip: [false; BATCH_LANES],
+            });
+            let mut tags = [[0u8; BLOCK]; BATCH_LANES];
+            self.mac.encrypt_with_backend(S2vMany {
+                consts: self.consts,
+                jobs: chunk,
+                out: &mut tags,
+            });
+            let mut failed = [true; BATCH_LANES];
+            for ((job, tag), failed) in chunk.iter_mut().zip(&tags).zip(failed.iter_mut()) {
+                job.ok = tags_equal(tag, &job.tag);
+                *failed = !job.ok;
+            }
+            // Re-encrypt what failed, as `open` does.
+            let skip = failed.map(|f| !f);
+            if skip.iter().take(chunk.len()).any(|s| !s) {
+                self.ctr.encrypt_with_backend(CtrMany {
+                    ivs: &ivs,
+                    jobs: chunk,
+                    skip,
+                });
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,6 +911,85 @@ mod tests {
             };
             prop_assert!(opened);
             prop_assert_eq!(&buf, &text);
+        }
+    }
+
+    /// Associated data, nonce, plaintext, and a byte whose parity says
+    /// whether to tamper with the tag.
+    type Msg = (Vec<u8>, Vec<u8>, Vec<u8>, u8);
+
+    proptest! {
+        /// Messages sealed side by side are sealed exactly as one by one,
+        /// for any count (across the lane chunks), lengths and key size; and
+        /// opened side by side, a tampered one fails alone and is left as
+        /// it was, like `open`.
+        #[test]
+        fn many_match_one_by_one(
+            wide in any::<bool>(),
+            key in proptest::collection::vec(any::<u8>(), 64),
+            msgs in proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    proptest::collection::vec(any::<u8>(), 0..200),
+                    any::<u8>(),
+                ),
+                1..20,
+            ),
+        ) {
+            fn check<C: BlockEncrypt<BlockSize = U16> + KeyInit>(
+                key: &[u8],
+                msgs: &[Msg],
+            ) -> Result<(), TestCaseError> {
+                let siv = Siv::<C>::new(key).unwrap();
+                let siv = siv.as_ref();
+                let mut texts: Vec<Vec<u8>> = msgs.iter().map(|m| m.2.clone()).collect();
+                let mut jobs: Vec<Job<'_>> = msgs
+                    .iter()
+                    .zip(texts.iter_mut())
+                    .map(|(m, t)| Job { ad: &m.0, nonce: &m.1, text: t, tag: [0; BLOCK], ok: false })
+                    .collect();
+                siv.seal_many(&mut jobs);
+                let tags: Vec<Block> = jobs.iter().map(|j| j.tag).collect();
+                drop(jobs);
+                for ((m, t), tag) in msgs.iter().zip(&texts).zip(&tags) {
+                    let mut one = m.2.clone();
+                    let want = siv.seal(&[&m.0, &m.1], &mut one);
+                    prop_assert_eq!(&want, tag);
+                    prop_assert_eq!(&one, t);
+                }
+                // Tamper with the tag of every message whose flag byte is odd.
+                let sealed = texts.clone();
+                let mut jobs: Vec<Job<'_>> = msgs
+                    .iter()
+                    .zip(texts.iter_mut())
+                    .zip(&tags)
+                    .map(|((m, t), tag)| {
+                        let mut tag = *tag;
+                        if m.3 % 2 == 1 {
+                            tag[usize::from(m.3) % BLOCK] ^= 1;
+                        }
+                        Job { ad: &m.0, nonce: &m.1, text: t, tag, ok: false }
+                    })
+                    .collect();
+                siv.open_many(&mut jobs);
+                let oks: Vec<bool> = jobs.iter().map(|j| j.ok).collect();
+                drop(jobs);
+                for (((m, t), ok), before) in msgs.iter().zip(&texts).zip(&oks).zip(&sealed) {
+                    prop_assert_eq!(*ok, m.3 % 2 == 0);
+                    if *ok {
+                        prop_assert_eq!(t, &m.2);
+                    } else {
+                        prop_assert_eq!(t, before);
+                    }
+                }
+                Ok(())
+            }
+            if wide {
+                check::<Aes256Enc>(&key, &msgs)?;
+            } else {
+                check::<Aes128Enc>(&key[..32], &msgs)?;
+            }
         }
     }
 

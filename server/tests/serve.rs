@@ -132,8 +132,8 @@ fn ke_error_answers() {
     let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
     assert_eq!(resp, vec![Record::Error(1), Record::EndOfMessage]);
 
-    // No AEAD in common: an empty AEAD record, no cookies.
-    let req = [&next_protocol[..], &[0, 4, 0, 4, 0, 30, 0, 1], &eom].concat();
+    // No AEAD in common (31 and 1 are not supported): an empty AEAD record, no cookies.
+    let req = [&next_protocol[..], &[0, 4, 0, 4, 0, 31, 0, 1], &eom].concat();
     let resp = decode_message(&ke_raw(&s, &req, true).unwrap()).unwrap();
     assert_eq!(
         resp,
