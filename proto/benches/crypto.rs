@@ -7,7 +7,10 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use nts_proto::client::NtsClient;
-use nts_proto::cookie::{open_cookie, seal_cookie, COOKIE_NONCE_LEN, MAX_COOKIE_LEN};
+use nts_proto::cookie::{
+    open_cookie, open_cookies, prepare_cookie, seal_cookie, seal_cookies, COOKIE_NONCE_LEN,
+    MAX_COOKIE_LEN,
+};
 use nts_proto::{
     AeadAlgorithm, AeadKey, Leap, MasterKey, NtpShort, NtpTimestamp, Random, Server, SessionKeys,
     SingleKey, SystemInfo,
@@ -71,6 +74,27 @@ fn pieces(c: &mut Criterion) {
             )
         })
     });
+    // The batched path's seal, one cookie and eight (time per batch).
+    for n in [1usize, 8] {
+        g.bench_function(format!("seal_cookies_{n}"), |b| {
+            let mut outs = [[0u8; 100]; 8];
+            b.iter(|| {
+                let mut slots: Vec<&mut [u8]> = Vec::with_capacity(8);
+                for out in outs.iter_mut().take(n) {
+                    prepare_cookie(7, &[1; COOKIE_NONCE_LEN], &keys, out).expect("room");
+                    slots.push(&mut out[..]);
+                }
+                seal_cookies(ring.key(), black_box(&mut slots));
+            })
+        });
+        g.bench_function(format!("open_cookies_{n}"), |b| {
+            let cookies: Vec<&[u8]> = (0..n).map(|_| &a_cookie[..]).collect();
+            let mut out: Vec<Result<SessionKeys, _>> = (0..n)
+                .map(|_| Err(nts_proto::cookie::CookieError::BadLength))
+                .collect();
+            b.iter(|| open_cookies(&ring, black_box(&cookies), &mut out))
+        });
+    }
     g.bench_function("open_cookie", |b| {
         let mut scratch = [0u8; MAX_COOKIE_LEN];
         b.iter(|| open_cookie(&ring, black_box(&a_cookie), &mut scratch).is_ok())
@@ -100,7 +124,7 @@ fn whole(c: &mut Criterion) {
         system: &sys,
     };
     let mut g = c.benchmark_group("handle");
-    for alg in [AeadAlgorithm::AesSivCmac256, AeadAlgorithm::AesSivCmac512] {
+    for alg in AeadAlgorithm::ALL {
         let keys = session(alg);
         let mut client = NtsClient::new(keys.clone(), vec![cookie(&ring, &keys, 1)]);
         let mut request = [0u8; 512];
@@ -112,6 +136,20 @@ fn whole(c: &mut Criterion) {
             let mut rng = Counter(0);
             let mut reply = [0u8; 512];
             b.iter(|| server.handle(NtpTimestamp(6), black_box(request), &mut reply, &mut rng))
+        });
+        // The same request eight times as one batch (time per batch of 8).
+        g.bench_function(format!("batch8_aead{}", alg.id()), |b| {
+            let mut rng = Counter(0);
+            let mut replies = [[0u8; 512]; 8];
+            let mut actions = [nts_proto::Action::Ignore(nts_proto::DropReason::TooShort); 8];
+            b.iter(|| {
+                let mut batch = replies.each_mut().map(|reply| nts_proto::Datagram {
+                    received: NtpTimestamp(6),
+                    request: black_box(request),
+                    reply,
+                });
+                server.handle_batch(&mut batch, &mut actions, &mut rng, |_| NtpTimestamp(7));
+            })
         });
     }
     let mut plain = [0u8; 48];

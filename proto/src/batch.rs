@@ -189,13 +189,13 @@ impl<K: CookieKeys> Server<'_, K> {
                 let Step::Framed(_, frame) = step else {
                     continue;
                 };
-                for cookie in frame.cookies(d.reply).iter_mut() {
+                for cookie in frame.cookies(d.reply) {
                     if k == BATCH_LANES {
                         seal_cookies(master, &mut all);
                         k = 0;
                     }
                     if let Some(slot) = all.get_mut(k) {
-                        *slot = std::mem::take(cookie);
+                        *slot = cookie;
                         k += 1;
                     }
                 }

@@ -260,6 +260,11 @@ pub fn seal_cookies(master: &MasterKey, cookies: &mut [&mut [u8]]) {
     let Some(siv) = master.cipher.siv128() else {
         return;
     };
+    // One alone gains nothing from lanes: the plain seal is shorter.
+    if let [one] = cookies {
+        seal_prepared(master, one);
+        return;
+    }
     const LANES: usize = crate::siv::BATCH_LANES;
     for chunk in cookies.chunks_mut(LANES) {
         let mut jobs: [crate::siv::Job<'_>; LANES] = Default::default();
@@ -295,6 +300,16 @@ pub fn seal_cookies(master: &MasterKey, cookies: &mut [&mut [u8]]) {
     }
 }
 
+/// Seals one cookie written by [`prepare_cookie`] in place, the path of
+/// [`seal_cookie`].
+fn seal_prepared(master: &MasterKey, cookie: &mut [u8]) {
+    if let Some((head, sealed)) = cookie.split_at_mut_checked(KEY_ID_LEN + COOKIE_NONCE_LEN) {
+        let (id, nonce) = head.split_at(KEY_ID_LEN);
+        // Cannot fail: `sealed` holds at least the tag (checked by the split).
+        let _ = master.cipher.seal(id, nonce, sealed);
+    }
+}
+
 /// Opens cookies side by side: `out[i]` is what [`open_cookie`] would give
 /// for `cookies[i]`. Cookies whose id has exactly one opening key, the
 /// same for all, run together (the usual case: one current key); any other
@@ -305,6 +320,11 @@ pub fn open_cookies(
     out: &mut [Result<SessionKeys, CookieError>],
 ) {
     const LANES: usize = crate::siv::BATCH_LANES;
+    if let ([one], [result]) = (cookies, &mut *out) {
+        let mut scratch = [0u8; MAX_COOKIE_LEN];
+        *result = open_cookie(keys, one, &mut scratch);
+        return;
+    }
     for (cookies, out) in cookies.chunks(LANES).zip(out.chunks_mut(LANES)) {
         let mut scratch = [[0u8; MAX_COOKIE_LEN]; LANES];
         let mut shared: Option<&MasterKey> = None;

@@ -216,7 +216,9 @@ impl<K: CookieKeys> Server<'_, K> {
                 let (key_id, master) = self.keys.sealing_key();
                 let frame = frame_reply(&nts, &keys, wanted, key_id, reply, rng)
                     .map_err(|_| DropReason::BufferTooSmall)?;
-                crate::cookie::seal_cookies(master, &mut frame.cookies(reply));
+                for cookie in frame.cookies(reply) {
+                    crate::cookie::seal_cookies(master, &mut [cookie]);
+                }
                 frame
                     .seal(&keys, reply, transmit)
                     .map_err(|_| DropReason::BufferTooSmall)
@@ -259,7 +261,6 @@ impl<K: CookieKeys> Server<'_, K> {
             return Err(DropReason::MalformedNts);
         }
         Ok(Classified::Nts(NtsRequest {
-            header,
             response,
             unique_id,
             cookie,
@@ -297,7 +298,7 @@ pub(crate) enum Classified<'r> {
 
 /// An NTS request that passed the checks that need no key.
 pub(crate) struct NtsRequest<'r> {
-    header: NtpHeader,
+    /// The reply's header (a NAK takes its poll and origin from it).
     response: NtpHeader,
     unique_id: &'r [u8],
     pub(crate) cookie: &'r [u8],
@@ -348,7 +349,7 @@ pub(crate) fn nak_reply(
     let reply = reply
         .get_mut(..nts.limit)
         .ok_or(DropReason::BufferTooSmall)?;
-    let len = nak(&nts.header, now, transmit, nts.unique_id, reply)
+    let len = nak(&nts.response, now, transmit, nts.unique_id, reply)
         .map_err(|_| DropReason::BufferTooSmall)?;
     Ok(Action::Reply {
         len,
@@ -480,19 +481,15 @@ pub(crate) fn frame_reply(
 }
 
 impl Frame {
-    /// The unsealed cookies in `reply`, for [`crate::cookie::seal_cookies`].
-    pub(crate) fn cookies<'r>(&self, reply: &'r mut [u8]) -> CookieSlots<'r> {
+    /// The unsealed cookies in `reply`, one by one.
+    pub(crate) fn cookies<'r>(&self, reply: &'r mut [u8]) -> impl Iterator<Item = &'r mut [u8]> {
         let first = self.cookie_at.saturating_sub(4);
-        let area = reply
+        let len = self.cookie_len;
+        reply
             .get_mut(first..first + self.cookie_count * self.cookie_stride)
-            .unwrap_or_default();
-        let mut slots = CookieSlots::default();
-        for field in area.chunks_mut(self.cookie_stride.max(1)) {
-            if let Some(body) = field.get_mut(4..4 + self.cookie_len) {
-                slots.push(body);
-            }
-        }
-        slots
+            .unwrap_or_default()
+            .chunks_mut(self.cookie_stride.max(1))
+            .filter_map(move |field| field.get_mut(4..4 + len))
     }
 
     /// Writes the transmit timestamp and seals the reply under the s2c
@@ -523,39 +520,6 @@ impl Frame {
             len: self.total,
             kind: ReplyKind::Nts,
         })
-    }
-}
-
-/// The cookies of one reply (at most as many as fit in a datagram).
-#[derive(Default)]
-pub(crate) struct CookieSlots<'r> {
-    slots: [&'r mut [u8]; MAX_COOKIES_PER_REPLY],
-    n: usize,
-}
-
-/// More cookies than fit in the longest datagram handled (2048 bytes, 72
-/// bytes per AEAD-30 cookie field).
-pub(crate) const MAX_COOKIES_PER_REPLY: usize = 32;
-
-impl<'r> CookieSlots<'r> {
-    fn push(&mut self, body: &'r mut [u8]) {
-        if let Some(slot) = self.slots.get_mut(self.n) {
-            *slot = body;
-            self.n += 1;
-        }
-    }
-}
-
-impl<'r> std::ops::Deref for CookieSlots<'r> {
-    type Target = [&'r mut [u8]];
-    fn deref(&self) -> &Self::Target {
-        self.slots.get(..self.n).unwrap_or_default()
-    }
-}
-
-impl std::ops::DerefMut for CookieSlots<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        self.slots.get_mut(..self.n).unwrap_or_default()
     }
 }
 
@@ -592,7 +556,7 @@ pub fn rate_kod(request: &[u8], received: NtpTimestamp, reply: &mut [u8]) -> Opt
 /// An NTS NAK: a kiss-o'-death `NTSN` echoing the Unique Identifier, with no
 /// cookie and no authenticator (RFC 8915, section 5.7).
 fn nak(
-    request: &NtpHeader,
+    response: &NtpHeader,
     now: NtpTimestamp,
     transmit: NtpTimestamp,
     unique_id: &[u8],
@@ -603,13 +567,13 @@ fn nak(
         version: 4,
         mode: Mode::Server,
         stratum: 0,
-        poll: request.poll,
+        poll: response.poll,
         precision: 0,
         root_delay: NtpShort(0),
         root_dispersion: NtpShort(0),
         reference_id: *b"NTSN",
         reference_time: NtpTimestamp(0),
-        origin: request.transmit,
+        origin: response.origin,
         receive: now,
         transmit,
     };

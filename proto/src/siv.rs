@@ -537,11 +537,102 @@ pub(crate) struct Job<'a> {
     pub(crate) ok: bool,
 }
 
-/// S2V of up to [`BATCH_LANES`] messages in lockstep: step `k` absorbs block
-/// `k` of every chain of every message, so the AES rounds of one message's
-/// chains overlap with the others' instead of waiting on their own previous
-/// block. The chains and their combination are those of [`S2v`], which the
-/// tests compare this with.
+/// Blocks waiting for the cipher, encrypted in groups of the backend's
+/// parallel width (8 with AES-NI) by one `proc_par_blocks` call each: the
+/// group's AES rounds interleave with the round keys held in registers,
+/// which independent chains need to run at the cipher's throughput rather
+/// than at one block's latency. Each block remembers where it goes back to
+/// (message, chain or block index).
+struct Gather<B: BlockBackend<BlockSize = U16>> {
+    par: aes::cipher::ParBlocks<B>,
+    dst: [(usize, usize); 8],
+    n: usize,
+}
+
+impl<B: BlockBackend<BlockSize = U16>> Gather<B> {
+    fn new() -> Self {
+        Self {
+            par: Default::default(),
+            dst: [(0, 0); 8],
+            n: 0,
+        }
+    }
+
+    /// The group's width: the backend's, at most 8.
+    fn width() -> usize {
+        use aes::cipher::typenum::Unsigned;
+        B::ParBlocksSize::USIZE.clamp(1, 8)
+    }
+
+    /// Queues `block` for `dst`; true when the group is full and must be
+    /// flushed before the next push.
+    #[inline(always)]
+    fn push(&mut self, block: Block, dst: (usize, usize)) -> bool {
+        if let (Some(slot), Some(d)) = (self.par.get_mut(self.n), self.dst.get_mut(self.n)) {
+            *slot = GenericArray::from(block);
+            *d = dst;
+            self.n += 1;
+        }
+        self.n >= Self::width()
+    }
+
+    /// Encrypts the queued blocks; `results` then gives them.
+    #[inline(always)]
+    fn run(&mut self, aes: &mut B) {
+        if self.n >= Self::width() {
+            aes.proc_par_blocks((&mut self.par).into());
+        } else {
+            for b in self.par.iter_mut().take(self.n) {
+                aes.proc_block(b.into());
+            }
+        }
+    }
+
+    /// The encrypted blocks with their destinations; empties the group.
+    #[inline(always)]
+    fn results(&mut self) -> impl Iterator<Item = (Block, (usize, usize))> + '_ {
+        let n = std::mem::take(&mut self.n);
+        self.par
+            .iter()
+            .zip(self.dst)
+            .take(n)
+            .map(|(b, d)| ((*b).into(), d))
+    }
+}
+
+/// Chain states of a batch: per message, the associated data, the nonce
+/// and the message body.
+type Chains = [[Block; 3]; BATCH_LANES];
+
+#[inline(always)]
+fn absorb_into<B: BlockBackend<BlockSize = U16>>(
+    aes: &mut B,
+    g: &mut Gather<B>,
+    x: &mut Chains,
+    input: Block,
+    dst: (usize, usize),
+) {
+    if g.push(input, dst) {
+        flush_into(aes, g, x);
+    }
+}
+
+#[inline(always)]
+fn flush_into<B: BlockBackend<BlockSize = U16>>(aes: &mut B, g: &mut Gather<B>, x: &mut Chains) {
+    g.run(aes);
+    for (b, (j, c)) in g.results() {
+        if let Some(x) = x.get_mut(j).and_then(|x| x.get_mut(c)) {
+            *x = b;
+        }
+    }
+}
+
+/// S2V of up to [`BATCH_LANES`] messages side by side: round `k` absorbs
+/// block `k` of every chain of every message (associated data, nonce, and
+/// the message's whole blocks before its last 16 bytes) through the
+/// cipher's parallel path; then the final blocks of all, the combination
+/// per message, and the message tails, grouped the same way. The chains and
+/// their combination are those of [`S2v`], which the tests compare it with.
 struct S2vMany<'a, 'j> {
     consts: &'a Consts,
     jobs: &'a [Job<'j>],
@@ -556,97 +647,120 @@ impl BlockClosure for S2vMany<'_, '_> {
     #[inline(always)]
     fn call<B: BlockBackend<BlockSize = U16>>(self, aes: &mut B) {
         let (k1, k2) = (&self.consts.k1, &self.consts.k2);
-        // Per message: chains of the associated data, the nonce and the
-        // message's whole blocks before its last 16 bytes.
-        let mut x = [[[0u8; BLOCK]; 3]; BATCH_LANES];
+        let jobs = self
+            .jobs
+            .get(..self.jobs.len().min(BATCH_LANES))
+            .unwrap_or_default();
+        let mut x: Chains = [[[0u8; BLOCK]; 3]; BATCH_LANES];
         let mut bodies: [[&[u8]; 3]; BATCH_LANES] = [[&[]; 3]; BATCH_LANES];
-        let mut lasts: [[&[u8]; 2]; BATCH_LANES] = [[&[]; 2]; BATCH_LANES];
-        let mut tails: [&[u8]; BATCH_LANES] = [&[]; BATCH_LANES];
         let mut steps = 0;
-        let jobs = self.jobs.iter().take(BATCH_LANES);
-        for (((job, body), last), tail) in jobs
-            .zip(bodies.iter_mut())
-            .zip(lasts.iter_mut())
-            .zip(tails.iter_mut())
-        {
-            let msg: &[u8] = job.text;
-            let (head, rest) = msg.split_at(msg.len().saturating_sub(BLOCK) / BLOCK * BLOCK);
-            let (ad_body, ad_last) = split_last(job.ad);
-            let (nonce_body, nonce_last) = split_last(job.nonce);
-            *body = [ad_body, nonce_body, head];
-            *last = [ad_last, nonce_last];
-            *tail = rest;
+        for (job, body) in jobs.iter().zip(bodies.iter_mut()) {
+            let msg: &[u8] = &job.text[..];
+            let head = msg.get(..msg.len().saturating_sub(BLOCK) / BLOCK * BLOCK);
+            *body = [
+                split_last(job.ad).0,
+                split_last(job.nonce).0,
+                head.unwrap_or_default(),
+            ];
             steps = body.iter().map(|b| b.len() / BLOCK).fold(steps, usize::max);
         }
-        let n = self.jobs.len().min(BATCH_LANES);
+        let mut g = Gather::<B>::new();
         for step in 0..steps {
             let range = step * BLOCK..(step + 1) * BLOCK;
-            for (x, body) in x.iter_mut().zip(&bodies).take(n) {
-                for (x, chain) in x.iter_mut().zip(body) {
-                    if let Some(block) = chain.get(range.clone()) {
-                        absorb_block(aes, x, block);
+            for (j, body) in bodies.iter().enumerate().take(jobs.len()) {
+                for (c, chain) in body.iter().enumerate() {
+                    if let (Some(block), Some(cur)) =
+                        (chain.get(range.clone()), x.get(j).and_then(|x| x.get(c)))
+                    {
+                        let mut input = *cur;
+                        xor_slice(&mut input, block);
+                        absorb_into(aes, &mut g, &mut x, input, (j, c));
                     }
                 }
             }
+            flush_into(aes, &mut g, &mut x);
         }
-        for (x, last) in x.iter_mut().zip(&lasts).take(n) {
-            for (x, last) in x.iter_mut().zip(last) {
-                let fin = final_block(last, k1, k2);
-                absorb_block(aes, x, &fin);
+        // The final blocks of the associated data and the nonce.
+        for (j, job) in jobs.iter().enumerate() {
+            for (c, header) in [job.ad, job.nonce].into_iter().enumerate() {
+                if let Some(cur) = x.get(j).and_then(|x| x.get(c)) {
+                    let mut input = *cur;
+                    xor(&mut input, &final_block(split_last(header).1, k1, k2));
+                    absorb_into(aes, &mut g, &mut x, input, (j, c));
+                }
             }
         }
-        let mut macs = [Cmac::default(); BATCH_LANES];
-        for ((((job, x), tail), mac), out) in self
-            .jobs
-            .iter()
-            .zip(&x)
-            .zip(&tails)
-            .zip(macs.iter_mut())
-            .zip(self.out.iter_mut())
-            .take(n)
-        {
+        flush_into(aes, &mut g, &mut x);
+        // The message: its tail xorend D, or for a short one dbl(D) xor pad.
+        let mut finals = [[0u8; BLOCK]; BATCH_LANES];
+        let mut firsts = 0;
+        for ((job, x), fin) in jobs.iter().zip(x.iter_mut()).zip(finals.iter_mut()) {
             let [ad_x, nonce_x, msg_x] = x;
             let mut d = dbl(&self.consts.d0);
             xor(&mut d, ad_x);
             d = dbl(&d);
             xor(&mut d, nonce_x);
-            if job.text.len() >= BLOCK {
+            let msg: &[u8] = &job.text[..];
+            if msg.len() >= BLOCK {
+                let from = msg.len().saturating_sub(BLOCK) / BLOCK * BLOCK;
                 let mut t = [0u8; 2 * BLOCK];
+                let tail = msg.get(from..).unwrap_or_default();
                 let t = t.get_mut(..tail.len()).unwrap_or_default();
                 t.copy_from_slice(tail);
-                let from = t.len() - BLOCK;
-                for (a, b) in t.iter_mut().skip(from).zip(&d) {
+                let end = t.len() - BLOCK;
+                for (a, b) in t.iter_mut().skip(end).zip(&d) {
                     *a ^= b;
                 }
-                *mac = Cmac {
-                    x: *msg_x,
-                    buf: [0; BLOCK],
-                    len: 0,
-                };
-                mac.update(aes, t);
+                // 16 to 31 bytes: one whole block absorbed first if longer
+                // than 16, then the last (K1 if whole, else padded and K2).
+                let (first, last) = split_last(t);
+                if let Ok(first) = <&Block>::try_from(first) {
+                    xor(msg_x, first);
+                    firsts += 1;
+                }
+                *fin = final_block(last, k1, k2);
             } else {
                 let mut t = dbl(&d);
-                xor(&mut t, &pad(job.text));
-                let mut v = [0u8; BLOCK];
-                absorb_block(aes, &mut v, &final_block(&t, k1, k2));
-                *out = v;
+                xor(&mut t, &pad(msg));
+                *msg_x = [0; BLOCK];
+                *fin = final_block(&t, k1, k2);
             }
         }
-        for ((job, mac), out) in self.jobs.iter().zip(macs).zip(self.out.iter_mut()).take(n) {
-            if job.text.len() >= BLOCK {
-                *out = mac.finish(aes, k1, k2);
+        // The whole first blocks of the longer tails, already xored in.
+        if firsts > 0 {
+            for (j, job) in jobs.iter().enumerate() {
+                let len = job.text.len();
+                let tail = len - len.saturating_sub(BLOCK) / BLOCK * BLOCK;
+                if len >= BLOCK && tail > BLOCK {
+                    if let Some(&cur) = x.get(j).and_then(|x| x.get(2)) {
+                        absorb_into(aes, &mut g, &mut x, cur, (j, 2));
+                    }
+                }
             }
+            flush_into(aes, &mut g, &mut x);
+        }
+        for (j, fin) in finals.iter().enumerate().take(jobs.len()) {
+            if let Some(cur) = x.get(j).and_then(|x| x.get(2)) {
+                let mut input = *cur;
+                xor(&mut input, fin);
+                absorb_into(aes, &mut g, &mut x, input, (j, 2));
+            }
+        }
+        flush_into(aes, &mut g, &mut x);
+        for (out, x) in self.out.iter_mut().zip(&x).take(jobs.len()) {
+            let [_, _, v] = x;
+            *out = *v;
         }
     }
 }
 
-/// AES-CTR of every message of a batch in one pass over the backend, each
-/// from its own IV (`ivs[i]`, RFC 5297 2.5), `CTR_PAR` blocks at a time
-/// across the messages.
+/// AES-CTR of the messages of a batch in one pass over the backend, each
+/// from its own IV (`ivs[i]`, RFC 5297 2.5), their keystream blocks grouped
+/// for the cipher's parallel path.
 struct CtrMany<'a, 'j> {
     ivs: &'a [Block; BATCH_LANES],
     jobs: &'a mut [Job<'j>],
-    /// Messages to skip (opened already, or failed).
+    /// Messages to leave alone.
     skip: [bool; BATCH_LANES],
 }
 
@@ -657,15 +771,54 @@ impl BlockSizeUser for CtrMany<'_, '_> {
 impl BlockClosure for CtrMany<'_, '_> {
     #[inline(always)]
     fn call<B: BlockBackend<BlockSize = U16>>(self, aes: &mut B) {
-        for ((job, iv), skip) in self.jobs.iter_mut().zip(self.ivs).zip(self.skip) {
-            if skip {
-                continue;
+        let mut g = Gather::<B>::new();
+        let mut counters = [0u128; BATCH_LANES];
+        for (c, iv) in counters.iter_mut().zip(self.ivs) {
+            let mut q = *iv;
+            if let Some(b) = q.get_mut(8) {
+                *b &= 0x7f;
             }
-            Ctr {
-                iv,
-                data: &mut *job.text,
+            if let Some(b) = q.get_mut(12) {
+                *b &= 0x7f;
             }
-            .call(aes);
+            *c = u128::from_be_bytes(q);
+        }
+        let blocks: [usize; BATCH_LANES] = std::array::from_fn(|j| {
+            self.jobs
+                .get(j)
+                .map_or(0, |job| job.text.len().div_ceil(BLOCK))
+        });
+        let most = blocks.iter().copied().max().unwrap_or(0);
+        let jobs = self.jobs;
+        for k in 0..most {
+            for (j, (&n, (&c, &skip))) in blocks
+                .iter()
+                .zip(counters.iter().zip(&self.skip))
+                .enumerate()
+            {
+                if skip || k >= n {
+                    continue;
+                }
+                let ctr = c.wrapping_add(k as u128).to_be_bytes();
+                if g.push(ctr, (j, k)) {
+                    g.run(aes);
+                    apply_keystream(&mut g, jobs);
+                }
+            }
+        }
+        g.run(aes);
+        apply_keystream(&mut g, jobs);
+    }
+}
+
+#[inline(always)]
+fn apply_keystream<B: BlockBackend<BlockSize = U16>>(g: &mut Gather<B>, jobs: &mut [Job<'_>]) {
+    for (ks, (j, k)) in g.results() {
+        if let Some(chunk) = jobs
+            .get_mut(j)
+            .and_then(|job| job.text.chunks_mut(BLOCK).nth(k))
+        {
+            xor_slice(chunk, &ks);
         }
     }
 }
