@@ -2,9 +2,9 @@
 #   docker build -t ntsd .
 #   docker run -d --name ntsd -p 123:123/udp -p 4460:4460/tcp -p 9460:9460/tcp \
 #     -v /etc/ntsd/tls:/etc/ntsd/tls:ro -v ntsd-keys:/var/lib/ntsd ntsd
-# Docker's default seccomp profile blocks io_uring: ntsd then serves with its
-# portable back end (logged once). README "Containers" shows how to allow
-# io_uring for full speed.
+# Docker's default seccomp profile blocks io_uring; the default back end
+# ("auto" = portable) does not need it. README "Containers" shows how to allow
+# io_uring for backend = "io-uring".
 
 FROM rust:1-bookworm AS build
 WORKDIR /src

@@ -67,15 +67,6 @@ impl<C: BatchClock> BatchClock for Offset<'_, C> {
     }
 }
 
-/// Where one NTS datagram of a chunk is.
-#[derive(Default)]
-enum Step<'r> {
-    #[default]
-    Done,
-    Nts(NtsRequest<'r>),
-    Framed(SessionKeys, Frame),
-}
-
 impl<K: CookieKeys> Server<'_, K> {
     /// Answers every datagram of `batch`: `actions[i]` is what
     /// [`Server::handle_timed`] returns for `batch[i]` (extra actions are
@@ -110,10 +101,12 @@ impl<K: CookieKeys> Server<'_, K> {
         rng: &mut impl Random,
         clock: &mut impl BatchClock,
     ) {
-        let mut steps: [Step<'_>; BATCH_LANES] = Default::default();
-        for (i, ((d, step), action)) in chunk
+        // Per datagram of the chunk: its checked NTS fields, later its
+        // frame. Keys stay where `open_cookies` put them, never moved.
+        let mut nts: [Option<NtsRequest<'_>>; BATCH_LANES] = Default::default();
+        for (i, ((d, slot), action)) in chunk
             .iter_mut()
-            .zip(steps.iter_mut())
+            .zip(nts.iter_mut())
             .zip(actions.iter_mut())
             .enumerate()
         {
@@ -122,8 +115,8 @@ impl<K: CookieKeys> Server<'_, K> {
                     plain_reply(response, || clock.transmit(i), d.reply)
                         .unwrap_or_else(Action::Ignore)
                 }
-                Ok(Classified::Nts(nts)) => {
-                    *step = Step::Nts(nts);
+                Ok(Classified::Nts(n)) => {
+                    *slot = Some(n);
                     continue;
                 }
                 Err(reason) => Action::Ignore(reason),
@@ -132,50 +125,51 @@ impl<K: CookieKeys> Server<'_, K> {
 
         // The cookies, side by side.
         let mut cookies: [&[u8]; BATCH_LANES] = [&[]; BATCH_LANES];
-        let mut which = [0usize; BATCH_LANES];
+        let mut key_of = [usize::MAX; BATCH_LANES];
         let mut n = 0;
-        for (i, step) in steps.iter().enumerate() {
-            if let (Step::Nts(nts), Some(c), Some(w)) = (step, cookies.get_mut(n), which.get_mut(n))
-            {
-                *c = nts.cookie;
-                *w = i;
+        for (slot, key) in nts.iter().zip(key_of.iter_mut()) {
+            if let (Some(req), Some(c)) = (slot, cookies.get_mut(n)) {
+                *c = req.cookie;
+                *key = n;
                 n += 1;
             }
         }
+        if n == 0 {
+            return;
+        }
         let mut opened: [Result<SessionKeys, CookieError>; BATCH_LANES] =
             std::array::from_fn(|_| Err(CookieError::BadLength));
-        if n > 0 {
-            open_cookies(
-                self.keys,
-                cookies.get(..n).unwrap_or_default(),
-                opened.get_mut(..n).unwrap_or_default(),
-            );
-        }
+        open_cookies(
+            self.keys,
+            cookies.get(..n).unwrap_or_default(),
+            opened.get_mut(..n).unwrap_or_default(),
+        );
 
         // Each request under its own keys: NAK now, or frame the reply.
         let (key_id, master) = self.keys.sealing_key();
-        for (&i, keys) in which.iter().zip(opened).take(n) {
-            let (Some(step), Some(d), Some(action)) =
-                (steps.get_mut(i), chunk.get_mut(i), actions.get_mut(i))
-            else {
+        let mut frames: [Option<Frame>; BATCH_LANES] = Default::default();
+        for (i, ((((d, req), action), frame), &k)) in chunk
+            .iter_mut()
+            .zip(&nts)
+            .zip(actions.iter_mut())
+            .zip(frames.iter_mut())
+            .zip(&key_of)
+            .enumerate()
+        {
+            let (Some(req), Some(keys)) = (req, opened.get(k)) else {
                 continue;
             };
-            let Step::Nts(nts) = std::mem::take(step) else {
-                continue;
+            let verified = match keys {
+                Ok(keys) => verify(d.request, keys, req.fields(), d.reply).map(|w| (keys, w)),
+                Err(e) => Err(nak_reason(*e)),
             };
-            let verified = keys.map_err(nak_reason).and_then(|keys| {
-                let wanted = verify(d.request, &keys, nts.fields(), d.reply)?;
-                Ok((keys, wanted))
-            });
             match verified {
-                Ok((keys, wanted)) => {
-                    match frame_reply(&nts, &keys, wanted, key_id, d.reply, rng) {
-                        Ok(frame) => *step = Step::Framed(keys, frame),
-                        Err(_) => *action = Action::Ignore(DropReason::BufferTooSmall),
-                    }
-                }
+                Ok((keys, wanted)) => match frame_reply(req, keys, wanted, key_id, d.reply, rng) {
+                    Ok(f) => *frame = Some(f),
+                    Err(_) => *action = Action::Ignore(DropReason::BufferTooSmall),
+                },
                 Err(reason) => {
-                    *action = nak_reply(&nts, d.received, clock.transmit(i), reason, d.reply)
+                    *action = nak_reply(req, d.received, clock.transmit(i), reason, d.reply)
                         .unwrap_or_else(Action::Ignore);
                 }
             }
@@ -185,8 +179,8 @@ impl<K: CookieKeys> Server<'_, K> {
         {
             let mut all: [&mut [u8]; BATCH_LANES] = Default::default();
             let mut k = 0;
-            for (step, d) in steps.iter().zip(chunk.iter_mut()) {
-                let Step::Framed(_, frame) = step else {
+            for (frame, d) in frames.iter().zip(chunk.iter_mut()) {
+                let Some(frame) = frame else {
                     continue;
                 };
                 for cookie in frame.cookies(d.reply) {
@@ -204,13 +198,14 @@ impl<K: CookieKeys> Server<'_, K> {
         }
 
         // Each reply sealed, its transmit time read just before.
-        for (i, ((step, d), action)) in steps
+        for (i, (((frame, d), action), &k)) in frames
             .iter()
             .zip(chunk.iter_mut())
             .zip(actions.iter_mut())
+            .zip(&key_of)
             .enumerate()
         {
-            if let Step::Framed(keys, frame) = step {
+            if let (Some(frame), Some(Ok(keys))) = (frame, opened.get(k)) {
                 *action = frame
                     .seal(keys, d.reply, || clock.transmit(i))
                     .unwrap_or(Action::Ignore(DropReason::BufferTooSmall));

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use keyrotate::RotatingKeys;
-use nts_proto::{Action, BatchClock, Datagram, NtpTimestamp, ReplyKind, Server};
+use nts_proto::{Action, NtpTimestamp, ReplyKind, Server};
 
 use crate::clock::now_ntp;
 use crate::config::{AccessConfig, Backend, NtpConfig};
@@ -137,7 +137,17 @@ impl Worker {
         request: &[u8],
         reply: &mut [u8],
     ) -> Option<usize> {
-        let received = self.received(received);
+        self.counters.add(NtpEvent::Received);
+        let received = match received {
+            Some(t) => {
+                self.counters.add(NtpEvent::KernelTimestamp);
+                t
+            }
+            None => {
+                self.counters.add(NtpEvent::NoKernelTimestamp);
+                now_ntp()
+            }
+        };
         if let Some(ip) = peer {
             if !self.access.permits(ip) {
                 self.counters.add(NtpEvent::DropAccessDenied);
@@ -181,115 +191,6 @@ impl Worker {
         }
     }
 
-    /// Answers a batch of datagrams (what one receive call brought): the
-    /// same checks and counts as [`Worker::process`] per datagram, then
-    /// [`Server::handle_batch`] over those that pass, so the work under the
-    /// master keys runs side by side. `reply_len` is set for each datagram
-    /// that gets a reply. A lone datagram is a batch of one; nothing waits.
-    pub fn process_batch(&mut self, items: &mut [Incoming<'_>]) {
-        for chunk in items.chunks_mut(MAX_BATCH) {
-            self.process_chunk(chunk);
-        }
-    }
-
-    fn process_chunk(&mut self, items: &mut [Incoming<'_>]) {
-        let ring = self.keys.load();
-        let system = self.system.load();
-        let server = Server {
-            keys: &**ring,
-            system: &system,
-        };
-        let mut grams: [Datagram<'_>; MAX_BATCH] = std::array::from_fn(|_| Datagram {
-            received: NtpTimestamp(0),
-            request: &[],
-            reply: &mut [],
-        });
-        let mut index = [0usize; MAX_BATCH];
-        let mut buckets = [0usize; MAX_BATCH];
-        let mut clock = BatchTimes::default();
-        let mut n = 0;
-        for (i, item) in items.iter_mut().enumerate() {
-            item.reply_len = None;
-            let received = self.received(item.received);
-            if let Some(ip) = item.peer {
-                if !self.access.permits(ip) {
-                    self.counters.add(NtpEvent::DropAccessDenied);
-                    continue;
-                }
-                if let Some(limiter) = self.limiter.as_mut() {
-                    if limiter.check(ip, received.as_nanos()) == Verdict::OverLimit {
-                        item.reply_len = self.over_limit(received, item.request, item.reply);
-                        continue;
-                    }
-                }
-            }
-            let (Some(g), Some(x), Some(ahead), Some(bucket)) = (
-                grams.get_mut(n),
-                index.get_mut(n),
-                clock.ahead.get_mut(n),
-                buckets.get_mut(n),
-            ) else {
-                break;
-            };
-            *bucket = SealDelay::bucket(item.request.len());
-            *ahead = self.seal_delay.get(*bucket);
-            *g = Datagram {
-                received,
-                request: item.request,
-                reply: &mut *item.reply,
-            };
-            *x = i;
-            n += 1;
-        }
-        let mut actions = [Action::Ignore(nts_proto::DropReason::TooShort); MAX_BATCH];
-        let grams = grams.get_mut(..n).unwrap_or_default();
-        let actions = actions.get_mut(..n).unwrap_or_default();
-        server.handle_batch(grams, actions, &mut self.rng, &mut clock);
-        for (j, (&action, &i)) in actions.iter().zip(&index).enumerate() {
-            if let (
-                Action::Reply {
-                    kind: ReplyKind::Nts,
-                    ..
-                },
-                Some(&read),
-                Some(&done),
-                Some(&b),
-            ) = (
-                action,
-                clock.read_at.get(j),
-                clock.sealed_at.get(j),
-                buckets.get(j),
-            ) {
-                self.seal_delay.learn(b, done.wrapping_sub(read));
-            }
-            self.counters.add(NtpEvent::of(&action));
-            match action {
-                Action::Reply { len, .. } => {
-                    if let Some(item) = items.get_mut(i) {
-                        item.reply_len = Some(len);
-                    }
-                }
-                Action::Ignore(reason) => tracing::trace!(?reason, "request ignored"),
-            }
-        }
-    }
-
-    /// Counts a datagram and its receive time; a clock read now if the
-    /// kernel gave none.
-    fn received(&self, kernel: Option<NtpTimestamp>) -> NtpTimestamp {
-        self.counters.add(NtpEvent::Received);
-        match kernel {
-            Some(t) => {
-                self.counters.add(NtpEvent::KernelTimestamp);
-                t
-            }
-            None => {
-                self.counters.add(NtpEvent::NoKernelTimestamp);
-                now_ntp()
-            }
-        }
-    }
-
     /// A request over the rate limit: dropped, or for a plain request (no
     /// extension fields) with `kod = true`, a RATE kiss-o'-death. NTS
     /// requests are never answered here: a NAK would make an honest client
@@ -328,59 +229,6 @@ impl Worker {
 
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
-    }
-}
-
-/// Datagrams answered by one [`Worker::process_batch`] step at most (the
-/// receive batches of both back ends).
-pub const MAX_BATCH: usize = 32;
-
-/// One received datagram for [`Worker::process_batch`].
-#[derive(Debug, Default)]
-pub struct Incoming<'a> {
-    /// The sender's address, for the access list and the rate limit.
-    pub peer: Option<std::net::IpAddr>,
-    /// The kernel's receive timestamp.
-    pub received: Option<NtpTimestamp>,
-    pub request: &'a [u8],
-    pub reply: &'a mut [u8],
-    /// Set by `process_batch`: the length of the reply written, if any.
-    pub reply_len: Option<usize>,
-}
-
-/// The transmit times of a batch: each read as late as `handle_batch`
-/// asks, set ahead by the learned seal time of its size, and when each
-/// seal ended, to learn from.
-#[derive(Debug)]
-struct BatchTimes {
-    ahead: [u64; MAX_BATCH],
-    read_at: [u64; MAX_BATCH],
-    sealed_at: [u64; MAX_BATCH],
-}
-
-impl Default for BatchTimes {
-    fn default() -> Self {
-        Self {
-            ahead: [0; MAX_BATCH],
-            read_at: [0; MAX_BATCH],
-            sealed_at: [0; MAX_BATCH],
-        }
-    }
-}
-
-impl BatchClock for &mut BatchTimes {
-    fn transmit(&mut self, i: usize) -> NtpTimestamp {
-        let now = now_ntp().0;
-        if let Some(r) = self.read_at.get_mut(i) {
-            *r = now;
-        }
-        NtpTimestamp(now.wrapping_add(self.ahead.get(i).copied().unwrap_or(0)))
-    }
-
-    fn sealed(&mut self, i: usize) {
-        if let Some(s) = self.sealed_at.get_mut(i) {
-            *s = now_ntp().0;
-        }
     }
 }
 
@@ -487,13 +335,10 @@ pub fn start(
         .map(|s| s.iter().filter_map(|u| u.local_addr().ok()).collect())
         .unwrap_or_default();
     let backend = match cfg.backend {
-        Backend::Auto => match uring::probe() {
-            Ok(()) => Backend::IoUring,
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring unavailable, using the portable back end");
-                Backend::Portable
-            }
-        },
+        // The portable back end: in every paired run of bench/compare.sh
+        // it spent less CPU per reply than io_uring (README, Performance),
+        // and it runs everywhere, Docker's default seccomp profile included.
+        Backend::Auto => Backend::Portable,
         Backend::IoUring => {
             uring::probe()
                 .map_err(|e| format!("[ntp] backend = \"io-uring\": io_uring unavailable: {e}"))?;

@@ -8,7 +8,7 @@ use super::sys::{
     attach_source, empty_storage, errno, peer_ip, point_reply, received, send_all, storage_bytes,
     ControlBuf, SourceBuf, CONTROL_WORDS,
 };
-use super::{Incoming, Worker, MAX_PACKET};
+use super::{Worker, MAX_PACKET};
 use crate::ops::counters::NtpEvent;
 
 const BATCH: usize = 32;
@@ -72,18 +72,9 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
             }
             continue;
         }
-        let n = (n as usize).min(BATCH);
-        // The datagrams of this receive, answered as one batch.
-        let mut items: [Incoming<'_>; BATCH] = Default::default();
-        let mut locals = [None; BATCH];
-        let mut k = 0;
-        for (i, ((msg, request), reply)) in msgs
-            .iter()
-            .zip(b.requests.iter())
-            .zip(b.replies.iter_mut())
-            .enumerate()
-            .take(n)
-        {
+        let n = n as usize;
+        let mut m = 0;
+        for (i, msg) in msgs.iter().enumerate().take(n) {
             let len = msg.msg_len as usize;
             if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                 worker.count(NtpEvent::Received);
@@ -91,33 +82,12 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
                 continue;
             }
             let info = received(&msg.msg_hdr);
-            locals[i] = Some(info.local);
-            items[k] = Incoming {
-                peer: peer_ip(storage_bytes(&b.addrs[i], msg.msg_hdr.msg_namelen)),
-                received: info.at,
-                request: &request[..len.min(MAX_PACKET)],
-                reply,
-                reply_len: None,
-            };
-            k += 1;
-        }
-        worker.process_batch(&mut items[..k]);
-        let mut lens = [None; BATCH];
-        for (slot, item) in items.iter().take(k).enumerate() {
-            lens[slot] = item.reply_len;
-        }
-        let mut m = 0;
-        let mut slot = 0;
-        for i in 0..n {
-            let Some(local) = locals[i] else {
+            let peer = peer_ip(storage_bytes(&b.addrs[i], msg.msg_hdr.msg_namelen));
+            let Some(reply_len) =
+                worker.process(peer, info.at, &b.requests[i][..len], &mut b.replies[i])
+            else {
                 continue;
             };
-            let reply_len = lens[slot];
-            slot += 1;
-            let Some(reply_len) = reply_len else {
-                continue;
-            };
-            let msg = &msgs[i];
             let Some(reply) = b.replies[i].get_mut(..reply_len) else {
                 continue;
             };
@@ -128,7 +98,7 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
                 &mut b.addrs[i],
                 msg.msg_hdr.msg_namelen,
             );
-            if let Some(local) = local {
+            if let Some(local) = info.local {
                 attach_source(&mut out[m], &mut b.sources[m], local);
             }
             m += 1;

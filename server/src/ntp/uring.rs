@@ -18,7 +18,7 @@ use super::sys::{
     attach_source, empty_storage, peer_ip, point_reply, received_in, send_all, ControlBuf,
     SourceBuf,
 };
-use super::{Incoming, Worker, MAX_BATCH, MAX_PACKET, STOP_POLL};
+use super::{Worker, MAX_PACKET, STOP_POLL};
 use crate::ops::counters::NtpEvent;
 
 /// Provided receive buffers per worker (a power of two, as the kernel
@@ -300,34 +300,18 @@ impl SendBatch {
         }
     }
 
-    /// Makes room for `n` replies on `fd`, sending what is queued for
-    /// another socket or what would not leave room first.
-    fn reserve_n(&mut self, worker: &Worker, fd: i32, n: usize) {
-        if self.len + n > SEND_BATCH || (self.len > 0 && self.fd != fd) {
+    /// Makes room for a reply on `fd`, sending what is queued for another
+    /// socket or a full batch first.
+    fn reserve(&mut self, worker: &Worker, fd: i32) {
+        if self.len == SEND_BATCH || (self.len > 0 && self.fd != fd) {
             self.flush(worker);
         }
         self.fd = fd;
     }
 
-    /// The reply buffers not queued yet, from the next one on.
-    fn free_replies(&mut self) -> &mut [[u8; MAX_PACKET]] {
-        let from = self.len.min(SEND_BATCH);
-        &mut self.replies[from..]
-    }
-
-    /// Queues the reply built in buffer `at` (at or after the next one, as
-    /// `free_replies` gave them), `len` bytes, to `name`: moved down first
-    /// when earlier datagrams got no reply.
-    fn commit_from(&mut self, at: usize, len: usize, name: &[u8], local: Option<std::net::IpAddr>) {
-        if at >= SEND_BATCH || at < self.len {
-            return;
-        }
-        if at > self.len {
-            let len = len.min(MAX_PACKET);
-            let (head, tail) = self.replies.split_at_mut(at);
-            head[self.len][..len].copy_from_slice(&tail[0][..len]);
-        }
-        self.commit(len, name, local);
+    /// The buffer for the next reply.
+    fn next_reply(&mut self) -> &mut [u8; MAX_PACKET] {
+        &mut self.replies[self.len.min(SEND_BATCH - 1)]
     }
 
     /// Queues the reply built in `next_reply`, `len` bytes, to `name`.
@@ -432,7 +416,6 @@ fn serve(
             Err(e) => return Err(format!("io_uring_enter failed: {e}")),
         }
         let mut recycled = false;
-        let mut pending = Pending::default();
         for cqe in ring.completion() {
             let data = cqe.user_data();
             if data & OP_MASK != OP_RECV {
@@ -441,17 +424,17 @@ fn serve(
             let index = (data & INDEX_MASK) as usize;
             let flags = cqe.flags();
             if let Some(bid) = cqueue::buffer_select(flags) {
-                match (cancelled, fds.get(index)) {
-                    (false, Some(&fd)) => {
-                        // The datagrams of one socket in this pass are
-                        // answered together; their buffers wait until then.
-                        if pending.is_full() || (pending.n > 0 && pending.fd != fd) {
-                            answer(worker, buffers, template, &mut pending, &mut batch);
-                        }
-                        pending.push(fd, bid, cqe.result());
-                    }
-                    _ => buffers.recycle(bid),
+                if let (false, Some(&fd)) = (cancelled, fds.get(index)) {
+                    on_receive(
+                        worker,
+                        buffers.get(bid),
+                        cqe.result(),
+                        template,
+                        fd,
+                        &mut batch,
+                    );
                 }
+                buffers.recycle(bid);
                 recycled = true;
             } else if cqe.result() < 0
                 && cqe.result() != -libc::ENOBUFS
@@ -466,7 +449,6 @@ fn serve(
                 }
             }
         }
-        answer(worker, buffers, template, &mut pending, &mut batch);
         batch.flush(worker);
         if recycled {
             buffers.publish();
@@ -475,128 +457,40 @@ fn serve(
     Ok(())
 }
 
-/// Received datagrams of one socket whose buffers are still held.
-#[derive(Default)]
-struct Pending {
-    fd: i32,
-    bids: [u16; MAX_BATCH],
-    results: [i32; MAX_BATCH],
-    n: usize,
-}
-
-impl Pending {
-    fn is_full(&self) -> bool {
-        self.n >= MAX_BATCH
-    }
-
-    fn push(&mut self, fd: i32, bid: u16, result: i32) {
-        if let (Some(b), Some(r)) = (self.bids.get_mut(self.n), self.results.get_mut(self.n)) {
-            *b = bid;
-            *r = result;
-            self.fd = fd;
-            self.n += 1;
-        }
-    }
-}
-
-/// Answers the pending datagrams as one batch into the send batch, then
-/// gives their buffers back.
-fn answer(
+/// Handles one received datagram in a provided buffer: answers it into the
+/// send batch.
+fn on_receive(
     worker: &mut Worker,
-    buffers: &mut RecvBuffers,
-    template: &libc::msghdr,
-    pending: &mut Pending,
-    batch: &mut SendBatch,
-) {
-    let n = std::mem::take(&mut pending.n);
-    if n == 0 {
-        return;
-    }
-    batch.reserve_n(worker, pending.fd, n);
-    let mut names: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
-    let mut locals = [None; MAX_BATCH];
-    let mut lens = [None; MAX_BATCH];
-    let mut slots = [0usize; MAX_BATCH];
-    let mut k = 0;
-    let base = batch.len;
-    let msgs: [Option<RecvMsgOut<'_>>; MAX_BATCH] = std::array::from_fn(|i| {
-        let (&bid, &result) = (pending.bids.get(i)?, pending.results.get(i)?);
-        if i >= n {
-            return None;
-        }
-        parse(worker, buffers.get(bid), result, template)
-    });
-    {
-        let mut items: [Incoming<'_>; MAX_BATCH] = Default::default();
-        let mut free = batch.free_replies().iter_mut().enumerate();
-        for msg in msgs.iter().flatten() {
-            let (Some((slot, reply)), Some(item)) = (free.next(), items.get_mut(k)) else {
-                break;
-            };
-            let info = received_in(msg.control_data());
-            *item = Incoming {
-                peer: peer_ip(msg.name_data()),
-                received: info.at,
-                request: msg.payload_data(),
-                reply: &mut reply[..],
-                reply_len: None,
-            };
-            if let (Some(name), Some(local), Some(s)) =
-                (names.get_mut(k), locals.get_mut(k), slots.get_mut(k))
-            {
-                *name = msg.name_data();
-                *local = info.local;
-                *s = slot;
-            }
-            k += 1;
-        }
-        worker.process_batch(items.get_mut(..k).unwrap_or_default());
-        for (len, item) in lens.iter_mut().zip(&items).take(k) {
-            *len = item.reply_len;
-        }
-    }
-    for ((len, name), (local, &slot)) in lens
-        .iter()
-        .zip(&names)
-        .zip(locals.iter().zip(&slots))
-        .take(k)
-    {
-        if let Some(len) = *len {
-            batch.commit_from(base + slot, len, name, *local);
-        }
-    }
-    for &bid in pending.bids.iter().take(n) {
-        buffers.recycle(bid);
-    }
-}
-
-/// The datagram in a provided buffer, or `None` (counted) if the receive
-/// failed or it cannot be answered.
-fn parse<'b>(
-    worker: &Worker,
-    buf: &'b [u8],
+    buf: &[u8],
     result: i32,
     template: &libc::msghdr,
-) -> Option<RecvMsgOut<'b>> {
+    fd: i32,
+    batch: &mut SendBatch,
+) {
     if result < 0 {
         worker.count(NtpEvent::ReceiveError);
-        return None;
+        return;
     }
     let written = (result as usize).min(buf.len());
     let Ok(msg) = RecvMsgOut::parse(buf.get(..written).unwrap_or(buf), template) else {
         worker.count(NtpEvent::ReceiveError);
-        return None;
+        return;
     };
     if msg.is_payload_truncated() {
         worker.count(NtpEvent::Received);
         worker.count(NtpEvent::DropMalformed);
-        return None;
+        return;
     }
     if msg.is_name_data_truncated() {
         worker.count(NtpEvent::ReceiveError);
-        return None;
+        return;
     }
-    Some(msg)
+    batch.reserve(worker, fd);
+    let info = received_in(msg.control_data());
+    let peer = peer_ip(msg.name_data());
+    if let Some(len) = worker.process(peer, info.at, msg.payload_data(), batch.next_reply()) {
+        batch.commit(len, msg.name_data(), info.local);
+    }
 }
 
 #[cfg(test)]
