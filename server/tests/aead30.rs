@@ -127,6 +127,9 @@ fn session(s: &Ntsd, request: &[u8]) -> Session {
         Err(e) => panic!("NTS-KE read: {e}"),
     }
     let suite = tls.conn.negotiated_cipher_suite().unwrap();
+    // rustls clients list TLS13_AES_256_GCM_SHA384 first; the server takes
+    // TLS13_AES_128_GCM_SHA256 (SHA-256 runs in CPU instructions).
+    assert_eq!(suite.suite(), rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     let sha384 = suite.suite() == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384;
     let exporter_secret = secrets
         .0

@@ -395,7 +395,7 @@ fn bursts_beyond_the_receive_buffers_are_all_answered() {
 
 /// Within one receive batch, datagrams that get no reply (server-mode
 /// packets, garbage) sit between ones that do: every answered request gets
-/// its own reply, from each back end's batch path.
+/// its own reply, on each back end.
 #[test]
 fn batches_with_dropped_datagrams_answer_the_rest() {
     for backend in ["io-uring", "portable"] {
