@@ -193,6 +193,7 @@ impl<K: CookieKeys> Server<'_, K> {
         }
     }
 
+    #[inline]
     fn try_handle(
         &self,
         now: NtpTimestamp,
@@ -229,6 +230,7 @@ impl<K: CookieKeys> Server<'_, K> {
 
     /// The checks every request goes through before any cryptography: a
     /// plain reply's header, or the NTS fields to authenticate.
+    #[inline]
     pub(crate) fn classify<'r>(
         &self,
         now: NtpTimestamp,
@@ -321,6 +323,7 @@ pub(crate) fn nak_reason(e: CookieError) -> NakReason {
 }
 
 /// The plain reply: the header with the transmit time read last.
+#[inline]
 pub(crate) fn plain_reply(
     mut response: NtpHeader,
     transmit: impl FnOnce() -> NtpTimestamp,
@@ -339,6 +342,7 @@ pub(crate) fn plain_reply(
 }
 
 /// The NAK of `nts` for `reason`.
+#[inline]
 pub(crate) fn nak_reply(
     nts: &NtsRequest<'_>,
     now: NtpTimestamp,
@@ -360,6 +364,7 @@ pub(crate) fn nak_reply(
 /// Verifies the authenticator of `request` under the session keys of its
 /// cookie and returns the number of cookies the client asked for. Uses
 /// `scratch` (the reply buffer) to decrypt.
+#[inline]
 pub(crate) fn verify(
     request: &[u8],
     keys: &SessionKeys,
@@ -417,6 +422,7 @@ pub(crate) struct Frame {
 /// Writes the frame of an authenticated reply carrying up to `wanted` new
 /// cookies, as many as fit in the request's length; draws the reply nonce,
 /// then each cookie's nonce, from `rng`.
+#[inline]
 pub(crate) fn frame_reply(
     nts: &NtsRequest<'_>,
     keys: &SessionKeys,
@@ -494,6 +500,7 @@ impl Frame {
 
     /// Writes the transmit timestamp and seals the reply under the s2c
     /// key, which is expanded before the timestamp is read.
+    #[inline]
     pub(crate) fn seal(
         &self,
         keys: &SessionKeys,
