@@ -155,28 +155,9 @@ pub fn seal_cookie(
     keys: &SessionKeys,
     out: &mut [u8],
 ) -> Result<usize, CookieError> {
-    let alg = keys.algorithm();
-    if keys.s2c.algorithm() != alg {
-        return Err(CookieError::BadLength);
-    }
-    let len = cookie_len(alg);
-    let key_len = alg.key_len();
-    let out = out.get_mut(..len).ok_or(CookieError::BufferTooSmall)?;
-    let (head, sealed) = out.split_at_mut(KEY_ID_LEN + COOKIE_NONCE_LEN);
-    let id = key_id.to_be_bytes();
-    let (id_out, nonce_out) = head.split_at_mut(KEY_ID_LEN);
-    id_out.copy_from_slice(&id);
-    nonce_out.copy_from_slice(nonce);
-    let (c2s_out, s2c_out) = sealed
-        .get_mut(TAG_LEN..)
-        .ok_or(CookieError::BufferTooSmall)?
-        .split_at_mut(key_len);
-    c2s_out.copy_from_slice(keys.c2s.as_bytes());
-    s2c_out.copy_from_slice(keys.s2c.as_bytes());
-    master
-        .cipher
-        .seal(&id, nonce, sealed)
-        .map_err(|_| CookieError::BufferTooSmall)?;
+    let len = prepare_cookie(key_id, nonce, keys, out)?;
+    let cookie = out.get_mut(..len).ok_or(CookieError::BufferTooSmall)?;
+    seal_prepared(master, cookie)?;
     Ok(len)
 }
 
@@ -187,34 +168,25 @@ pub fn open_cookie(
     cookie: &[u8],
     scratch: &mut [u8],
 ) -> Result<SessionKeys, CookieError> {
-    let mut r = Reader::new(cookie);
-    let id_bytes: [u8; KEY_ID_LEN] = r.array().ok_or(CookieError::BadLength)?;
-    let nonce = r.take(COOKIE_NONCE_LEN).ok_or(CookieError::BadLength)?;
-    let sealed = r.rest();
-    let key_len = sealed
-        .len()
-        .checked_sub(TAG_LEN)
-        .map(|n| n / 2)
-        .ok_or(CookieError::BadLength)?;
-    let alg = AeadAlgorithm::from_key_len(key_len).ok_or(CookieError::BadLength)?;
-    if cookie.len() != cookie_len(alg) {
-        return Err(CookieError::BadLength);
-    }
-    let masters = keys.opening_keys(u32::from_be_bytes(id_bytes));
+    let parsed = parse(cookie)?;
+    let masters = keys.opening_keys(parsed.id);
     if masters.is_empty() {
         return Err(CookieError::UnknownKey);
     }
     let buf = scratch
-        .get_mut(..sealed.len())
+        .get_mut(..parsed.sealed.len())
         .ok_or(CookieError::BufferTooSmall)?;
     let opened = masters.iter().any(|master| {
-        buf.copy_from_slice(sealed);
-        master.cipher.open(&id_bytes, nonce, buf).is_ok()
+        buf.copy_from_slice(parsed.sealed);
+        master
+            .cipher
+            .open(parsed.id_bytes, parsed.nonce, buf)
+            .is_ok()
     });
     if !opened {
         return Err(CookieError::BadTag);
     }
-    let keys = session_keys(alg, key_len, buf.get(TAG_LEN..));
+    let keys = session_keys(parsed.alg, parsed.alg.key_len(), buf.get(TAG_LEN..));
     // The opened session keys must not stay in the caller's buffer (the
     // tag before them is public).
     if let Some(plain) = buf.get_mut(TAG_LEN..) {
@@ -262,7 +234,8 @@ pub fn seal_cookies(master: &MasterKey, cookies: &mut [&mut [u8]]) {
     };
     // One alone gains nothing from lanes: the plain seal is shorter.
     if let [one] = cookies {
-        seal_prepared(master, one);
+        // Only a slice too short to be a cookie fails: left as it is.
+        let _ = seal_prepared(master, one);
         return;
     }
     const LANES: usize = crate::siv::BATCH_LANES;
@@ -300,14 +273,16 @@ pub fn seal_cookies(master: &MasterKey, cookies: &mut [&mut [u8]]) {
     }
 }
 
-/// Seals one cookie written by [`prepare_cookie`] in place, the path of
-/// [`seal_cookie`].
-fn seal_prepared(master: &MasterKey, cookie: &mut [u8]) {
-    if let Some((head, sealed)) = cookie.split_at_mut_checked(KEY_ID_LEN + COOKIE_NONCE_LEN) {
-        let (id, nonce) = head.split_at(KEY_ID_LEN);
-        // Cannot fail: `sealed` holds at least the tag (checked by the split).
-        let _ = master.cipher.seal(id, nonce, sealed);
-    }
+/// Seals one cookie written by [`prepare_cookie`] in place.
+fn seal_prepared(master: &MasterKey, cookie: &mut [u8]) -> Result<(), CookieError> {
+    let (head, sealed) = cookie
+        .split_at_mut_checked(KEY_ID_LEN + COOKIE_NONCE_LEN)
+        .ok_or(CookieError::BufferTooSmall)?;
+    let (id, nonce) = head.split_at(KEY_ID_LEN);
+    master
+        .cipher
+        .seal(id, nonce, sealed)
+        .map_err(|_| CookieError::BufferTooSmall)
 }
 
 /// Opens cookies side by side: `out[i]` is what [`open_cookie`] would give
@@ -413,12 +388,10 @@ struct Parsed<'c> {
 }
 
 fn parse(cookie: &[u8]) -> Result<Parsed<'_>, CookieError> {
-    let (id_bytes, rest) = cookie
-        .split_at_checked(KEY_ID_LEN)
-        .ok_or(CookieError::BadLength)?;
-    let (nonce, sealed) = rest
-        .split_at_checked(COOKIE_NONCE_LEN)
-        .ok_or(CookieError::BadLength)?;
+    let mut r = Reader::new(cookie);
+    let id_bytes = r.take(KEY_ID_LEN).ok_or(CookieError::BadLength)?;
+    let nonce = r.take(COOKIE_NONCE_LEN).ok_or(CookieError::BadLength)?;
+    let sealed = r.rest();
     let key_len = sealed
         .len()
         .checked_sub(TAG_LEN)

@@ -11,6 +11,9 @@
 //!                                         Action::{Ignore, Reply}
 //! ```
 //!
+//! `Server::handle_batch` answers many datagrams with the same bytes, the
+//! cookie work under the master key of all of them run side by side.
+//!
 //! Nothing here does I/O, reads a clock or draws randomness on its own: time
 //! and random bytes are arguments, so every path is deterministic in tests
 //! and fuzzing. The client half ([`client`], [`ke::client_request`]) drives
