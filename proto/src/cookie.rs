@@ -163,6 +163,7 @@ pub fn seal_cookie(
 
 /// Opens a cookie, using `scratch` (at least [`MAX_COOKIE_LEN`] bytes) to
 /// decrypt without allocating.
+#[inline]
 pub fn open_cookie(
     keys: &impl CookieKeys,
     cookie: &[u8],
@@ -199,6 +200,7 @@ pub fn open_cookie(
 /// the tag, then the session keys in the clear, which [`seal_cookies`] then
 /// seals in place. Returns the cookie length. For a caller that seals many
 /// cookies at once; the bytes end up those of [`seal_cookie`].
+#[inline]
 pub fn prepare_cookie(
     key_id: u32,
     nonce: &[u8; COOKIE_NONCE_LEN],
@@ -274,7 +276,8 @@ pub fn seal_cookies(master: &MasterKey, cookies: &mut [&mut [u8]]) {
 }
 
 /// Seals one cookie written by [`prepare_cookie`] in place.
-fn seal_prepared(master: &MasterKey, cookie: &mut [u8]) -> Result<(), CookieError> {
+#[inline]
+pub(crate) fn seal_prepared(master: &MasterKey, cookie: &mut [u8]) -> Result<(), CookieError> {
     let (head, sealed) = cookie
         .split_at_mut_checked(KEY_ID_LEN + COOKIE_NONCE_LEN)
         .ok_or(CookieError::BufferTooSmall)?;
@@ -387,6 +390,7 @@ struct Parsed<'c> {
     alg: AeadAlgorithm,
 }
 
+#[inline]
 fn parse(cookie: &[u8]) -> Result<Parsed<'_>, CookieError> {
     let mut r = Reader::new(cookie);
     let id_bytes = r.take(KEY_ID_LEN).ok_or(CookieError::BadLength)?;

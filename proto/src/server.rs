@@ -218,7 +218,8 @@ impl<K: CookieKeys> Server<'_, K> {
                 let frame = frame_reply(&nts, &keys, wanted, key_id, reply, rng)
                     .map_err(|_| DropReason::BufferTooSmall)?;
                 for cookie in frame.cookies(reply) {
-                    crate::cookie::seal_cookies(master, &mut [cookie]);
+                    crate::cookie::seal_prepared(master, cookie)
+                        .map_err(|_| DropReason::BufferTooSmall)?;
                 }
                 frame
                     .seal(&keys, reply, transmit)
