@@ -187,7 +187,7 @@ pub fn open_cookie(
     if !opened {
         return Err(CookieError::BadTag);
     }
-    let keys = session_keys(parsed.alg, parsed.alg.key_len(), buf.get(TAG_LEN..));
+    let keys = session_keys(parsed.alg, buf.get(TAG_LEN..).unwrap_or_default());
     // The opened session keys must not stay in the caller's buffer (the
     // tag before them is public).
     if let Some(plain) = buf.get_mut(TAG_LEN..) {
@@ -370,7 +370,7 @@ pub fn open_cookies(
                 continue;
             };
             *out = if job.ok {
-                session_keys_from(alg, job.text)
+                session_keys(alg, job.text)
             } else {
                 Err(CookieError::BadTag)
             };
@@ -420,18 +420,10 @@ fn parse(cookie: &[u8]) -> Result<Parsed<'_>, CookieError> {
     })
 }
 
-fn session_keys_from(alg: AeadAlgorithm, plain: &[u8]) -> Result<SessionKeys, CookieError> {
-    session_keys(alg, alg.key_len(), Some(plain))
-}
-
-fn session_keys(
-    alg: AeadAlgorithm,
-    key_len: usize,
-    plain: Option<&[u8]>,
-) -> Result<SessionKeys, CookieError> {
-    let plain = plain.ok_or(CookieError::BadLength)?;
+/// The two session keys of `alg` in an opened cookie's plaintext.
+fn session_keys(alg: AeadAlgorithm, plain: &[u8]) -> Result<SessionKeys, CookieError> {
     let (c2s, s2c) = plain
-        .split_at_checked(key_len)
+        .split_at_checked(alg.key_len())
         .ok_or(CookieError::BadLength)?;
     let c2s = AeadKey::new(alg, c2s).ok_or(CookieError::BadLength)?;
     let s2c = AeadKey::new(alg, s2c).ok_or(CookieError::BadLength)?;

@@ -412,9 +412,9 @@ pub(crate) struct Frame {
     /// Where the sealed part (tag and encrypted fields) is.
     sealed_at: usize,
     sealed_len: usize,
-    /// Where the first cookie body is, the distance between cookies, how
-    /// many there are and how long each is.
-    cookie_at: usize,
+    /// Where the first cookie field is, the distance between fields, how
+    /// many there are and how long each body is.
+    cookies_at: usize,
     cookie_stride: usize,
     cookie_count: usize,
     cookie_len: usize,
@@ -480,7 +480,7 @@ pub(crate) fn frame_reply(
         nonce_len,
         sealed_at,
         sealed_len: ct_len,
-        cookie_at: sealed_at + text_at + 4,
+        cookies_at: sealed_at + text_at,
         cookie_stride: one_cookie,
         cookie_count: count,
         cookie_len: clen,
@@ -490,7 +490,7 @@ pub(crate) fn frame_reply(
 impl Frame {
     /// The unsealed cookies in `reply`, one by one.
     pub(crate) fn cookies<'r>(&self, reply: &'r mut [u8]) -> impl Iterator<Item = &'r mut [u8]> {
-        let first = self.cookie_at.saturating_sub(4);
+        let first = self.cookies_at;
         let len = self.cookie_len;
         reply
             .get_mut(first..first + self.cookie_count * self.cookie_stride)

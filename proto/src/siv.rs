@@ -130,7 +130,6 @@ fn pad(data: &[u8]) -> Block {
 
 /// Streaming CMAC (RFC 4493) over a cipher backend. The last block is held
 /// back until `finish`, since only then is it known to be the last.
-#[derive(Clone, Copy, Default)]
 struct Cmac {
     x: Block,
     buf: Block,
