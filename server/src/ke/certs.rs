@@ -87,7 +87,8 @@ pub fn load_pair(pair: &CertPair, now: i64) -> Result<Loaded, String> {
             pair.private_key.display()
         )
     })?;
-    let provider = crate::tls::provider();
+    // The server's key provider: the key signs handshakes there.
+    let provider = crate::tls::server_provider();
     let signing = provider
         .key_provider
         .load_private_key(key)
