@@ -15,6 +15,11 @@
 #   SERVER_CORE=N              pin both servers to core N (default: unpinned)
 #   CLIENT_CORE=N              pin both clients to core N (default: unpinned)
 #   NTSD=path/to/ntsd          measure another build of ntsd (before and after)
+#   LOAD=R                     offsets under load: during each run, an
+#                              ntsd-bench flood sends R requests/s to each
+#                              server (NTS, or plain with PLAIN=1; pinned like
+#                              the clients); its achieved rate and losses are
+#                              printed after the run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/ntsd-config.sh
@@ -23,6 +28,8 @@ SECONDS_TO_RUN=${1:-30}
 RUNS=${RUNS:-1}
 [[ $SECONDS_TO_RUN =~ ^[1-9][0-9]*$ ]] || { echo "accuracy.sh: SECONDS must be a positive integer" >&2; exit 2; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "accuracy.sh: RUNS must be a positive integer" >&2; exit 2; }
+LOAD=${LOAD:-}
+[ -z "$LOAD" ] || [[ $LOAD =~ ^[1-9][0-9]*$ ]] || { echo "accuracy.sh: LOAD must be a positive integer (requests/s)" >&2; exit 2; }
 BACKEND=${BACKEND:-io-uring}
 CHRONYD=${CHRONYD:-/usr/sbin/chronyd}
 [ -x "$CHRONYD" ] || { echo "chronyd not found (apt-get install chrony)" >&2; exit 1; }
@@ -93,14 +100,35 @@ CONF
     pids+=($!)
 }
 nts_opts() { [ -n "${PLAIN:-}" ] || echo "nts ntsport $1"; }
+# A paced flood at LOAD requests/s against one server for the whole run.
+load() { # NAME NTP_PORT KE_PORT
+    local target=(localhost:"$3" --ca "$PKI/ca.pem")
+    [ -z "${PLAIN:-}" ] || target=(127.0.0.1:"$2" --plain)
+    "${CLIENT_PIN[@]}" "$PWD/target/release/ntsd-bench" flood "${target[@]}" --rate "$LOAD" \
+        --seconds "$SECONDS_TO_RUN" >"$WORK/$1.load" 2>&1 &
+    loads+=($!)
+    pids+=($!)
+}
 logs=()
 for ((run = 1; run <= RUNS; run++)); do
-    clients=()
+    clients=() loads=()
+    if [ -n "$LOAD" ]; then
+        load "ntsd.$run" "$NTSD_NTP" "$NTSD_KE"
+        load "chrony.$run" "$C_NTP" "$C_KE"
+    fi
     client "ntsd.$run" "$NTSD_NTP" "$NTSD_KE"
     client "chrony.$run" "$C_NTP" "$C_KE"
     sleep "$SECONDS_TO_RUN"
     kill "${clients[@]}"
     wait "${clients[@]}" 2>/dev/null || true
+    if [ -n "$LOAD" ]; then
+        wait "${loads[@]}" 2>/dev/null || true
+        for name in ntsd chrony; do
+            line=$(grep '^RESULT ' "$WORK/$name.$run.load" | tail -n 1 || true)
+            [ -n "$line" ] || { echo "accuracy.sh: the load on $name failed:" >&2; tail -n 3 "$WORK/$name.$run.load" >&2; exit 1; }
+            echo "accuracy.sh: run $run, load on $name: $(echo "$line" | tr ' ' '\n' | grep -E '^(rate|valid|lost|naks|invalid|p99_us)=' | tr '\n' ' ')" >&2
+        done
+    fi
     logs+=("$WORK/ntsd.$run/measurements.log" "$WORK/chrony.$run/measurements.log")
     [ "$RUNS" = 1 ] || echo "accuracy.sh: run $run of $RUNS done" >&2
 done

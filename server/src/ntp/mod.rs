@@ -9,6 +9,7 @@
 pub mod access;
 mod portable;
 pub mod ratelimit;
+mod send_wait;
 mod uring;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -44,6 +45,8 @@ pub struct Worker {
     rng: WorkerRng,
     stop: Arc<AtomicBool>,
     seal_delay: SealDelay,
+    /// How long replies wait in the send batch ([`send_wait`]).
+    send_wait: send_wait::SendWait,
     health: Arc<WorkerHealth>,
     access: Arc<AccessList>,
     /// This worker's rate-limit table, when `[access.rate_limit]` is set.
@@ -125,7 +128,9 @@ impl Worker {
     /// Answers one datagram into `reply`; returns the reply length, if any.
     /// `received` is the kernel's receive timestamp (a clock read now if the
     /// kernel gave none); the transmit timestamp is read as late as `handle`
-    /// allows.
+    /// allows, and names that moment plus the expected seal time plus
+    /// `wait`, the time the reply will wait in the send batch
+    /// ([`send_wait::SendWait::wait`]).
     ///
     /// `peer` is checked against the access list and the rate limit first,
     /// before any cryptographic work: a refused request costs a lookup.
@@ -136,6 +141,7 @@ impl Worker {
         received: Option<NtpTimestamp>,
         request: &[u8],
         reply: &mut [u8],
+        wait: u64,
     ) -> Option<usize> {
         self.counters.add(NtpEvent::Received);
         let received = match received {
@@ -166,7 +172,7 @@ impl Worker {
             system: &system,
         };
         let bucket = SealDelay::bucket(request.len());
-        let ahead = self.seal_delay.get(bucket);
+        let ahead = self.seal_delay.get(bucket).saturating_add(wait);
         let mut read_at = NtpTimestamp(0);
         let transmit = || {
             read_at = now_ntp();
@@ -372,6 +378,7 @@ pub fn start(
                 rng,
                 stop: stop.clone(),
                 seal_delay: SealDelay::default(),
+                send_wait: send_wait::SendWait::default(),
                 health,
                 access: acl.clone(),
                 limiter,

@@ -3,6 +3,7 @@
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 use super::sys::{
     attach_source, empty_storage, errno, peer_ip, point_reply, received, send_all, storage_bytes,
@@ -73,6 +74,9 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
             continue;
         }
         let n = n as usize;
+        // A pass of one learns nothing about waits and adds none: no clock
+        // read for it.
+        let handling = (n > 1).then(Instant::now);
         let mut m = 0;
         for (i, msg) in msgs.iter().enumerate().take(n) {
             let len = msg.msg_len as usize;
@@ -83,9 +87,14 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
             }
             let info = received(&msg.msg_hdr);
             let peer = peer_ip(storage_bytes(&b.addrs[i], msg.msg_hdr.msg_namelen));
-            let Some(reply_len) =
-                worker.process(peer, info.at, &b.requests[i][..len], &mut b.replies[i])
-            else {
+            let wait = worker.send_wait.wait(n - 1 - i, m);
+            let Some(reply_len) = worker.process(
+                peer,
+                info.at,
+                &b.requests[i][..len],
+                &mut b.replies[i],
+                wait,
+            ) else {
                 continue;
             };
             let Some(reply) = b.replies[i].get_mut(..reply_len) else {
@@ -103,9 +112,16 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
             }
             m += 1;
         }
+        if let Some(t) = handling {
+            worker.send_wait.learn_handle(n, t.elapsed());
+        }
+        let sending = (m > 1).then(Instant::now);
         // SAFETY: `out[..m]` point at reply buffers and addresses owned by
         // `b`, untouched until the call returns.
         let refused = unsafe { send_all(fd, &mut out[..m]) };
+        if let Some(t) = sending {
+            worker.send_wait.learn_send(m, t.elapsed());
+        }
         worker.count_n(NtpEvent::SendError, refused as u64);
         worker.count_n(NtpEvent::Sent, m.saturating_sub(refused) as u64);
     }

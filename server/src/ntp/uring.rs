@@ -10,6 +10,7 @@ use std::alloc::Layout;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, RecvMsgOut};
 use io_uring::{cqueue, opcode, types, IoUring};
@@ -283,6 +284,8 @@ struct SendBatch {
     /// The socket of the replies in the batch (one socket per batch).
     fd: i32,
     len: usize,
+    /// Time spent sending since the pass began, when the pass is timed.
+    sending: Option<Duration>,
 }
 
 impl SendBatch {
@@ -297,12 +300,13 @@ impl SendBatch {
             sources: Box::new([[0; 6]; SEND_BATCH]),
             fd: -1,
             len: 0,
+            sending: None,
         }
     }
 
     /// Makes room for a reply on `fd`, sending what is queued for another
     /// socket or a full batch first.
-    fn reserve(&mut self, worker: &Worker, fd: i32) {
+    fn reserve(&mut self, worker: &mut Worker, fd: i32) {
         if self.len == SEND_BATCH || (self.len > 0 && self.fd != fd) {
             self.flush(worker);
         }
@@ -344,10 +348,20 @@ impl SendBatch {
 
     /// Sends every queued reply; a datagram the kernel refuses (e.g. an
     /// unreachable peer) is counted and skipped.
-    fn flush(&mut self, worker: &Worker) {
+    fn flush(&mut self, worker: &mut Worker) {
+        let timed = (self.len > 1 || self.sending.is_some()).then(Instant::now);
         // SAFETY: `msgs[..len]` point at replies and addresses owned by the
         // batch, untouched until the call returns.
         let refused = unsafe { send_all(self.fd, &mut self.msgs[..self.len]) };
+        if let Some(t) = timed {
+            let took = t.elapsed();
+            if self.len > 1 {
+                worker.send_wait.learn_send(self.len, took);
+            }
+            if let Some(total) = self.sending.as_mut() {
+                *total += took;
+            }
+        }
         worker.count_n(NtpEvent::SendError, refused as u64);
         worker.count_n(NtpEvent::Sent, self.len.saturating_sub(refused) as u64);
         self.len = 0;
@@ -416,7 +430,13 @@ fn serve(
             Err(e) => return Err(format!("io_uring_enter failed: {e}")),
         }
         let mut recycled = false;
-        for cqe in ring.completion() {
+        let completions = ring.completion();
+        let pass = completions.len();
+        // A pass of one learns nothing about waits and adds none: no clock
+        // read for it.
+        let handling = (pass > 1).then(Instant::now);
+        batch.sending = handling.map(|_| Duration::ZERO);
+        for (k, cqe) in completions.enumerate() {
             let data = cqe.user_data();
             if data & OP_MASK != OP_RECV {
                 continue;
@@ -432,6 +452,7 @@ fn serve(
                         template,
                         fd,
                         &mut batch,
+                        pass - 1 - k,
                     );
                 }
                 buffers.recycle(bid);
@@ -449,6 +470,12 @@ fn serve(
                 }
             }
         }
+        if let (Some(t), Some(sending)) = (handling, batch.sending) {
+            worker
+                .send_wait
+                .learn_handle(pass, t.elapsed().saturating_sub(sending));
+        }
+        batch.sending = None;
         batch.flush(worker);
         if recycled {
             buffers.publish();
@@ -458,7 +485,8 @@ fn serve(
 }
 
 /// Handles one received datagram in a provided buffer: answers it into the
-/// send batch.
+/// send batch. `later` completions of this pass follow it.
+#[allow(clippy::too_many_arguments)]
 fn on_receive(
     worker: &mut Worker,
     buf: &[u8],
@@ -466,6 +494,7 @@ fn on_receive(
     template: &libc::msghdr,
     fd: i32,
     batch: &mut SendBatch,
+    later: usize,
 ) {
     if result < 0 {
         worker.count(NtpEvent::ReceiveError);
@@ -488,7 +517,10 @@ fn on_receive(
     batch.reserve(worker, fd);
     let info = received_in(msg.control_data());
     let peer = peer_ip(msg.name_data());
-    if let Some(len) = worker.process(peer, info.at, msg.payload_data(), batch.next_reply()) {
+    // The batch is sent when it is full or at the end of the pass.
+    let later = later.min(SEND_BATCH - 1 - batch.len.min(SEND_BATCH - 1));
+    let wait = worker.send_wait.wait(later, batch.len);
+    if let Some(len) = worker.process(peer, info.at, msg.payload_data(), batch.next_reply(), wait) {
         batch.commit(len, msg.name_data(), info.local);
     }
 }
