@@ -25,11 +25,13 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// implements TLS_AES_128_GCM_SHA256 (RFC 8446, section 9.1).
 ///
 /// Key exchange and signing: aws-lc-rs. X25519 was a third of the server's
-/// CPU per handshake with ring; aws-lc's X25519 (s2n-bignum) cut the
-/// server's user time per in-memory handshake from about 90 to 67 µs here
-/// (bench/RESULTS.md, issue 16). The groups are aws-lc-rs's: X25519,
-/// P-256, P-384, and the hybrid X25519MLKEM768 for clients that offer it.
-/// A TLS 1.3 server takes the client's preferred group among those it
+/// CPU per handshake with ring; with aws-lc's X25519 (s2n-bignum) and
+/// ECDSA the server completed 1.14-1.26× the handshakes per CPU-second in
+/// paired `ntsd-bench keflood` rounds (bench/RESULTS.md, issue 16). Record
+/// protection stays with ring: an NTS-KE session has a handful of records,
+/// and aws-lc-rs's cipher suites as well measured no faster. The groups
+/// are aws-lc-rs's: X25519, P-256, P-384, and the hybrid X25519MLKEM768
+/// for clients that offer it. A TLS 1.3 server takes the client's preferred group among those it
 /// supports, so the order here only matters for which groups exist.
 pub(crate) fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::{aws_lc_rs, ring::cipher_suite};
