@@ -13,7 +13,7 @@
 //! read. Unaccounted, that wait makes the served time early under load (a
 //! client's offset moves by half of it): 22-35 µs at the 95th percentile of
 //! T4 − T3 on loopback at 50,000-300,000 requests/s, against 2 µs when every
-//! reply was sent on its own, which cost 5-11 % more CPU per reply.
+//! reply was sent on its own, which cost 5-12 % more CPU per NTS reply.
 //!
 //! So the worker learns the two rates it is made of, the time to handle one
 //! request and the time `sendmmsg` takes per message, and adds
