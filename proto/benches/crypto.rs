@@ -183,6 +183,36 @@ fn block(c: &mut Criterion) {
     g.bench_function("eight_blocks_independent", |b| {
         b.iter(|| aes.encrypt_blocks(&mut eight))
     });
+    // Eight blocks under eight different keys, one round of all eight per
+    // call of `aes::hazmat::cipher_round_par` (a round key per block), as
+    // interleaving the per-session-key work of a batch would run them: the
+    // nine full rounds and the last one (a full round with a zero key,
+    // then `inv_mix_columns`, then the last round key), round keys given.
+    // A lower bound of that design: the `aes` crate does not expose its
+    // key schedules, so each session key would also need its own expansion.
+    let keys: Vec<aes::Block8> = (0u8..11)
+        .map(|r| {
+            aes::Block8::from_exact_iter((0u8..8).map(|l| GenericArray::from([r ^ (l << 4); 16])))
+                .unwrap_or_default()
+        })
+        .collect();
+    let zero = aes::Block8::default();
+    let mut lanes = aes::Block8::default();
+    g.bench_function("eight_keys_round_par", |b| {
+        b.iter(|| {
+            for (block, k) in lanes.iter_mut().zip(keys[0].iter()) {
+                block.iter_mut().zip(k).for_each(|(x, y)| *x ^= y);
+            }
+            for k in &keys[1..10] {
+                aes::hazmat::cipher_round_par(&mut lanes, k);
+            }
+            aes::hazmat::cipher_round_par(&mut lanes, &zero);
+            for (block, k) in lanes.iter_mut().zip(keys[10].iter()) {
+                aes::hazmat::inv_mix_columns(block);
+                block.iter_mut().zip(k).for_each(|(x, y)| *x ^= y);
+            }
+        })
+    });
     g.finish();
 }
 

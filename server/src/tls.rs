@@ -31,8 +31,9 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// protection stays with ring: an NTS-KE session has a handful of records,
 /// and aws-lc-rs's cipher suites as well measured no faster. The groups
 /// are aws-lc-rs's: X25519, P-256, P-384, and the hybrid X25519MLKEM768
-/// for clients that offer it. A TLS 1.3 server takes the client's preferred group among those it
-/// supports, so the order here only matters for which groups exist.
+/// for clients that offer it. A TLS 1.3 server takes the client's
+/// preferred group among those it supports, so the order here only
+/// matters for which groups exist.
 pub(crate) fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::{aws_lc_rs, ring::cipher_suite};
     let mut p = rustls::crypto::ring::default_provider();
