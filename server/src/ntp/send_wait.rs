@@ -20,6 +20,14 @@
 //! `later × handle + queued × send` to each transmit timestamp. A lone
 //! request (light load) waits for nothing and gets nothing added, so the
 //! light-load behaviour is the one-by-one server's.
+//!
+//! The estimate assumes the rest of a pass costs what passes cost on
+//! average. A pass whose later requests are cheaper or dearer than that (a
+//! flood of malformed or rate-limited datagrams, say) moves those replies'
+//! transmit timestamps by the difference: late by at most the predicted
+//! wait when the rest costs nothing, early by less than the actual wait
+//! when it costs more, which is the error every reply had before the wait
+//! was counted.
 
 use std::time::Duration;
 
