@@ -110,11 +110,14 @@ mod tests {
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
     use rustls::NamedGroup;
 
-    /// One in-memory handshake against `server_config` from a client with
-    /// `groups` (in its order of preference, a key share for the first);
-    /// the server's chosen group.
-    fn handshake(groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>) -> NamedGroup {
-        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    /// One in-memory handshake against `server_config`, with a certificate
+    /// whose key is of `alg`, from a client with `groups` (in its order of
+    /// preference, a key share for the first); the server's chosen group.
+    fn handshake_with(
+        alg: &'static rcgen::SignatureAlgorithm,
+        groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
+    ) -> NamedGroup {
+        let kp = rcgen::KeyPair::generate_for(alg).unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
             .unwrap()
             .self_signed(&kp)
@@ -163,6 +166,23 @@ mod tests {
         // three.
         assert_eq!(rounds, 2, "the server asked for another key share");
         s.negotiated_key_exchange_group().unwrap().name()
+    }
+
+    fn handshake(groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>) -> NamedGroup {
+        handshake_with(&rcgen::PKCS_ECDSA_P256_SHA256, groups)
+    }
+
+    /// The server's key provider (aws-lc-rs) signs with P-384 and Ed25519
+    /// keys as well as P-256 (above). RSA keys go through the same
+    /// `any_supported_type`, but rcgen on ring cannot generate one.
+    #[test]
+    fn p384_and_ed25519_certificates_sign_handshakes() {
+        for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+            assert_eq!(
+                handshake_with(alg, vec![ring::kx_group::X25519]),
+                NamedGroup::X25519
+            );
+        }
     }
 
     #[test]
