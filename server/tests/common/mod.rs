@@ -426,11 +426,17 @@ pub fn client_of(s: &Ntsd) -> (nts_proto::client::NtsClient, u32) {
 
 /// `GET path` over HTTP/1.0 on 127.0.0.1:`port`: the status and the body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    try_http_get(port, path).unwrap()
+}
+
+/// [`http_get`], with the I/O error instead of a panic: for polling a
+/// server that may still be starting (and reset connections meanwhile).
+pub fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    s.read_to_string(&mut text)?;
     let status = text
         .split_whitespace()
         .nth(1)
@@ -439,7 +445,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let body = text
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned());
-    (status, body)
+    Ok((status, body))
 }
 
 /// Parses the Prometheus text format into (name-with-labels, value).
