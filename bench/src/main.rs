@@ -61,6 +61,11 @@ enum Command {
         timeout: f64,
         #[arg(long = "server-pid", value_name = "PID")]
         server_pid: Vec<u32>,
+        /// Offer the post-quantum hybrid X25519MLKEM768 first (and X25519),
+        /// as ntpd-rs 1.9 and other rustls clients on aws-lc-rs do; default:
+        /// X25519 first, as chrony (GnuTLS) does.
+        #[arg(long)]
+        post_quantum: bool,
     },
     /// A server's response path on one clock: paced requests, one at a
     /// time, and for each verified reply its kernel receive timestamp T4
@@ -377,9 +382,18 @@ fn run_keflood(
     seconds: f64,
     timeout: f64,
     server_pid: &[u32],
+    post_quantum: bool,
 ) -> Result<(), String> {
     let (host, port) = split_host_port(target, DEFAULT_KE_PORT)?;
-    let base = ntsd::tls::client_config(ca.as_deref())?;
+    let base = if post_quantum {
+        use rustls::crypto::aws_lc_rs::kx_group;
+        ntsd::tls::client_config_offering(
+            ca.as_deref(),
+            vec![kx_group::X25519MLKEM768, kx_group::X25519],
+        )?
+    } else {
+        ntsd::tls::client_config(ca.as_deref())?
+    };
     let tls = without_resumption(&base);
     let cfg = KeFloodConfig {
         target: KeTarget::new(&host, port, tls, secs(timeout, "--timeout")?)?,
@@ -511,7 +525,16 @@ fn run(cli: Cli) -> Result<(), String> {
             seconds,
             timeout,
             server_pid,
-        } => run_keflood(&target, ca, concurrency, seconds, timeout, &server_pid),
+            post_quantum,
+        } => run_keflood(
+            &target,
+            ca,
+            concurrency,
+            seconds,
+            timeout,
+            &server_pid,
+            post_quantum,
+        ),
         Command::Echo { listen, threads } => run_echo(listen, threads),
         Command::NtsdDemo => ntsd::demo::run(),
     }

@@ -11,10 +11,6 @@ use rustls::pki_types::CertificateDer;
 /// ALPN protocol id of NTS-KE (RFC 8915, section 4).
 pub const ALPN_NTSKE: &[u8] = b"ntske/1";
 
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// The server's provider.
 ///
 /// Cipher suites: ring, with TLS_AES_128_GCM_SHA256 first and chosen over
@@ -83,6 +79,16 @@ pub fn server_config(
 /// A client configuration trusting `ca` (PEM) or, without it, the
 /// webpki-roots set of public CAs.
 pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    client_config_offering(ca, rustls::crypto::ring::default_provider().kx_groups)
+}
+
+/// [`client_config`] offering the key-exchange `groups` in that order (a
+/// key share for the first), for measuring what a kind of client costs a
+/// server (`ntsd-bench keflood --post-quantum`).
+pub fn client_config_offering(
+    ca: Option<&Path>,
+    groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -94,7 +100,9 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Str
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = groups;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
