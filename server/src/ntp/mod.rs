@@ -228,6 +228,33 @@ impl Worker {
         }
     }
 
+    /// Sends a batch of replies ([`sys::send_all`]), counts the datagrams
+    /// sent and refused, and learns the send time per message
+    /// ([`send_wait`]) from a batch of two or more. Returns how long the
+    /// call took when `timed` or when the batch was timed for learning.
+    ///
+    /// # Safety
+    /// As for [`sys::send_all`].
+    #[allow(unsafe_code)]
+    pub unsafe fn send(
+        &mut self,
+        fd: i32,
+        msgs: &mut [libc::mmsghdr],
+        timed: bool,
+    ) -> Option<std::time::Duration> {
+        let n = msgs.len();
+        let start = (n > 1 || timed).then(std::time::Instant::now);
+        // SAFETY: the caller's guarantee, passed on.
+        let refused = unsafe { sys::send_all(fd, msgs) };
+        let took = start.map(|t| t.elapsed());
+        if let (Some(t), true) = (took, n > 1) {
+            self.send_wait.learn_send(n, t);
+        }
+        self.count_n(NtpEvent::SendError, refused as u64);
+        self.count_n(NtpEvent::Sent, n.saturating_sub(refused) as u64);
+        took
+    }
+
     /// The back end is set up and receiving (for `/healthz`).
     pub fn serving(&self) {
         self.health.set(WorkerState::Serving);

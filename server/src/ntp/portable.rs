@@ -6,8 +6,8 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::sys::{
-    attach_source, empty_storage, errno, peer_ip, point_reply, received, send_all, storage_bytes,
-    ControlBuf, SourceBuf, CONTROL_WORDS,
+    attach_source, empty_storage, errno, peer_ip, point_reply, received, storage_bytes, ControlBuf,
+    SourceBuf, CONTROL_WORDS,
 };
 use super::{Worker, MAX_PACKET};
 use crate::ops::counters::NtpEvent;
@@ -115,15 +115,9 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
         if let Some(t) = handling {
             worker.send_wait.learn_handle(n, t.elapsed());
         }
-        let sending = (m > 1).then(Instant::now);
         // SAFETY: `out[..m]` point at reply buffers and addresses owned by
         // `b`, untouched until the call returns.
-        let refused = unsafe { send_all(fd, &mut out[..m]) };
-        if let Some(t) = sending {
-            worker.send_wait.learn_send(m, t.elapsed());
-        }
-        worker.count_n(NtpEvent::SendError, refused as u64);
-        worker.count_n(NtpEvent::Sent, m.saturating_sub(refused) as u64);
+        unsafe { worker.send(fd, &mut out[..m], false) };
     }
     Ok(())
 }

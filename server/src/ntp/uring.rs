@@ -16,8 +16,7 @@ use io_uring::types::{BufRingEntry, RecvMsgOut};
 use io_uring::{cqueue, opcode, types, IoUring};
 
 use super::sys::{
-    attach_source, empty_storage, peer_ip, point_reply, received_in, send_all, ControlBuf,
-    SourceBuf,
+    attach_source, empty_storage, peer_ip, point_reply, received_in, ControlBuf, SourceBuf,
 };
 use super::{Worker, MAX_PACKET, STOP_POLL};
 use crate::ops::counters::NtpEvent;
@@ -349,21 +348,13 @@ impl SendBatch {
     /// Sends every queued reply; a datagram the kernel refuses (e.g. an
     /// unreachable peer) is counted and skipped.
     fn flush(&mut self, worker: &mut Worker) {
-        let timed = (self.len > 1 || self.sending.is_some()).then(Instant::now);
+        let timed = self.sending.is_some();
         // SAFETY: `msgs[..len]` point at replies and addresses owned by the
         // batch, untouched until the call returns.
-        let refused = unsafe { send_all(self.fd, &mut self.msgs[..self.len]) };
-        if let Some(t) = timed {
-            let took = t.elapsed();
-            if self.len > 1 {
-                worker.send_wait.learn_send(self.len, took);
-            }
-            if let Some(total) = self.sending.as_mut() {
-                *total += took;
-            }
+        let took = unsafe { worker.send(self.fd, &mut self.msgs[..self.len], timed) };
+        if let (Some(total), Some(t)) = (self.sending.as_mut(), took) {
+            *total += t;
         }
-        worker.count_n(NtpEvent::SendError, refused as u64);
-        worker.count_n(NtpEvent::Sent, self.len.saturating_sub(refused) as u64);
         self.len = 0;
     }
 }
@@ -518,7 +509,7 @@ fn on_receive(
     let info = received_in(msg.control_data());
     let peer = peer_ip(msg.name_data());
     // The batch is sent when it is full or at the end of the pass.
-    let later = later.min(SEND_BATCH - 1 - batch.len.min(SEND_BATCH - 1));
+    let later = later.min((SEND_BATCH - 1).saturating_sub(batch.len));
     let wait = worker.send_wait.wait(later, batch.len);
     if let Some(len) = worker.process(peer, info.at, msg.payload_data(), batch.next_reply(), wait) {
         batch.commit(len, msg.name_data(), info.local);
