@@ -14,12 +14,9 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nts_proto::ke::{
-    client_request, exporter_aead, exporter_context, parse_client_response, KeClientError,
-    EXPORTER_LABEL,
-};
-use nts_proto::{AeadAlgorithm, AeadKey, SessionKeys};
-use ntsd::query::KeOutcome;
+use nts_proto::ke::{client_request, parse_client_response, KeClientError};
+use nts_proto::AeadAlgorithm;
+use ntsd::query::{client_keys, KeOutcome};
 use ntsd::tls::ALPN_NTSKE;
 use rustls::pki_types::ServerName;
 
@@ -176,28 +173,7 @@ impl KeTarget {
         if result.cookies.is_empty() {
             return Err(fail(KeFailure::NoCookies, String::new()));
         }
-        let export = |s2c: bool| -> Result<AeadKey, KeError> {
-            let mut key = [0u8; nts_proto::aead::MAX_KEY_LEN];
-            let key = key
-                .get_mut(..result.aead.key_len())
-                .ok_or_else(|| fail(KeFailure::Exporter, "key length".into()))?;
-            tls.conn
-                .export_keying_material(
-                    &mut *key,
-                    EXPORTER_LABEL,
-                    Some(&exporter_context(
-                        exporter_aead(result.aead, result.compliant_128gcm_export),
-                        s2c,
-                    )),
-                )
-                .map_err(|e| fail(KeFailure::Exporter, e.to_string()))?;
-            AeadKey::new(result.aead, key)
-                .ok_or_else(|| fail(KeFailure::Exporter, "key length".into()))
-        };
-        let keys = SessionKeys {
-            c2s: export(false)?,
-            s2c: export(true)?,
-        };
+        let keys = client_keys(&tls.conn, &result).map_err(|e| fail(KeFailure::Exporter, e))?;
         Ok(KeOutcome { result, keys })
     }
 }

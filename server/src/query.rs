@@ -102,26 +102,37 @@ pub fn key_exchange(
             Ok(r) => break r,
         }
     };
+    let keys = client_keys(&tls.conn, &result)?;
+    Ok(KeOutcome { result, keys })
+}
+
+/// The session keys a client exports after NTS-KE (RFC 8915, section
+/// 5.1), with the exporter context that `result` calls for (chrony's
+/// AEAD-30 rule: [`exporter_aead`]).
+pub fn client_keys(
+    conn: &rustls::ClientConnection,
+    result: &KeClientResult,
+) -> Result<SessionKeys, String> {
     let export = |s2c: bool| -> Result<AeadKey, String> {
-        let mut key = vec![0u8; result.aead.key_len()];
-        tls.conn
-            .export_keying_material(
-                &mut key,
-                EXPORTER_LABEL,
-                Some(&exporter_context(
-                    exporter_aead(result.aead, result.compliant_128gcm_export),
-                    s2c,
-                )),
-            )
-            .map_err(|e| format!("TLS exporter: {e}"))?;
-        AeadKey::new(result.aead, &key)
-            .ok_or_else(|| "exported key has the wrong length".to_owned())
+        let mut key = [0u8; nts_proto::aead::MAX_KEY_LEN];
+        let key = key
+            .get_mut(..result.aead.key_len())
+            .ok_or("exported key has the wrong length")?;
+        conn.export_keying_material(
+            &mut *key,
+            EXPORTER_LABEL,
+            Some(&exporter_context(
+                exporter_aead(result.aead, result.compliant_128gcm_export),
+                s2c,
+            )),
+        )
+        .map_err(|e| format!("TLS exporter: {e}"))?;
+        AeadKey::new(result.aead, key).ok_or_else(|| "exported key has the wrong length".to_owned())
     };
-    let keys = SessionKeys {
+    Ok(SessionKeys {
         c2s: export(false)?,
         s2c: export(true)?,
-    };
-    Ok(KeOutcome { result, keys })
+    })
 }
 
 /// `ntsd query`: NTS-KE offering `aead_ids` (every supported AEAD when
