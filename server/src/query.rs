@@ -114,7 +114,8 @@ pub fn client_keys(
     result: &KeClientResult,
 ) -> Result<SessionKeys, String> {
     let export = |s2c: bool| -> Result<AeadKey, String> {
-        let mut key = [0u8; nts_proto::aead::MAX_KEY_LEN];
+        // Wiped when dropped, as the server's export buffer is.
+        let mut key = zeroize::Zeroizing::new([0u8; nts_proto::aead::MAX_KEY_LEN]);
         let key = key
             .get_mut(..result.aead.key_len())
             .ok_or("exported key has the wrong length")?;
