@@ -40,7 +40,7 @@ fn chrony_obtains_an_authenticated_sample() {
     if !chrony_usable() {
         return;
     }
-    for backend in ["io-uring", "portable"] {
+    for backend in common::backends() {
         let s = Ntsd::start(backend);
         let (ok, out) = chronyd_query(&s);
         // With `nts`, chrony discards unauthenticated replies, so a sample at

@@ -45,10 +45,7 @@ fn opens(from: &Ntsd, to: &Ntsd, seed: u64) -> Outcome {
 /// Runs the two-node scenario with node B's clock `offset` seconds off.
 fn step_and_correct(offset: i64) {
     let Some(lib) = libfaketime() else {
-        assert!(
-            require("libfaketime (Debian package faketime)", false),
-            "unreachable"
-        );
+        require("libfaketime (Debian package faketime)", false);
         return;
     };
     let dir = pki_dir();

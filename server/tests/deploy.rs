@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{require, Ntsd, BIN};
+use common::{have, require, Ntsd, BIN};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -29,14 +29,6 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn python_yaml() -> bool {
@@ -71,13 +63,12 @@ fn check_config(path: &Path) -> (bool, String) {
 
 #[test]
 fn every_deploy_file_parses() {
-    assert!(
-        require(
-            "python3 with PyYAML (pip install kubernetes-validate)",
-            python_yaml()
-        ),
-        "unreachable"
-    );
+    if !require(
+        "python3 with PyYAML (pip install kubernetes-validate)",
+        python_yaml(),
+    ) {
+        return;
+    }
     let all = files(&root().join("deploy"));
     assert!(all.len() >= 15, "{all:?}");
     for f in &all {

@@ -39,7 +39,7 @@ const KE: usize = 3;
 
 #[test]
 fn every_family_moves_by_exactly_the_load_sent() {
-    for backend in ["io-uring", "portable"] {
+    for backend in common::backends() {
         let s = Ntsd::start(backend);
         // NTS clients first: their KE sessions are part of the load too.
         let (mut good, _) = client_of(&s);

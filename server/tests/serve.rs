@@ -42,7 +42,7 @@ fn nts_round(
 
 #[test]
 fn query_and_nts_exchanges_on_both_backends() {
-    for backend in ["io-uring", "portable"] {
+    for backend in common::backends() {
         let s = Ntsd::start(backend);
         let out = Command::new(BIN)
             .args(["query", &format!("localhost:{}", s.ke_port), "--ca"])
@@ -229,7 +229,7 @@ fn ke_connection_cap_refuses_the_excess() {
 
 #[test]
 fn bad_ntp_input_is_dropped_or_nakked_and_service_continues() {
-    for backend in ["io-uring", "portable"] {
+    for backend in common::backends() {
         let s = Ntsd::start(backend);
         let sock = udp_client(s.ntp_port);
         let ke = key_exchange(&s);
@@ -320,7 +320,7 @@ fn bad_ntp_input_is_dropped_or_nakked_and_service_continues() {
 fn bursts_beyond_the_receive_buffers_are_all_answered() {
     const SOCKETS: u64 = 12;
     const PER_SOCKET: u64 = 100;
-    for backend in ["io-uring", "portable"] {
+    for backend in common::backends() {
         let s = Ntsd::start(backend);
         let socks: Vec<_> = (0..SOCKETS).map(|_| udp_client(s.ntp_port)).collect();
         let mut received_before = 0;
@@ -398,7 +398,7 @@ fn bursts_beyond_the_receive_buffers_are_all_answered() {
 /// its own reply, on each back end.
 #[test]
 fn batches_with_dropped_datagrams_answer_the_rest() {
-    for backend in ["io-uring", "portable"] {
+    for backend in common::backends() {
         let s = Ntsd::start(backend);
         let sock = udp_client(s.ntp_port);
         const N: u64 = 200;
@@ -549,7 +549,7 @@ fn now_ntp() -> NtpTimestamp {
 /// stopped keeps its arrival time as T2, while T3 shows the wait.
 #[test]
 fn receive_timestamps_come_from_the_kernel() {
-    for backend in ["io-uring", "portable"] {
+    for backend in common::backends() {
         let s = Ntsd::start(backend);
         let sock = udp_client(s.ntp_port);
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -607,7 +607,7 @@ fn receive_timestamps_come_from_the_kernel() {
 /// socket is connected to that address accepts nothing else.
 #[test]
 fn wildcard_sockets_answer_from_the_address_asked() {
-    for backend in ["io-uring", "portable"] {
+    for backend in common::backends() {
         let dir = common::pki_dir();
         let text = common::config_text(dir.path(), backend, "", "", "").replacen(
             "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",

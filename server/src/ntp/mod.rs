@@ -288,6 +288,12 @@ impl Workers {
     }
 }
 
+/// Whether this kernel, and the seccomp profile around ntsd, run the
+/// io_uring back end (Linux 6.0 or later, io_uring not blocked).
+pub fn io_uring_probe() -> std::io::Result<()> {
+    uring::probe()
+}
+
 /// Number of workers for `configured` (0 = one per available core).
 pub fn worker_count(configured: usize) -> usize {
     if configured > 0 {

@@ -371,16 +371,22 @@ pub fn output(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Returns `true` if the test should run; `false` (skip) only outside CI.
-pub fn require(what: &str, present: bool) -> bool {
-    if present {
-        return true;
+#[allow(unused_imports)]
+pub use testkit::{have, is_root, require};
+
+/// The NTP back ends to test: both, or only `portable` (with a skip that
+/// says why) where io_uring is blocked (Docker's default seccomp profile,
+/// `kernel.io_uring_disabled`) or the kernel is older than 6.0.
+pub fn backends() -> Vec<&'static str> {
+    let uring = ntsd::ntp::io_uring_probe();
+    let why = match &uring {
+        Ok(()) => String::new(),
+        Err(e) => format!("io_uring ({e})"),
+    };
+    match require(&why, uring.is_ok()) {
+        true => vec!["io-uring", "portable"],
+        false => vec!["portable"],
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} is required in CI but missing");
-    }
-    eprintln!("skipping: {what} is not available (set CI=1 to make this a failure)");
-    false
 }
 
 /// What one NTS exchange with a cookie came to.
@@ -457,17 +463,6 @@ pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
             Some((k.to_owned(), v.parse().ok()?))
         })
         .collect()
-}
-
-/// The effective uid, from /proc (keeping the tests free of unsafe code).
-pub fn euid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-pub fn is_root() -> bool {
-    euid() == Some(0)
 }
 
 /// `sh -ec script ARGS...` in a new network and mount namespace (private
