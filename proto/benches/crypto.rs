@@ -7,10 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use nts_proto::client::NtsClient;
-use nts_proto::cookie::{
-    open_cookie, open_cookies, prepare_cookie, seal_cookie, seal_cookies, COOKIE_NONCE_LEN,
-    MAX_COOKIE_LEN,
-};
+use nts_proto::cookie::{open_cookie, seal_cookie, COOKIE_NONCE_LEN, MAX_COOKIE_LEN};
 use nts_proto::{
     AeadAlgorithm, AeadKey, Leap, MasterKey, NtpShort, NtpTimestamp, Random, Server, SessionKeys,
     SingleKey, SystemInfo,
@@ -74,27 +71,6 @@ fn pieces(c: &mut Criterion) {
             )
         })
     });
-    // The batched path's seal, one cookie and eight (time per batch).
-    for n in [1usize, 8] {
-        g.bench_function(format!("seal_cookies_{n}"), |b| {
-            let mut outs = [[0u8; 100]; 8];
-            b.iter(|| {
-                let mut slots: Vec<&mut [u8]> = Vec::with_capacity(8);
-                for out in outs.iter_mut().take(n) {
-                    prepare_cookie(7, &[1; COOKIE_NONCE_LEN], &keys, out).expect("room");
-                    slots.push(&mut out[..]);
-                }
-                seal_cookies(ring.key(), black_box(&mut slots));
-            })
-        });
-        g.bench_function(format!("open_cookies_{n}"), |b| {
-            let cookies: Vec<&[u8]> = (0..n).map(|_| &a_cookie[..]).collect();
-            let mut out: Vec<Result<SessionKeys, _>> = (0..n)
-                .map(|_| Err(nts_proto::cookie::CookieError::BadLength))
-                .collect();
-            b.iter(|| open_cookies(&ring, black_box(&cookies), &mut out))
-        });
-    }
     g.bench_function("open_cookie", |b| {
         let mut scratch = [0u8; MAX_COOKIE_LEN];
         b.iter(|| open_cookie(&ring, black_box(&a_cookie), &mut scratch).is_ok())
@@ -137,20 +113,6 @@ fn whole(c: &mut Criterion) {
             let mut reply = [0u8; 512];
             b.iter(|| server.handle(NtpTimestamp(6), black_box(request), &mut reply, &mut rng))
         });
-        // The same request eight times as one batch (time per batch of 8).
-        g.bench_function(format!("batch8_aead{}", alg.id()), |b| {
-            let mut rng = Counter(0);
-            let mut replies = [[0u8; 512]; 8];
-            let mut actions = [nts_proto::Action::Ignore(nts_proto::DropReason::TooShort); 8];
-            b.iter(|| {
-                let mut batch = replies.each_mut().map(|reply| nts_proto::Datagram {
-                    received: NtpTimestamp(6),
-                    request: black_box(request),
-                    reply,
-                });
-                server.handle_batch(&mut batch, &mut actions, &mut rng, |_| NtpTimestamp(7));
-            })
-        });
     }
     let mut plain = [0u8; 48];
     plain[0] = 0x23;
@@ -168,8 +130,7 @@ fn whole(c: &mut Criterion) {
 
 /// The AES-128 block cipher under everything above, chained (each block's
 /// input is the previous output, as in CMAC) and eight independent blocks
-/// at a time (as in CTR): the gap between the two is what interleaving
-/// independent chains can win.
+/// at a time (as in CTR).
 fn block(c: &mut Criterion) {
     use aes::cipher::generic_array::GenericArray;
     use aes::cipher::{BlockEncrypt, KeyInit};
@@ -182,36 +143,6 @@ fn block(c: &mut Criterion) {
     let mut eight = [GenericArray::from([1u8; 16]); 8];
     g.bench_function("eight_blocks_independent", |b| {
         b.iter(|| aes.encrypt_blocks(&mut eight))
-    });
-    // Eight blocks under eight different keys, one round of all eight per
-    // call of `aes::hazmat::cipher_round_par` (a round key per block), as
-    // interleaving the per-session-key work of a batch would run them: the
-    // nine full rounds and the last one (a full round with a zero key,
-    // then `inv_mix_columns`, then the last round key), round keys given.
-    // A lower bound of that design: the `aes` crate does not expose its
-    // key schedules, so each session key would also need its own expansion.
-    let keys: Vec<aes::Block8> = (0u8..11)
-        .map(|r| {
-            aes::Block8::from_exact_iter((0u8..8).map(|l| GenericArray::from([r ^ (l << 4); 16])))
-                .unwrap_or_default()
-        })
-        .collect();
-    let zero = aes::Block8::default();
-    let mut lanes = aes::Block8::default();
-    g.bench_function("eight_keys_round_par", |b| {
-        b.iter(|| {
-            for (block, k) in lanes.iter_mut().zip(keys[0].iter()) {
-                block.iter_mut().zip(k).for_each(|(x, y)| *x ^= y);
-            }
-            for k in &keys[1..10] {
-                aes::hazmat::cipher_round_par(&mut lanes, k);
-            }
-            aes::hazmat::cipher_round_par(&mut lanes, &zero);
-            for (block, k) in lanes.iter_mut().zip(keys[10].iter()) {
-                aes::hazmat::inv_mix_columns(block);
-                block.iter_mut().zip(k).for_each(|(x, y)| *x ^= y);
-            }
-        })
     });
     g.finish();
 }

@@ -1,20 +1,19 @@
-//! A fixed NTS request answered N times, one by one or in batches, for
-//! counting instructions per reply with callgrind (bench/README.md):
+//! A fixed NTS request answered N times by `Server::handle`, for counting
+//! instructions per reply with callgrind (bench/README.md):
 //!
 //! ```text
 //! cargo build --release -p nts-proto --example handle_loop
-//! valgrind --tool=callgrind target/release/examples/handle_loop 8000 8 15
+//! valgrind --tool=callgrind target/release/examples/handle_loop 8000 15
 //! ```
 //!
-//! Arguments: requests (default 100000), lanes (0: `Server::handle` one by
-//! one; L: `Server::handle_batch` over batches of L), AEAD id (15, 17, 30).
+//! Arguments: requests (default 100000), AEAD id (15, 17, 30; default 15).
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use nts_proto::client::NtsClient;
 use nts_proto::cookie::{seal_cookie, MAX_COOKIE_LEN};
 use nts_proto::{
-    Action, AeadAlgorithm, AeadKey, Datagram, DropReason, MasterKey, NtpTimestamp, Random, Server,
-    SessionKeys, SingleKey, SystemInfo,
+    Action, AeadAlgorithm, AeadKey, MasterKey, NtpTimestamp, Random, Server, SessionKeys,
+    SingleKey, SystemInfo,
 };
 
 struct Counter(u8);
@@ -36,8 +35,8 @@ fn arg(i: usize, default: usize) -> usize {
 }
 
 fn main() {
-    let (n, lanes) = (arg(1, 100_000), arg(2, 0));
-    let alg = AeadAlgorithm::from_id(arg(3, 15) as u16).expect("AEAD 15, 17 or 30");
+    let n = arg(1, 100_000);
+    let alg = AeadAlgorithm::from_id(arg(2, 15) as u16).expect("AEAD 15, 17 or 30");
     let ring = SingleKey::new(7, MasterKey::from_bytes(&[0x42; 32]));
     let sys = SystemInfo::unsynchronized();
     let server = Server {
@@ -59,34 +58,12 @@ fn main() {
     let request = &buf[..len];
     let mut rng = Counter(0);
     let mut bytes = 0usize;
-    if lanes == 0 {
-        let mut reply = [0u8; 512];
-        for _ in 0..n {
-            let req = std::hint::black_box(request);
-            if let Action::Reply { len, .. } =
-                server.handle(NtpTimestamp(6), req, &mut reply, &mut rng)
-            {
-                bytes += len;
-            }
-        }
-    } else {
-        let mut replies = vec![[0u8; 512]; lanes];
-        let mut actions = vec![Action::Ignore(DropReason::TooShort); lanes];
-        for _ in 0..n / lanes {
-            let mut batch: Vec<Datagram<'_>> = replies
-                .iter_mut()
-                .map(|reply| Datagram {
-                    received: NtpTimestamp(6),
-                    request: std::hint::black_box(request),
-                    reply,
-                })
-                .collect();
-            server.handle_batch(&mut batch, &mut actions, &mut rng, |_| NtpTimestamp(7));
-            for a in &actions {
-                if let Action::Reply { len, .. } = a {
-                    bytes += len;
-                }
-            }
+    let mut reply = [0u8; 512];
+    for _ in 0..n {
+        let req = std::hint::black_box(request);
+        if let Action::Reply { len, .. } = server.handle(NtpTimestamp(6), req, &mut reply, &mut rng)
+        {
+            bytes += len;
         }
     }
     println!("{bytes} reply bytes");

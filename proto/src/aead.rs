@@ -257,15 +257,6 @@ impl std::fmt::Debug for Cipher {
 }
 
 impl Cipher {
-    /// The AES-SIV-CMAC-256 key inside, for the batched paths under one
-    /// key (cookie master keys are always this algorithm).
-    pub(crate) fn siv128(&self) -> Option<SivRef<'_, Aes128Enc>> {
-        match &self.0 {
-            Expanded::Siv128(c) => Some(c.as_ref()),
-            _ => None,
-        }
-    }
-
     /// The key by reference, as [`AeadKey::with_cipher`] lends it.
     pub fn as_ref(&self) -> CipherRef<'_> {
         CipherRef(match &self.0 {

@@ -197,9 +197,9 @@ pub fn open_cookie(
 }
 
 /// Writes a cookie for `keys` into `out` unsealed: key id, nonce, room for
-/// the tag, then the session keys in the clear, which [`seal_cookies`] then
-/// seals in place. Returns the cookie length. For a caller that seals many
-/// cookies at once; the bytes end up those of [`seal_cookie`].
+/// the tag, then the session keys in the clear, which [`seal_prepared`] then
+/// seals in place. Returns the cookie length. The bytes end up those of
+/// [`seal_cookie`].
 #[inline]
 pub fn prepare_cookie(
     key_id: u32,
@@ -226,55 +226,6 @@ pub fn prepare_cookie(
     Ok(len)
 }
 
-/// Seals, in place and side by side, cookies written by [`prepare_cookie`]
-/// (each slice exactly one cookie) under `master`: the AES rounds of
-/// different cookies overlap (`siv::BATCH_LANES` at a time). A slice too
-/// short to be a cookie is left as it is.
-pub fn seal_cookies(master: &MasterKey, cookies: &mut [&mut [u8]]) {
-    let Some(siv) = master.cipher.siv128() else {
-        return;
-    };
-    // One alone gains nothing from lanes: the plain seal is shorter.
-    if let [one] = cookies {
-        // Only a slice too short to be a cookie fails: left as it is.
-        let _ = seal_prepared(master, one);
-        return;
-    }
-    const LANES: usize = crate::siv::BATCH_LANES;
-    for chunk in cookies.chunks_mut(LANES) {
-        let mut jobs: [crate::siv::Job<'_>; LANES] = Default::default();
-        let mut tags: [&mut [u8]; LANES] = Default::default();
-        let mut n = 0;
-        for cookie in chunk.iter_mut() {
-            let (Some(job), Some(tag_out)) = (jobs.get_mut(n), tags.get_mut(n)) else {
-                break;
-            };
-            let Some((head, sealed)) = cookie.split_at_mut_checked(KEY_ID_LEN + COOKIE_NONCE_LEN)
-            else {
-                continue;
-            };
-            let Some((tag, text)) = sealed.split_at_mut_checked(TAG_LEN) else {
-                continue;
-            };
-            let (ad, nonce) = head.split_at(KEY_ID_LEN);
-            *job = crate::siv::Job {
-                ad,
-                nonce,
-                text,
-                tag: [0; TAG_LEN],
-                ok: false,
-            };
-            *tag_out = tag;
-            n += 1;
-        }
-        let jobs = jobs.get_mut(..n).unwrap_or_default();
-        siv.seal_many(jobs);
-        for (job, tag) in jobs.iter().zip(tags.iter_mut()) {
-            tag.copy_from_slice(&job.tag);
-        }
-    }
-}
-
 /// Seals one cookie written by [`prepare_cookie`] in place.
 #[inline]
 pub(crate) fn seal_prepared(master: &MasterKey, cookie: &mut [u8]) -> Result<(), CookieError> {
@@ -288,103 +239,11 @@ pub(crate) fn seal_prepared(master: &MasterKey, cookie: &mut [u8]) -> Result<(),
         .map_err(|_| CookieError::BufferTooSmall)
 }
 
-/// Opens cookies side by side: `out[i]` is what [`open_cookie`] would give
-/// for `cookies[i]`. Cookies whose id has exactly one opening key, the
-/// same for all, run together (the usual case: one current key); any other
-/// is opened alone.
-pub fn open_cookies(
-    keys: &impl CookieKeys,
-    cookies: &[&[u8]],
-    out: &mut [Result<SessionKeys, CookieError>],
-) {
-    const LANES: usize = crate::siv::BATCH_LANES;
-    if let ([one], [result]) = (cookies, &mut *out) {
-        let mut scratch = [0u8; MAX_COOKIE_LEN];
-        *result = open_cookie(keys, one, &mut scratch);
-        return;
-    }
-    for (cookies, out) in cookies.chunks(LANES).zip(out.chunks_mut(LANES)) {
-        let mut scratch = [[0u8; MAX_COOKIE_LEN]; LANES];
-        let mut shared: Option<&MasterKey> = None;
-        let mut jobs: [crate::siv::Job<'_>; LANES] = Default::default();
-        let mut index = [0usize; LANES];
-        let mut algs = [AeadAlgorithm::AesSivCmac256; LANES];
-        let mut n = 0;
-        for (i, ((cookie, out), scratch)) in cookies
-            .iter()
-            .zip(out.iter_mut())
-            .zip(scratch.iter_mut())
-            .enumerate()
-        {
-            let parsed = match parse(cookie) {
-                Ok(p) => p,
-                Err(e) => {
-                    *out = Err(e);
-                    continue;
-                }
-            };
-            let masters = keys.opening_keys(parsed.id);
-            let batched = match (masters, shared) {
-                ([only], None) => {
-                    shared = Some(only);
-                    true
-                }
-                ([only], Some(s)) => std::ptr::eq(only, s),
-                _ => false,
-            };
-            let (Some(job), Some(slot), Some(alg)) =
-                (jobs.get_mut(n), index.get_mut(n), algs.get_mut(n))
-            else {
-                continue;
-            };
-            if !batched {
-                let mut alone = [0u8; MAX_COOKIE_LEN];
-                *out = open_cookie(keys, cookie, &mut alone);
-                continue;
-            }
-            let Some(text) = scratch.get_mut(..parsed.sealed.len().saturating_sub(TAG_LEN)) else {
-                *out = Err(CookieError::BufferTooSmall);
-                continue;
-            };
-            text.copy_from_slice(parsed.sealed.get(TAG_LEN..).unwrap_or_default());
-            *job = crate::siv::Job {
-                ad: parsed.id_bytes,
-                nonce: parsed.nonce,
-                text,
-                tag: parsed.tag,
-                ok: false,
-            };
-            *slot = i;
-            *alg = parsed.alg;
-            n += 1;
-        }
-        let (Some(master), Some(jobs)) = (shared, jobs.get_mut(..n)) else {
-            continue;
-        };
-        let Some(siv) = master.cipher.siv128() else {
-            continue;
-        };
-        siv.open_many(jobs);
-        for ((job, &i), &alg) in jobs.iter_mut().zip(&index).zip(&algs) {
-            let Some(out) = out.get_mut(i) else {
-                continue;
-            };
-            *out = if job.ok {
-                session_keys(alg, job.text)
-            } else {
-                Err(CookieError::BadTag)
-            };
-            job.text.zeroize();
-        }
-    }
-}
-
 /// A cookie's fields, lengths checked.
 struct Parsed<'c> {
     id: u32,
     id_bytes: &'c [u8],
     nonce: &'c [u8],
-    tag: [u8; TAG_LEN],
     /// Tag then ciphertext.
     sealed: &'c [u8],
     alg: AeadAlgorithm,
@@ -406,15 +265,10 @@ fn parse(cookie: &[u8]) -> Result<Parsed<'_>, CookieError> {
         return Err(CookieError::BadLength);
     }
     let id: [u8; KEY_ID_LEN] = id_bytes.try_into().map_err(|_| CookieError::BadLength)?;
-    let tag: [u8; TAG_LEN] = sealed
-        .get(..TAG_LEN)
-        .and_then(|t| t.try_into().ok())
-        .ok_or(CookieError::BadLength)?;
     Ok(Parsed {
         id: u32::from_be_bytes(id),
         id_bytes,
         nonce,
-        tag,
         sealed,
         alg,
     })

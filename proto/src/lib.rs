@@ -11,9 +11,6 @@
 //!                                         Action::{Ignore, Reply}
 //! ```
 //!
-//! `Server::handle_batch` answers many datagrams with the same bytes, the
-//! cookie work under the master key of all of them run side by side.
-//!
 //! Nothing here does I/O, reads a clock or draws randomness on its own: time
 //! and random bytes are arguments, so every path is deterministic in tests
 //! and fuzzing. The client half ([`client`], [`ke::client_request`]) drives
@@ -24,7 +21,6 @@
 )]
 
 pub mod aead;
-mod batch;
 pub mod client;
 pub mod cookie;
 pub mod ef;
@@ -36,7 +32,6 @@ mod siv;
 pub mod time;
 
 pub use aead::{AeadAlgorithm, AeadKey};
-pub use batch::{BatchClock, Datagram};
 pub use cookie::{CookieKeys, MasterKey, SessionKeys, SingleKey};
 pub use packet::{Leap, NtpHeader};
 pub use server::{Action, DropReason, NakReason, Random, ReplyKind, Server, SystemInfo};

@@ -217,10 +217,9 @@ impl<K: CookieKeys> Server<'_, K> {
                 let (key_id, master) = self.keys.sealing_key();
                 let frame = frame_reply(&nts, &keys, wanted, key_id, reply, rng)
                     .map_err(|_| DropReason::BufferTooSmall)?;
-                for cookie in frame.cookies(reply) {
-                    crate::cookie::seal_prepared(master, cookie)
-                        .map_err(|_| DropReason::BufferTooSmall)?;
-                }
+                frame
+                    .seal_cookies(master, reply)
+                    .map_err(|_| DropReason::BufferTooSmall)?;
                 frame
                     .seal(&keys, reply, transmit)
                     .map_err(|_| DropReason::BufferTooSmall)
@@ -308,12 +307,6 @@ pub(crate) struct NtsRequest<'r> {
     fields: NtsFields<'r>,
     /// The reply's length limit: the request's, or the buffer's if shorter.
     limit: usize,
-}
-
-impl<'r> NtsRequest<'r> {
-    pub(crate) fn fields(&self) -> &NtsFields<'r> {
-        &self.fields
-    }
 }
 
 pub(crate) fn nak_reason(e: CookieError) -> NakReason {
@@ -488,15 +481,27 @@ pub(crate) fn frame_reply(
 }
 
 impl Frame {
-    /// The unsealed cookies in `reply`, one by one.
-    pub(crate) fn cookies<'r>(&self, reply: &'r mut [u8]) -> impl Iterator<Item = &'r mut [u8]> {
-        let first = self.cookies_at;
-        let len = self.cookie_len;
-        reply
-            .get_mut(first..first + self.cookie_count * self.cookie_stride)
-            .unwrap_or_default()
-            .chunks_mut(self.cookie_stride.max(1))
-            .filter_map(move |field| field.get_mut(4..4 + len))
+    /// Seals the new cookies in place under `master`. A cookie that is not
+    /// where the frame put it is an error, never skipped: no cookie leaves
+    /// unsealed (it would carry the session keys in the clear).
+    pub(crate) fn seal_cookies(
+        &self,
+        master: &crate::cookie::MasterKey,
+        reply: &mut [u8],
+    ) -> Result<(), BufferTooSmall> {
+        let end = self
+            .cookie_count
+            .checked_mul(self.cookie_stride)
+            .and_then(|n| n.checked_add(self.cookies_at))
+            .ok_or(BufferTooSmall)?;
+        let fields = reply.get_mut(self.cookies_at..end).ok_or(BufferTooSmall)?;
+        for field in fields.chunks_mut(self.cookie_stride.max(1)) {
+            let cookie = field
+                .get_mut(4..4 + self.cookie_len)
+                .ok_or(BufferTooSmall)?;
+            crate::cookie::seal_prepared(master, cookie).map_err(|_| BufferTooSmall)?;
+        }
+        Ok(())
     }
 
     /// Writes the transmit timestamp and seals the reply under the s2c
@@ -589,4 +594,47 @@ fn nak(
     header.encode(&mut w)?;
     write_field(&mut w, field_type::UNIQUE_IDENTIFIER, unique_id)?;
     Ok(w.position())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(cookie_count: usize) -> Frame {
+        Frame {
+            total: 0,
+            auth_offset: 0,
+            nonce: [0; MAX_REPLY_NONCE_LEN],
+            nonce_len: 16,
+            sealed_at: 0,
+            sealed_len: 0,
+            cookies_at: 8,
+            cookie_stride: 104,
+            cookie_count,
+            cookie_len: 100,
+        }
+    }
+
+    /// Sealing the new cookies fails closed: a reply too short to hold
+    /// every cookie the frame promises is an error, and nothing is left
+    /// half sealed in silence.
+    #[test]
+    fn cookies_that_do_not_fit_are_an_error_never_skipped() {
+        let master = crate::cookie::MasterKey::from_bytes(&[0x42; 32]);
+        let mut reply = [0u8; 8 + 2 * 104];
+        assert!(frame(2).seal_cookies(&master, &mut reply).is_ok());
+        assert_ne!(
+            reply[8 + 4 + 20..8 + 4 + 36],
+            [0; 16],
+            "the first tag is written"
+        );
+        assert_ne!(
+            reply[112 + 4 + 20..112 + 4 + 36],
+            [0; 16],
+            "the second tag is written"
+        );
+        let mut short = [0u8; 8 + 2 * 104 - 1];
+        assert!(frame(2).seal_cookies(&master, &mut short).is_err());
+        assert!(frame(usize::MAX).seal_cookies(&master, &mut reply).is_err());
+    }
 }
