@@ -47,6 +47,9 @@ pub enum KeyError {
     NoKey,
     #[error("key store {}: {error}", path.display())]
     Store { path: PathBuf, error: String },
+    /// Another process holds the key directory's lock.
+    #[error("key directory {} is in use by another process (one ntsd per key directory)", path.display())]
+    InUse { path: PathBuf },
 }
 
 /// Largest `keep`: the ring stays small (each key holds its expanded

@@ -110,11 +110,17 @@ impl FleetKeys {
     }
 
     /// Reads the sealing secret and the open-only secrets from files, which
-    /// must hold at least 32 bytes and be readable by their owner only.
-    pub fn from_files(primary: &Path, accept: &[PathBuf]) -> Result<Self, KeyError> {
+    /// must hold at least 32 bytes and be readable by their owner only, or
+    /// also by their group when that group is `own_group`, the group the
+    /// server runs as ([`check_secret_mode`]).
+    pub fn from_files(
+        primary: &Path,
+        accept: &[PathBuf],
+        own_group: u32,
+    ) -> Result<Self, KeyError> {
         let mut raw = Vec::new();
         for path in std::iter::once(primary).chain(accept.iter().map(PathBuf::as_path)) {
-            raw.push(read_secret(path)?);
+            raw.push(read_secret(path, own_group)?);
         }
         Self::from_owned(raw)
     }
@@ -148,20 +154,41 @@ impl KeySource for FleetKeys {
     }
 }
 
-fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    use std::os::unix::fs::PermissionsExt;
+/// Whether a fleet secret file's mode and group keep it to the server: no
+/// one but its owner may read it, except its group when that group is
+/// `own_group`, the one the server runs as. That is what a Kubernetes
+/// kubelet writes for a Secret volume under a pod's `fsGroup` (mode 0440,
+/// group fsGroup, whatever `defaultMode` says: kubernetes#57923), and a
+/// group of the server's own holds no one else. Write access for group or
+/// others is never accepted.
+pub fn check_secret_mode(path: &Path, own_group: u32) -> Result<(), KeyError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let err = |reason: String| KeyError::FleetSecret {
         path: path.to_owned(),
         reason,
     };
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
+    let mode = meta.permissions().mode() & 0o7777;
+    let group_read_ok = meta.gid() == own_group;
+    let refused = match group_read_ok {
+        true => mode & 0o037 != 0,
+        false => mode & 0o077 != 0,
+    };
+    if refused {
         return Err(err(format!(
-            "mode {:04o} lets group or others read it; chmod 0400 or 0600 (Kubernetes: defaultMode 0400)",
-            mode & 0o7777
+            "mode {mode:04o} (group {}) lets others than ntsd read or change it; chmod 0400 or 0600, or 0440 with the file's group the one ntsd runs as (gid {own_group}, as a Kubernetes fsGroup gives)",
+            meta.gid()
         )));
     }
+    Ok(())
+}
+
+fn read_secret(path: &Path, own_group: u32) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let err = |reason: String| KeyError::FleetSecret {
+        path: path.to_owned(),
+        reason,
+    };
+    check_secret_mode(path, own_group)?;
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| err(e.to_string()))?);
     if bytes.len() < MIN_SECRET_LEN {
         return Err(err(format!(
@@ -213,21 +240,47 @@ mod tests {
 
     #[test]
     fn secret_files_are_checked() {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("secret");
         std::fs::write(&p, [7u8; 31]).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let e = FleetKeys::from_files(&p, &[]).unwrap_err().to_string();
+        let group = std::fs::metadata(&p).unwrap().gid();
+        let other = group.wrapping_add(1);
+        let e = FleetKeys::from_files(&p, &[], other)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("31 bytes") && e.contains("secret"), "{e}");
         std::fs::write(&p, [7u8; 32]).unwrap();
-        assert!(FleetKeys::from_files(&p, &[]).is_ok());
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let e = FleetKeys::from_files(&p, &[]).unwrap_err().to_string();
-        assert!(e.contains("0640"), "{e}");
-        let e = FleetKeys::from_files(&dir.path().join("missing"), &[])
+        assert!(FleetKeys::from_files(&p, &[], other).is_ok());
+        let e = FleetKeys::from_files(&dir.path().join("missing"), &[], other)
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing"), "{e}");
+        // Group-readable: only when the group is the server's own (what a
+        // kubelet writes under fsGroup); never writable, never for others.
+        let set =
+            |m: u32| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+        for mode in [0o400, 0o600, 0o440, 0o640] {
+            set(mode);
+            assert!(FleetKeys::from_files(&p, &[], group).is_ok(), "{mode:o}");
+        }
+        for mode in [0o440, 0o640] {
+            set(mode);
+            let e = FleetKeys::from_files(&p, &[], other)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{mode:04o}")) && e.contains(&format!("gid {other}")),
+                "{e}"
+            );
+        }
+        for mode in [0o460, 0o660, 0o444, 0o604, 0o641] {
+            set(mode);
+            let e = FleetKeys::from_files(&p, &[], group)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("{mode:04o}")), "{e}");
+        }
     }
 }

@@ -13,8 +13,10 @@
 //! Writes go to a temporary file (mode 0600) that is fsynced, renamed over
 //! the old file, and then the directory is fsynced, so a crash at any point
 //! leaves either the old or the new file, never a torn one. A file that does
-//! not decode is moved aside, never overwritten. Every buffer that holds key
-//! bytes is wiped when dropped.
+//! not decode (bad checksum, truncated) is moved aside, never overwritten; a
+//! file of a newer version is left as it is and refused. The directory is
+//! locked (`flock`) while a store is open, so one process at a time owns
+//! it. Every buffer that holds key bytes is wiped when dropped.
 
 use std::fs::File;
 use std::io::Write;
@@ -199,6 +201,102 @@ fn read_file(path: &Path) -> Result<Option<Stored>, KeyError> {
     }
 }
 
+/// Whether an existing dump directory may hold keys for a server running
+/// as `owner` (else the process's user): a directory, owned by that user,
+/// that group and others cannot write. Returns warnings (others can list
+/// it) or the refusal.
+fn check_dir(
+    dir: &Path,
+    meta: &std::fs::Metadata,
+    owner: Option<(u32, u32)>,
+) -> Result<Vec<String>, KeyError> {
+    let refuse = |error: String| KeyError::Store {
+        path: dir.to_owned(),
+        error,
+    };
+    if !meta.is_dir() {
+        return Err(refuse("exists and is not a directory".into()));
+    }
+    let uid = owner.map_or_else(|| rustix::process::geteuid().as_raw(), |(u, _)| u);
+    if meta.uid() != uid {
+        return Err(refuse(format!(
+            "is owned by uid {}, not by uid {uid} that ntsd runs as; give ntsd a directory of its own (e.g. /var/lib/ntsd, or systemd's StateDirectory=ntsd), or chown it to uid {uid}",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "has mode {:04o}: group or others can write it, so they could replace the key file; give ntsd a directory of its own (e.g. /var/lib/ntsd), or remove their write access (chmod go-w)",
+            mode & 0o7777
+        )));
+    }
+    let mut warnings = Vec::new();
+    if mode & 0o055 != 0 {
+        warnings.push(format!(
+            "dump directory {} has mode {:04o}: group or others can list it (the key file itself is 0600); chmod 0700 to hide it",
+            dir.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(warnings)
+}
+
+/// What `ntsd run` would find in a dump directory, read without changing
+/// or locking anything (for `ntsd check-config`).
+#[derive(Debug)]
+pub struct Inspection {
+    /// `false`: the directory does not exist yet (`run` creates it).
+    pub exists: bool,
+    /// Things an operator should fix that do not stop a start.
+    pub warnings: Vec<String>,
+    /// The key file, if there is one: decoded, or why not.
+    pub file: Option<Result<Stored, FormatError>>,
+}
+
+/// Checks `dir` as [`KeyStore::open_for`] would for `owner`, and reads the
+/// key file, changing nothing. A directory `run` would refuse is an error.
+pub fn inspect(dir: &Path, owner: Option<(u32, u32)>) -> Result<Inspection, KeyError> {
+    let io = |e: std::io::Error| KeyError::Store {
+        path: dir.to_owned(),
+        error: e.to_string(),
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Inspection {
+                exists: false,
+                warnings: Vec::new(),
+                file: None,
+            })
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let warnings = check_dir(dir, &meta, owner)?;
+    let path = dir.join(FILE_NAME);
+    let file = match std::fs::read(&path) {
+        Ok(b) => Some(decode(&Zeroizing::new(b))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(KeyError::Store {
+                path,
+                error: e.to_string(),
+            })
+        }
+    };
+    Ok(Inspection {
+        exists: true,
+        warnings,
+        file,
+    })
+}
+
+/// Whether a key file of this version was written by a newer release (and
+/// must be left alone rather than moved aside as damaged).
+pub fn is_newer(e: &FormatError) -> bool {
+    matches!(e, FormatError::UnknownVersion(v) if *v > VERSION_KEPT)
+}
+
 impl KeyStore {
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
@@ -226,10 +324,6 @@ impl KeyStore {
             path: dir.to_owned(),
             error: e.to_string(),
         };
-        let refuse = |error: String| KeyError::Store {
-            path: dir.to_owned(),
-            error,
-        };
         let mut report = LoadReport::default();
         let meta = match std::fs::metadata(dir) {
             Ok(m) => m,
@@ -246,30 +340,7 @@ impl KeyStore {
             }
             Err(e) => return Err(io(e)),
         };
-        if !meta.is_dir() {
-            return Err(refuse("exists and is not a directory".into()));
-        }
-        let uid = owner.map_or_else(|| rustix::process::geteuid().as_raw(), |(u, _)| u);
-        if meta.uid() != uid {
-            return Err(refuse(format!(
-                "is owned by uid {}, not by uid {uid} that ntsd runs as; give ntsd a directory of its own (e.g. /var/lib/ntsd, or systemd's StateDirectory=ntsd), or chown it to uid {uid}",
-                meta.uid()
-            )));
-        }
-        let mode = meta.permissions().mode();
-        if mode & 0o022 != 0 {
-            return Err(refuse(format!(
-                "has mode {:04o}: group or others can write it, so they could replace the key file; give ntsd a directory of its own (e.g. /var/lib/ntsd), or remove their write access (chmod go-w)",
-                mode & 0o7777
-            )));
-        }
-        if mode & 0o055 != 0 {
-            report.warnings.push(format!(
-                "dump directory {} has mode {:04o}: group or others can list it (the key file itself is 0600); chmod 0700 to hide it",
-                dir.display(),
-                mode & 0o7777
-            ));
-        }
+        report.warnings = check_dir(dir, &meta, owner)?;
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::open(
             dir,
@@ -277,6 +348,19 @@ impl KeyStore {
             Mode::empty(),
         )
         .map_err(|e| io(e.into()))?;
+        // One process per key directory, for the life of the descriptor
+        // (the store's clones share it): two servers rotating one file would
+        // each overwrite the other's keys. Taken before anything is read or
+        // moved, so a refused start changes nothing.
+        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(KeyError::InUse {
+                    path: dir.to_owned(),
+                })
+            }
+            Err(e) => return Err(io(e.into())),
+        }
         let store = Self {
             dir: dir.to_owned(),
             fd: std::sync::Arc::new(fd),
@@ -303,6 +387,17 @@ impl KeyStore {
         }
         match decode(&bytes) {
             Ok(stored) => report.stored = Some(stored),
+            // Keys this release cannot read are not damaged: a newer release
+            // wrote them (a rollback). Moving them aside would throw away
+            // every client's cookies; stop instead and leave the file as is.
+            Err(FormatError::UnknownVersion(v)) if is_newer(&FormatError::UnknownVersion(v)) => {
+                return Err(KeyError::Store {
+                    path,
+                    error: format!(
+                        "written by a newer ntsd (key file version {v}; this release reads versions {VERSION} and {VERSION_KEPT}); left untouched. Run the release that wrote it, or move the file away to start with new keys (clients then run NTS-KE again)"
+                    ),
+                });
+            }
             Err(reason) => {
                 let aside = dir.join(format!("{FILE_NAME}.corrupt-{now}"));
                 std::fs::rename(&path, &aside).map_err(|e| KeyError::Store {
@@ -444,6 +539,52 @@ mod tests {
         assert!(decode(&longer).is_err());
     }
 
+    /// A key file from a newer release (a rollback) stops the start and
+    /// stays byte for byte as it was: nothing moved aside, nothing written.
+    #[test]
+    fn a_newer_key_file_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = encode(60, &ring()).to_vec();
+        bytes[9] = 3;
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = KeyStore::open(dir.path(), 1234).unwrap_err().to_string();
+        assert!(e.contains("newer ntsd") && e.contains("version 3"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
+        // Version 0 never existed: that file is damaged, and moved aside.
+        bytes[9] = 0;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, report) = KeyStore::open(dir.path(), 1234).unwrap();
+        assert_eq!(report.corrupt.unwrap().1, FormatError::UnknownVersion(0));
+    }
+
+    /// One store per directory at a time, across processes and within
+    /// one: a second open is refused naming the directory, and works once
+    /// the first is dropped.
+    #[test]
+    fn a_directory_in_use_is_refused_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = KeyStore::open(dir.path(), 1).unwrap();
+        first.save(60, &ring()).unwrap();
+        let before = std::fs::read(first.path()).unwrap();
+        let clone = first.clone();
+        drop(first);
+        let e = KeyStore::open(dir.path(), 2).unwrap_err();
+        assert!(matches!(e, KeyError::InUse { .. }), "{e}");
+        assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(clone.path()).unwrap(), before);
+        drop(clone);
+        KeyStore::open(dir.path(), 3).unwrap();
+    }
+
     #[test]
     fn unknown_version_is_named() {
         let mut bytes = encode(60, &ring());
@@ -462,6 +603,7 @@ mod tests {
         assert_eq!(mode(&d), 0o700);
         assert_eq!(mode(&store.path()), 0o600);
         assert!(!d.join(TMP_NAME).exists());
+        drop(store);
         let (_, report) = KeyStore::open(&d, 2).unwrap();
         assert_eq!(report.stored.unwrap().current, 11);
     }

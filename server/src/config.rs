@@ -298,6 +298,11 @@ impl Default for KeysConfig {
     }
 }
 
+/// Largest `[ntp] workers` and `[nts_ke] threads`: more threads than any
+/// host has cores only cost memory and descriptors (each NTP worker holds
+/// a socket per listen address and, with io_uring, a ring and its buffers).
+pub const MAX_THREADS: usize = 1024;
+
 /// Where standalone keys live when `dump_dir` is not set.
 pub const DEFAULT_DUMP_DIR: &str = "/var/lib/ntsd";
 
@@ -492,6 +497,16 @@ impl Config {
     /// Semantic checks that types alone cannot express. Touches no files:
     /// `check-config` and `run` check those separately.
     pub fn validate(&self) -> Result<(), String> {
+        for (key, n) in [
+            ("[ntp] workers", self.ntp.workers),
+            ("[nts_ke] threads", self.nts_ke.threads),
+        ] {
+            if n > MAX_THREADS {
+                return Err(format!(
+                    "{key}: {n} is above the maximum of {MAX_THREADS} (0 means one per core)"
+                ));
+            }
+        }
         if self.ntp.listen.is_empty() {
             return Err("[ntp] listen: at least one address is required".into());
         }
@@ -652,7 +667,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml.example");
         let text = std::fs::read_to_string(path).expect("example config");
         let c: Config = toml::from_str(&text).expect("example parses");
-        // The example names certificate paths that exist only on a deployed host.
+        // The example names certificate paths that exist only on a deployed
+        // host: validate() touches no file.
+        c.validate().expect("the example passes validate()");
         assert_eq!(c.ntp.backend, Backend::Auto);
     }
 
@@ -788,6 +805,24 @@ mod tests {
         assert_eq!(c.keys.state_dir(), None, "fleet keys are never written");
         let c = parse("[keys]\nfleet_secret_file = \"/etc/f\"\ndump_dir = \"\"").unwrap();
         assert_eq!(c.keys.state_dir(), None);
+    }
+
+    #[test]
+    fn workers_and_threads_are_bounded() {
+        let ok = "[nts_ke]\ncertificate_chain = \"/dev/null\"\nprivate_key = \"/dev/null\"\nthreads = 1024\n[ntp]\nworkers = 1024\n";
+        let c: Config = toml::from_str(ok).unwrap();
+        assert!(c.validate().is_ok());
+        for (text, key) in [
+            ("[ntp]\nworkers = 1025", "[ntp] workers"),
+            ("[ntp]\nworkers = 1000000", "[ntp] workers"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key) && e.contains("1024"), "{e}");
+        }
+        let mut c = parse("").unwrap();
+        c.nts_ke.threads = 100_000;
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("[nts_ke] threads") && e.contains("1024"), "{e}");
     }
 
     #[test]

@@ -115,23 +115,17 @@ pub fn run() -> Result<(), String> {
     crate::run::run(config, |bound| {
         let ntp = bound.ntp.first().map_or(0, |a| a.port());
         let ke = bound.ke.first().map_or(0, |a| a.port());
-        println!(
-            "ntsd demo: serving NTS on loopback (state in {})",
-            dir.path().display()
+        let text = format!(
+            "ntsd demo: serving NTS on loopback (state in {})\n  NTS-KE (TCP): {:?}   NTP (UDP): {:?}\n\n\
+             Verify with ntsd:\n  {exe} query localhost:{ke} --ca {ca}\n\
+             Verify with chrony (as root):\n  chronyd -Q -f /dev/null -u root -t 5 \"server localhost port {ntp} nts ntsport {ke} iburst maxsamples 1\" \"ntstrustedcerts {ca}\"\n\n\
+             Stop with Ctrl-C.\n",
+            dir.path().display(),
+            bound.ke,
+            bound.ntp,
+            ca = ca.display(),
         );
-        println!(
-            "  NTS-KE (TCP): {:?}   NTP (UDP): {:?}",
-            bound.ke, bound.ntp
-        );
-        println!();
-        println!("Verify with ntsd:");
-        println!("  {exe} query localhost:{ke} --ca {}", ca.display());
-        println!("Verify with chrony (as root):");
-        println!(
-            "  chronyd -Q -f /dev/null -u root -t 5 \"server localhost port {ntp} nts ntsport {ke} iburst maxsamples 1\" \"ntstrustedcerts {}\"",
-            ca.display()
-        );
-        println!();
-        println!("Stop with Ctrl-C.");
+        // A closed stdout (`ntsd demo | head -3`) must not stop the server.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     })
 }

@@ -26,8 +26,18 @@ pub fn schedule(cfg: &KeysConfig) -> Schedule {
     }
 }
 
-fn fleet_source(cfg: &KeysConfig, secret: &Path) -> Result<Box<dyn KeySource>, String> {
-    let f = FleetKeys::from_files(secret, &cfg.fleet_accept_secret_files)
+/// The group ntsd runs as: `owner`'s (after the privilege drop), else
+/// the process's own.
+pub fn own_group(owner: Option<(u32, u32)>) -> u32 {
+    owner.map_or_else(|| rustix::process::getegid().as_raw(), |(_, gid)| gid)
+}
+
+fn fleet_source(
+    cfg: &KeysConfig,
+    secret: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<Box<dyn KeySource>, String> {
+    let f = FleetKeys::from_files(secret, &cfg.fleet_accept_secret_files, own_group(owner))
         .map_err(|e| format!("[keys] {e}"))?;
     Ok(Box::new(f))
 }
@@ -49,7 +59,7 @@ pub fn open(cfg: &KeysConfig, now: u64, owner: Option<(u32, u32)>) -> Result<Rot
         );
     }
     if let Some(secret) = &cfg.fleet_secret_file {
-        let keys = RotatingKeys::new(sched, fleet_source(cfg, secret)?, None, None, now)
+        let keys = RotatingKeys::new(sched, fleet_source(cfg, secret, owner)?, None, None, now)
             .map_err(|e| e.to_string())?;
         tracing::info!(
             secret = %secret.display(),
@@ -65,7 +75,10 @@ pub fn open(cfg: &KeysConfig, now: u64, owner: Option<(u32, u32)>) -> Result<Rot
             .map_err(|e| e.to_string());
     };
     let dump_err = |e: keyrotate::KeyError| format!("[keys] dump_dir: {e}");
-    let (store, report) = KeyStore::open_for(dir, now, owner).map_err(dump_err)?;
+    let (store, report) = KeyStore::open_for(dir, now, owner).map_err(|e| match e {
+        keyrotate::KeyError::InUse { .. } => in_use(dir),
+        e => dump_err(e),
+    })?;
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
@@ -128,12 +141,31 @@ pub fn open(cfg: &KeysConfig, now: u64, owner: Option<(u32, u32)>) -> Result<Rot
     Ok(keys)
 }
 
+/// Why a key directory another ntsd holds is refused, naming that ntsd's
+/// pid from its pid file when it has written one.
+fn in_use(dir: &Path) -> String {
+    let pid = std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    let who = match pid {
+        Some(pid) => format!("another ntsd (pid {pid})"),
+        None => "another ntsd (still starting: no pid file yet)".to_owned(),
+    };
+    format!(
+        "[keys] dump_dir: {} is in use by {who}; one ntsd per key directory: stop that one first, or give this one a dump_dir of its own",
+        dir.display()
+    )
+}
+
 /// `ntsd keys list`: ids, start times and roles, never key bytes. Reads
 /// without changing anything.
-pub fn list(cfg: &KeysConfig, now: u64) -> Result<String, String> {
+///
+/// `owner` is the user and group the server runs as (`[server] user`),
+/// whose group may read a fleet secret.
+pub fn list(cfg: &KeysConfig, now: u64, owner: Option<(u32, u32)>) -> Result<String, String> {
     let sched = schedule(cfg);
     let (ring, origin) = if let Some(secret) = &cfg.fleet_secret_file {
-        let keys = RotatingKeys::new(sched, fleet_source(cfg, secret)?, None, None, now)
+        let keys = RotatingKeys::new(sched, fleet_source(cfg, secret, owner)?, None, None, now)
             .map_err(|e| e.to_string())?;
         (
             keys.load_full(),

@@ -8,6 +8,7 @@
 //!                └─ ops (counters, Prometheus metrics, health)
 //! ```
 
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

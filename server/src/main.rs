@@ -112,29 +112,41 @@ fn init_logging() {
         .init();
 }
 
-/// Checks that the TLS files load, warning (not failing) when they are absent.
-fn check_files(config: &config::Config) -> Result<(), String> {
-    let mut missing = false;
-    for (key, path) in config.files() {
-        if !path.exists() {
-            eprintln!(
-                "warning: {key}: {} does not exist yet (required by `ntsd run`)",
-                path.display()
-            );
-            missing = true;
+/// `ntsd check-config`: every warning and error, then the verdict.
+fn check_config(path: &std::path::Path) -> Result<(), String> {
+    let config = config::Config::load(path).map_err(|e| e.to_string())?;
+    let found = ntsd::check::check(&config, ntsd::clock::unix_secs() as i64);
+    for w in &found.warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &found.errors {
+        eprintln!("error: {e}");
+    }
+    match found.errors.len() {
+        0 => {
+            println!("{}: configuration is valid", path.display());
+            Ok(())
         }
+        n => Err(format!(
+            "{}: {n} problem{} that `ntsd run` would refuse or trip over (above)",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        )),
     }
-    if !missing {
-        ntsd::ke::certs::load_set(
-            &config.nts_ke.certificates(),
-            ntsd::clock::unix_secs() as i64,
-        )
-        .map_err(|e| format!("[nts_ke] {e}"))?;
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {
+    // First of all: a stop signal during start-up must wait for its
+    // handler, not kill the process (handled once `run` registers it).
+    let serving = matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("run") | Some("demo")
+    );
+    if serving {
+        ntsd::sys::block_signals();
+    } else {
+        ntsd::sys::default_sigpipe();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => {
@@ -143,13 +155,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|c| run::run(c, |_| {}))
         }
-        Command::CheckConfig { config } => config::Config::load(&config)
-            .map_err(|e| e.to_string())
-            .and_then(|c| {
-                check_files(&c).map_err(|e| format!("{}: {e}", config.display()))?;
-                println!("{}: configuration is valid", config.display());
-                Ok(())
-            }),
+        Command::CheckConfig { config } => check_config(&config),
         Command::Keys { action } => {
             let (config, list) = match action {
                 KeysAction::List { config } => (config, true),
@@ -159,7 +165,11 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|c| {
                     let out = if list {
-                        keys::list(&c.keys, ntsd::clock::unix_secs())?
+                        let owner = match &c.server.user {
+                            Some(u) => Some(ntsd::sys::lookup_user(u, c.server.group.as_deref())?),
+                            None => None,
+                        };
+                        keys::list(&c.keys, ntsd::clock::unix_secs(), owner)?
                     } else {
                         keys::rotate(&c.keys)?
                     };

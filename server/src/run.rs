@@ -48,13 +48,45 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> 
     runtime.block_on(serve(config, on_ready))
 }
 
+/// The signals ntsd handles, registered before anything slow (a signal
+/// that arrives during start-up is acted on once start-up is done, never
+/// fatal).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Self, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let on = |kind: SignalKind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
+        let signals = Signals {
+            term: on(SignalKind::terminate())?,
+            int: on(SignalKind::interrupt())?,
+            hup: on(SignalKind::hangup())?,
+            usr1: on(SignalKind::user_defined1())?,
+        };
+        // Held back since `main` (see `sys::block_signals`): from here on
+        // they reach the handlers above.
+        crate::sys::unblock_signals();
+        Ok(signals)
+    }
+}
+
 async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> {
-    // Before anything slow: SIGHUP's default action would kill the server.
-    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| e.to_string())?;
-    // The certificates first: a start that fails on them touches no key file.
-    let certs =
-        Certificates::load(config.nts_ke.certificates()).map_err(|e| format!("[nts_ke] {e}"))?;
+    let Signals {
+        mut term,
+        mut int,
+        hup,
+        usr1,
+    } = Signals::register()?;
+    // Before any socket: a many-core host needs more than the usual soft
+    // limit of 1,024 descriptors for its workers' sockets.
+    let nofile = crate::sys::raise_nofile();
+    // A certificate problem takes NTS-KE down, never the server.
+    let certs = Certificates::load(config.nts_ke.certificates());
     let tls = crate::tls::server_config(certs.clone()).map_err(|e| format!("[nts_ke] {e}"))?;
     let owner = match &config.server.user {
         Some(user) => Some(crate::sys::lookup_user(
@@ -63,7 +95,19 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         )?),
         None => None,
     };
+    // The user's supplementary groups are kept, as initgroups(3) gives
+    // them: certificate files are often readable through one (ssl-cert).
+    let groups = match (&config.server.user, owner) {
+        (Some(user), Some((_, gid))) => crate::sys::user_groups(user, gid)?,
+        _ => Vec::new(),
+    };
+    // Locks the key directory: a second ntsd on it stops here, before it
+    // touches a file.
     let keys = Arc::new(crate::keys::open(&config.keys, unix_secs(), owner)?);
+    let _pid_file = match config.keys.state_dir() {
+        Some(dir) => Some(crate::keys::write_pid(dir, owner)?),
+        None => None,
+    };
     let time_state = TimeState::new(&config.time)?;
     let system = Arc::new(ArcSwap::from_pointee(time_state.sample()));
 
@@ -96,13 +140,13 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         workers.health.clone(),
         ke_listeners.len(),
         system.clone(),
+        Some(certs.clone()),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let ke_counters = Arc::new(KeCounters::default());
     // Every NTS-KE connection is a descriptor: keep the cap under the
     // limit, with room for the sockets and files ntsd holds (counted now,
     // plus the metrics connections and a margin).
-    let nofile = crate::sys::raise_nofile();
     let reserved = crate::sys::open_fds() + crate::ops::http::MAX_CONNECTIONS as u64 + 32;
     let max_connections =
         crate::sys::fit_connections(config.nts_ke.max_connections, nofile, reserved)?;
@@ -130,6 +174,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
                 .unwrap_or(&config.access.allow),
             config.nts_ke.deny.as_deref().unwrap_or(&config.access.deny),
         ),
+        certs: certs.clone(),
     });
     let mut ke_addrs = Vec::new();
     let mut tasks = Vec::new();
@@ -195,12 +240,9 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     tasks.push(tokio::spawn(forced_rotations(
         keys.clone(),
         key_events,
+        usr1,
         stop_rx.clone(),
-    )?));
-    let _pid_file = match config.keys.state_dir() {
-        Some(dir) => Some(crate::keys::write_pid(dir, owner)?),
-        None => None,
-    };
+    )));
 
     let bound = Bound {
         ntp: workers.local_addrs.clone(),
@@ -208,26 +250,31 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     };
     if let Some((uid, gid)) = owner {
         // Everything is bound and open: from here on ntsd needs no privilege.
-        crate::sys::drop_privileges(uid, gid)?;
+        crate::sys::drop_privileges(uid, gid, &groups)?;
         for (key, path) in config.files() {
-            if !crate::sys::readable_by(&path, uid, gid) {
-                tracing::warn!(%key, path = %path.display(), uid, "not readable by the user ntsd runs as: certificate reloads will be refused until it is (e.g. group-readable by that user's group)");
+            if !crate::sys::readable_by(&path, uid, &groups) {
+                tracing::warn!(%key, path = %path.display(), uid, ?groups, "not readable by the user ntsd runs as: certificate reloads will be refused until it is (e.g. group-readable by one of that user's groups)");
             }
         }
-        tracing::info!(uid, gid, "privileges dropped");
+        tracing::info!(uid, gid, ?groups, "privileges dropped");
     }
     health.set_started();
-    tracing::info!(ntp = ?bound.ntp, nts_ke = ?bound.ke, port_record = ?port_record, "ntsd ready");
+    tracing::info!(ntp = ?bound.ntp, nts_ke = ?bound.ke, port_record = ?port_record, nts_ke_up = certs.usable(), "ntsd ready");
     notify::ready(&format!(
-        "serving NTP on {:?}, NTS-KE on {:?}; key {}",
+        "serving NTP on {:?}, NTS-KE on {:?}{}; key {}",
         bound.ntp,
         bound.ke,
+        match certs.usable() {
+            true => "",
+            false => " (down: no usable certificate)",
+        },
         keys.load().current_id()
     ));
     on_ready(&bound);
 
     let outcome = tokio::select! {
-        r = wait_for_signal() => r,
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
         Some(why) = fatal_rx.recv() => Err(why),
     };
     match &outcome {
@@ -246,17 +293,6 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     outcome
-}
-
-async fn wait_for_signal() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 /// How far the wall clock may move against the monotonic clock between two
@@ -404,29 +440,26 @@ fn report_start(keys: &RotatingKeys, events: &KeyCounters) {
 }
 
 /// `ntsd keys rotate` (or `kill -USR1`): replace the sealing key now.
-fn forced_rotations(
+async fn forced_rotations(
     keys: Arc<RotatingKeys>,
     events: Arc<KeyCounters>,
+    mut usr1: tokio::signal::unix::Signal,
     mut stop: watch::Receiver<bool>,
-) -> Result<impl std::future::Future<Output = ()>, String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
-    Ok(async move {
-        loop {
-            tokio::select! {
-                _ = usr1.recv() => {}
-                _ = stop.changed() => return,
+) {
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => {}
+            _ = stop.changed() => return,
+        }
+        match keys.force_rotate(unix_secs()) {
+            Ok(id) => {
+                events.forced_at(unix_secs());
+                tracing::warn!(current = id, "master key rotated by request (SIGUSR1)");
             }
-            match keys.force_rotate(unix_secs()) {
-                Ok(id) => {
-                    events.forced_at(unix_secs());
-                    tracing::warn!(current = id, "master key rotated by request (SIGUSR1)");
-                }
-                Err(e) => {
-                    events.failures.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, "requested key rotation failed");
-                }
+            Err(e) => {
+                events.failures.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "requested key rotation failed");
             }
         }
-    })
+    }
 }

@@ -11,6 +11,47 @@ pub fn signal_usr1(pid: i32) -> std::io::Result<()> {
     }
 }
 
+/// The signals `ntsd run` handles: stop, reload certificates, rotate keys.
+fn handled_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset write only into the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Holds SIGTERM, SIGINT, SIGHUP and SIGUSR1 back (pending, not lost)
+/// from the first line of `main` until their handlers are registered
+/// ([`unblock_signals`]): their default action would kill a server still
+/// starting, before it could stop cleanly. Threads started meanwhile
+/// inherit the mask and leave the signals to the main thread.
+pub fn block_signals() {
+    let set = handled_signals();
+    // SAFETY: pthread_sigmask reads the set we own; no old mask wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Lets the signals held back by [`block_signals`] through, once handled:
+/// one that arrived meanwhile is delivered now.
+pub fn unblock_signals() {
+    let set = handled_signals();
+    // SAFETY: as in block_signals.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Restores SIGPIPE's default action (Rust ignores it), for the commands
+/// that only print: `ntsd query ... | head -1` then ends quietly when the
+/// reader goes away, as `cat` does, instead of panicking on the failed
+/// write. Never for `run` and `demo`, whose sockets must not kill them.
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler of ours.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (systemd's default
 /// soft limit is 1,024, the same as `[nts_ke] max_connections`), and
 /// returns the limit now in force.
@@ -99,11 +140,39 @@ pub fn lookup_user(user: &str, group: Option<&str>) -> Result<(u32, u32), String
     Ok((uid, gid))
 }
 
-/// Becomes `uid`:`gid` for good, in every thread: supplementary groups
-/// set to `gid` alone, then the group, then the user (glibc applies each
+/// The groups `user` belongs to (from the system's group database), with
+/// `gid` first: what `initgroups(3)` would give it. Certificate files are
+/// often readable through such a group (certbot's files through
+/// `ssl-cert`), so the user keeps them after the privilege drop.
+pub fn user_groups(user: &str, gid: u32) -> Result<Vec<u32>, String> {
+    let name = std::ffi::CString::new(user).map_err(|_| format!("{user:?} is not a name"))?;
+    let mut n: libc::c_int = 32;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; usize::try_from(n).unwrap_or(32)];
+        let mut count = n;
+        // SAFETY: `groups` holds `count` gid_t; getgrouplist writes at most
+        // that many and sets `count` to the number it found.
+        let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        if r >= 0 {
+            groups.truncate(usize::try_from(count).unwrap_or(0));
+            // gid first, each group once.
+            let mut out = vec![gid];
+            out.extend(groups.into_iter().filter(|&g| g != gid));
+            out.dedup();
+            return Ok(out);
+        }
+        if count <= n || n >= 65_536 {
+            return Err(format!("[server] user: cannot list the groups of {user:?}"));
+        }
+        n = count;
+    }
+}
+
+/// Becomes `uid`:`gid` with the supplementary `groups` for good, in every
+/// thread: the groups, then the group, then the user (glibc applies each
 /// to all threads). Leaving root this way clears every capability; that is
 /// checked, as is that no thread kept another user.
-pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
+pub fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
     // SAFETY: getters without arguments.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if (euid, egid) == (uid, gid) {
@@ -120,9 +189,13 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
             std::io::Error::last_os_error()
         )
     };
-    // SAFETY: setgroups reads one gid_t from a valid pointer; setgid and
-    // setuid take plain integers.
-    if unsafe { libc::setgroups(1, &gid) } != 0 {
+    let groups: Vec<libc::gid_t> = match groups.is_empty() {
+        true => vec![gid],
+        false => groups.to_vec(),
+    };
+    // SAFETY: setgroups reads `groups.len()` gid_t from a valid pointer;
+    // setgid and setuid take plain integers.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
         return Err(err("setgroups"));
     }
     if unsafe { libc::setgid(gid) } != 0 {
@@ -156,16 +229,28 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `uid`:`gid` may read `path` by its mode bits (for a warning when
-/// the certificates could not be reloaded after the privilege drop).
-pub fn readable_by(path: &std::path::Path, uid: u32, gid: u32) -> bool {
+/// Whether `uid` with the groups `groups` may read `path` by its mode bits
+/// (root reads anything), and walk every directory on the way to it.
+pub fn readable_by(path: &std::path::Path, uid: u32, groups: &[u32]) -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).is_ok_and(|m| {
+    if uid == 0 {
+        return true;
+    }
+    let allows = |m: &std::fs::Metadata, bits: u32| {
         let mode = m.mode();
-        (m.uid() == uid && mode & 0o400 != 0)
-            || (m.gid() == gid && mode & 0o040 != 0)
-            || mode & 0o004 != 0
-    })
+        if m.uid() == uid {
+            mode & (bits << 6) != 0
+        } else if groups.contains(&m.gid()) {
+            mode & (bits << 3) != 0
+        } else {
+            mode & bits != 0
+        }
+    };
+    let dirs_ok = path
+        .ancestors()
+        .skip(1)
+        .all(|d| d.as_os_str().is_empty() || std::fs::metadata(d).is_ok_and(|m| allows(&m, 0o1)));
+    dirs_ok && std::fs::metadata(path).is_ok_and(|m| allows(&m, 0o4))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What the server says about its own clock, refreshed once a second and
 //! published to the workers through `ArcSwap`.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -113,26 +113,61 @@ pub struct TimeState {
     source: TimeSource,
     stratum: u8,
     refid: [u8; 4],
-    upstream: Option<(SocketAddr, upstream::Tracker)>,
+    upstream: Option<Upstream>,
 }
 
+/// The NTP server followed by `source = "upstream"`, as configured (a name
+/// is resolved by the time source task, again whenever polls keep
+/// failing), and what its polls said.
+#[derive(Debug)]
+struct Upstream {
+    host: String,
+    port: u16,
+    /// The address polled; `None` until the name resolves.
+    addr: Option<SocketAddr>,
+    tracker: upstream::Tracker,
+    /// Polls in a row without a good reply.
+    failures: u32,
+}
+
+impl Upstream {
+    /// Whether `host` is a name (not an address literal), so that
+    /// resolving it again may give another answer.
+    fn is_name(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_err()
+    }
+}
+
+/// Failed polls in a row after which a named upstream is resolved again
+/// (it may have moved, as a DHCP or container address does).
+const RESOLVE_AFTER_FAILURES: u32 = 5;
+/// How long one resolution may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an unresolved upstream is tried again.
+const RESOLVE_RETRY: Duration = Duration::from_secs(5);
+
 impl TimeState {
+    /// Never fails for want of DNS: a named upstream that does not resolve
+    /// yet leaves the server unsynchronised (leap indicator 3, not ready)
+    /// until it does.
     pub fn new(cfg: &TimeConfig) -> Result<Self, String> {
         let precision = measure_precision();
         let upstream = match (&cfg.source, &cfg.upstream) {
             (TimeSource::Upstream, Some(u)) => {
-                let (host, port) = crate::query::split_host_port(u, 123)?;
-                let addr = (host.as_str(), port)
-                    .to_socket_addrs()
-                    .map_err(|e| format!("[time] upstream: cannot resolve {host}: {e}"))?
-                    .next()
-                    .ok_or_else(|| format!("[time] upstream: {host} has no address"))?;
-                let tracker = upstream::Tracker::new(
-                    cfg.hold_time.0,
-                    upstream::refid_of(addr.ip()),
-                    precision,
-                );
-                Some((addr, tracker))
+                let (host, port) = crate::query::split_host_port(u, 123)
+                    .map_err(|e| format!("[time] upstream: {e}"))?;
+                let addr = host
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, port));
+                let refid = addr.map_or(*b"INIT", |a| upstream::refid_of(a.ip()));
+                Some(Upstream {
+                    host,
+                    port,
+                    addr,
+                    tracker: upstream::Tracker::new(cfg.hold_time.0, refid, precision),
+                    failures: 0,
+                })
             }
             _ => None,
         };
@@ -162,7 +197,7 @@ impl TimeState {
             reference_time: now,
         };
         match (&self.source, &self.upstream) {
-            (_, Some((_, tracker))) => tracker.system_info(Instant::now(), unix_secs()),
+            (_, Some(u)) => u.tracker.system_info(Instant::now(), unix_secs()),
             (TimeSource::Kernel, _) => match kernel::read() {
                 Some(k) => SystemInfo {
                     // The disciplining daemon sets the kernel flag for the
@@ -187,22 +222,8 @@ pub async fn run(
     counters: Arc<TimeCounters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let socket = match &state.upstream {
-        Some((addr, _)) => {
-            let bind: SocketAddr = match addr {
-                SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            match tokio::net::UdpSocket::bind(bind).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot open a socket to poll the upstream; serving leap indicator 3");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
+    let mut socket: Option<tokio::net::UdpSocket> = None;
+    let mut resolve_at = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(REFRESH);
     let mut last_leap = None;
     loop {
@@ -210,28 +231,94 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if let (Some(sock), Some((addr, tracker))) = (&socket, state.upstream.as_mut()) {
-            let result = upstream::poll(sock, *addr, POLL_TIMEOUT, state.precision).await;
-            counters.record(&result);
-            if let Err(reason) = &result {
-                tracing::debug!(upstream = %addr, ?reason, "upstream poll failed");
+        if let Some(u) = state.upstream.as_mut() {
+            let stale = u.is_name() && u.failures >= RESOLVE_AFTER_FAILURES;
+            if (u.addr.is_none() || stale) && tokio::time::Instant::now() >= resolve_at {
+                resolve_at = tokio::time::Instant::now() + RESOLVE_RETRY;
+                resolve(u).await;
             }
-            tracker.record(Instant::now(), result);
+            if let Some(addr) = u.addr {
+                let result = match bound_for(&mut socket, addr).await {
+                    Some(sock) => upstream::poll(sock, addr, POLL_TIMEOUT, state.precision).await,
+                    None => Err(PollFailure::Silent),
+                };
+                counters.record(&result);
+                match &result {
+                    Ok(_) => u.failures = 0,
+                    Err(reason) => {
+                        u.failures = u.failures.saturating_add(1);
+                        tracing::debug!(upstream = %addr, ?reason, "upstream poll failed");
+                    }
+                }
+                u.tracker.record(Instant::now(), result);
+            }
         }
         let info = state.sample();
         if last_leap != Some(info.leap) {
+            let upstream = state
+                .upstream
+                .as_ref()
+                .map(|u| format!("{}:{}", u.host, u.port));
             if info.leap == Leap::Unsynchronized {
                 if last_leap.is_some() {
                     counters.unsynchronised.fetch_add(1, Relaxed);
                 }
-                tracing::warn!(source = ?state.source, "clock is not synchronised: serving leap indicator 3");
+                tracing::warn!(source = ?state.source, ?upstream, "clock is not synchronised: serving leap indicator 3");
             } else {
-                tracing::info!(source = ?state.source, leap = ?info.leap, stratum = info.stratum, "clock synchronised");
+                tracing::info!(source = ?state.source, ?upstream, leap = ?info.leap, stratum = info.stratum, "clock synchronised");
             }
             last_leap = Some(info.leap);
         }
         shared.store(Arc::new(info));
     }
+}
+
+/// Resolves a named upstream (again), keeping the address it had when the
+/// name does not resolve now. Logged when the answer changes or fails.
+async fn resolve(u: &mut Upstream) {
+    let lookup = tokio::net::lookup_host((u.host.as_str(), u.port));
+    let found = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| "no address".to_owned()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
+    };
+    match found {
+        Ok(addr) if Some(addr) != u.addr => {
+            tracing::info!(upstream = %u.host, %addr, previous = ?u.addr, "[time] upstream resolved");
+            u.addr = Some(addr);
+            u.tracker.set_refid(upstream::refid_of(addr.ip()));
+            u.failures = 0;
+        }
+        Ok(_) => u.failures = 0,
+        Err(e) => {
+            tracing::warn!(upstream = %u.host, error = %e, kept = ?u.addr, "[time] upstream: cannot resolve the name; retrying");
+        }
+    }
+}
+
+/// The poll socket for `addr`'s family, opened (again) when needed.
+async fn bound_for(
+    socket: &mut Option<tokio::net::UdpSocket>,
+    addr: SocketAddr,
+) -> Option<&tokio::net::UdpSocket> {
+    let fits = socket
+        .as_ref()
+        .and_then(|s| s.local_addr().ok())
+        .is_some_and(|l| l.is_ipv4() == addr.is_ipv4());
+    if !fits {
+        let bind: SocketAddr = match addr {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        *socket = match tokio::net::UdpSocket::bind(bind).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a socket to poll the upstream; serving leap indicator 3");
+                None
+            }
+        };
+    }
+    socket.as_ref()
 }
 
 #[allow(unsafe_code)]

@@ -121,6 +121,11 @@ impl Tracker {
         }
     }
 
+    /// The upstream's address changed (its name resolved anew).
+    pub fn set_refid(&mut self, refid: [u8; 4]) {
+        self.refid = refid;
+    }
+
     pub fn record(&mut self, at: Instant, poll: Result<Sample, PollFailure>) {
         if let Ok(sample) = poll {
             self.last_good = Some((at, sample));

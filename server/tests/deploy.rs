@@ -119,8 +119,15 @@ fn every_config_exists_and_passes_check_config() {
     let dir = tempfile::tempdir().unwrap();
     let k8s = dir.path().join("configmap-config.toml");
     std::fs::write(&k8s, configmap_config()).unwrap();
+    // This host has no user ntsd (the image's): that is the one error
+    // allowed here. the_kubernetes_config_runs_with_the_files_a_kubelet_writes
+    // runs check-config where the user and the mounted files exist.
     let (ok, out) = check_config(&k8s);
-    assert!(ok, "the ConfigMap's config.toml: {out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert!(
+        ok || errors == ["error: [server] user: no user \"ntsd\" on this system"],
+        "the ConfigMap's config.toml: {out}"
+    );
     // The mounts the configs expect are in the pod specs.
     for manifest in ["daemonset.yaml", "deployment.yaml"] {
         let text =
@@ -128,7 +135,8 @@ fn every_config_exists_and_passes_check_config() {
         for needle in [
             "/etc/ntsd/tls",
             "/etc/ntsd/fleet",
-            "defaultMode: 0400",
+            "defaultMode: 0440",
+            "fsGroup: 4460",
             "/readyz",
             "/healthz",
         ] {
@@ -250,6 +258,24 @@ fn exec_form(dockerfile: &str, instruction: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap()
 }
 
+/// A shell command that overlays `dir` with a writable layer kept in
+/// `scratch`, inside the test's mount namespace: what the test creates
+/// under `dir` never reaches the host.
+fn overlay(dir: &str, scratch: &Path) -> String {
+    let name = dir.trim_matches('/').replace('/', "-");
+    let (up, work) = (
+        scratch.join(format!("{name}-up")),
+        scratch.join(format!("{name}-work")),
+    );
+    std::fs::create_dir_all(&up).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    format!(
+        "mount -t overlay ntsd-test -o lowerdir={dir},upperdir={},workdir={} {dir};",
+        up.display(),
+        work.display()
+    )
+}
+
 /// An LD_PRELOAD library that makes adjtimex(2) report a synchronised
 /// clock, standing in for the host's chronyd (this machine's clock is
 /// disciplined by nobody, and the test must not touch it).
@@ -301,10 +327,14 @@ fn the_container_entrypoint_serves_nts_and_passes_its_health_check() {
     let state = pki.path().join("var-lib-ntsd");
     std::fs::create_dir(&state).unwrap();
     let synced = synchronised_kernel(pki.path());
+    // /etc and /var/lib are overlaid (upper layers in the test's
+    // directory), so the mount points are made there, not on the host.
     let script = format!(
-        "ip link set lo up; mkdir -p /etc/ntsd /var/lib/ntsd; \
+        "ip link set lo up; {} {} mkdir -p /etc/ntsd /var/lib/ntsd; \
          mount --bind \"$1\" /etc/ntsd; mount --bind \"$2\" /var/lib/ntsd; \
          export LD_PRELOAD=\"$3\"; shift 3; exec \"$0\" {}",
+        overlay("/etc", pki.path()),
+        overlay("/var/lib", pki.path()),
         entrypoint[1..]
             .iter()
             .map(|a| format!("'{a}'"))
@@ -370,6 +400,85 @@ fn the_container_entrypoint_serves_nts_and_passes_its_health_check() {
     assert!(
         state.join("keys").exists(),
         "no keys in the /var/lib/ntsd volume"
+    );
+    assert!(s.terminate().success());
+}
+
+/// The Kubernetes config as a pod runs it, with the files as a kubelet
+/// writes them under `fsGroup: 4460`: the fleet secret and the TLS Secret
+/// root-owned, group 4460, mode 0440. In a network and mount namespace
+/// with a user `ntsd` (4460) in an overlaid /etc, `check-config` calls it
+/// valid, ntsd starts as root, drops to ntsd, and serves NTS.
+#[test]
+fn the_kubernetes_config_runs_with_the_files_a_kubelet_writes() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require("root (namespaces, chown)", common::is_root()) || !require("gcc", have("gcc")) {
+        return;
+    }
+    if !require("python3 with PyYAML", python_yaml()) {
+        return;
+    }
+    let pki = common::pki_dir();
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(pki.path(), 0o755);
+    let etc = pki.path().join("etc-ntsd");
+    for d in ["tls", "fleet"] {
+        std::fs::create_dir_all(etc.join(d)).unwrap();
+        mode(&etc.join(d), 0o755);
+    }
+    mode(&etc, 0o755);
+    std::fs::write(etc.join("config.toml"), configmap_config()).unwrap();
+    let kubelet = |src: &Path, dst: &Path| {
+        std::fs::copy(src, dst).unwrap();
+        std::os::unix::fs::chown(dst, Some(0), Some(4460)).unwrap();
+        mode(dst, 0o440);
+    };
+    kubelet(&pki.path().join("chain.pem"), &etc.join("tls/tls.crt"));
+    kubelet(&pki.path().join("key.pem"), &etc.join("tls/tls.key"));
+    let secret = pki.path().join("fleet.secret");
+    std::fs::write(&secret, [0x5a_u8; 32]).unwrap();
+    kubelet(&secret, &etc.join("fleet/fleet.secret"));
+    let synced = synchronised_kernel(pki.path());
+    let script = format!(
+        "ip link set lo up; {} \
+         echo 'ntsd:x:4460:4460:ntsd:/nonexistent:/usr/sbin/nologin' >> /etc/passwd; \
+         echo 'ntsd:x:4460:' >> /etc/group; mkdir -p /etc/ntsd; \
+         mount --bind \"$1\" /etc/ntsd; export LD_PRELOAD=\"$2\"; \
+         \"$0\" check-config --config /etc/ntsd/config.toml >&2; \
+         exec \"$0\" run --config /etc/ntsd/config.toml",
+        overlay("/etc", pki.path()),
+    );
+    let mut cmd = common::in_namespaces(&script);
+    cmd.arg(BIN).arg(&etc).arg(&synced);
+    let s = Ntsd::try_spawn_command(pki.path().to_owned(), cmd)
+        .unwrap_or_else(|log| panic!("the Kubernetes config did not start:\n{log}"));
+    let log = s.log_text();
+    assert!(log.contains("configuration is valid"), "{log}");
+    assert!(!log.contains("warning: "), "check-config warned:\n{log}");
+    assert!(
+        log.contains("privileges dropped") && log.contains("4460"),
+        "{log}"
+    );
+    assert!(!log.contains("not readable"), "{log}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("4460")),
+        "{status}"
+    );
+    let pid = s.pid().to_string();
+    let ca = s.ca();
+    let (ok, out) = common::output(
+        Command::new("nsenter")
+            .args(["-t", &pid, "-n", "--", BIN, "query", "localhost", "--ca"])
+            .arg(&ca),
+    );
+    assert!(
+        ok && out.contains("authenticated"),
+        "{out}\n{}",
+        s.log_text()
     );
     assert!(s.terminate().success());
 }

@@ -116,6 +116,14 @@ fn check_under_attack(sources: &[std::net::Ipv4Addr]) {
     let lines = s.log_text().lines().count();
     assert!(lines < 40, "{lines} log lines:\n{}", s.log_text());
     assert!(s.metric("ntsd_ke_connections_open") <= 1024);
+    // Connections closed for a newer one of their address are counted as
+    // evictions, not as the (unset) session rate limit.
+    assert!(
+        s.metric("ntsd_ke_errors_total{reason=\"evicted\"}") > 0,
+        "{}",
+        s.metrics_text()
+    );
+    assert_eq!(s.metric("ntsd_ke_errors_total{reason=\"rate_limited\"}"), 0);
 }
 
 /// The attacker shares the honest client's address: an address at its cap

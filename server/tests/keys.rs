@@ -299,3 +299,87 @@ fn reverting_rotate_interval_restores_the_keys() {
     assert!(state.join("keys.interval-7200s").exists());
     assert!(!state.join("keys.interval-3600s").exists());
 }
+
+/// One ntsd per key directory: a second `ntsd run` on the same dump_dir
+/// is refused, naming the directory and the running pid, and leaves the
+/// first's key file and pid file as they were; once the first stops, the
+/// second starts on the same keys.
+#[test]
+fn a_second_server_on_the_same_key_directory_is_refused() {
+    let dir = pki_dir();
+    let (state, cfg) = persisted(dir.path());
+    let first = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    let (mut client, _) = client_of(&first);
+    let keys_before = std::fs::read(state.join("keys")).unwrap();
+    let pid_before = std::fs::read_to_string(state.join("ntsd.pid")).unwrap();
+    assert_eq!(pid_before.trim(), first.pid().to_string());
+
+    let second_cfg = write_config(
+        dir.path(),
+        "second.toml",
+        "auto",
+        &format!("[keys]\ndump_dir = \"{}\"\n", state.display()),
+    );
+    let log = Ntsd::try_spawn(dir.path().to_owned(), &second_cfg)
+        .err()
+        .expect("a second server on the same dump_dir started");
+    assert!(
+        log.contains(&state.display().to_string())
+            && log.contains(&format!("pid {}", first.pid()))
+            && log.contains("in use"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(state.join("keys")).unwrap(), keys_before);
+    assert_eq!(
+        std::fs::read_to_string(state.join("ntsd.pid")).unwrap(),
+        pid_before
+    );
+    // The first still rotates on request, and still serves its cookies.
+    let (ok, out) = keys_cli("rotate", &cfg);
+    assert!(ok && out.contains("rotated"), "{out}");
+    assert_eq!(
+        try_cookie(&mut client, first.ntp_port, 1),
+        Outcome::Authenticated
+    );
+    assert!(first.terminate().success());
+
+    let second = Ntsd::spawn(dir.path().to_owned(), &second_cfg);
+    assert_eq!(
+        try_cookie(&mut client, second.ntp_port, 2),
+        Outcome::Authenticated
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("ntsd.pid"))
+            .unwrap()
+            .trim(),
+        second.pid().to_string()
+    );
+}
+
+/// A key file from a newer release (a rollback) refuses the start with an
+/// error saying so and stays byte for byte as it was.
+#[test]
+fn a_key_file_of_a_newer_version_refuses_the_start_untouched() {
+    let dir = pki_dir();
+    let (state, cfg) = persisted(dir.path());
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    assert!(s.terminate().success());
+    let mut bytes = std::fs::read(state.join("keys")).unwrap();
+    bytes[8..10].copy_from_slice(&3u16.to_be_bytes());
+    std::fs::write(state.join("keys"), &bytes).unwrap();
+    let files_before: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let log = Ntsd::try_spawn(dir.path().to_owned(), &cfg)
+        .err()
+        .expect("started on a key file it cannot read");
+    assert!(log.contains("newer") && log.contains("version 3"), "{log}");
+    assert!(!log.contains("DAMAGED"), "{log}");
+    assert_eq!(std::fs::read(state.join("keys")).unwrap(), bytes);
+    let files_after: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files_after, files_before, "a file was moved or added");
+}

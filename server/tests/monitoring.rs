@@ -131,7 +131,7 @@ fn every_name_in_the_dashboard_and_the_alerts_is_exported() {
     let dashboard = dashboard_exprs();
     let alerts = alert_exprs();
     assert!(dashboard.len() >= 20, "{dashboard:?}");
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 12, "{alerts:?}");
     for (file, exprs) in [
         ("grafana/ntsd.json", &dashboard),
         ("prometheus/alerts.yml", &alerts),

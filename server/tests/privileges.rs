@@ -121,3 +121,72 @@ fn a_user_that_does_not_exist_stops_the_start() {
         .expect("must fail");
     assert!(log.contains("no user \"no-such-user-ntsd\""), "{log}");
 }
+
+/// The migration guide's certbot advice, as written: the ntsd user in a
+/// group that can read certbot's files (`ssl-cert`). The privilege drop
+/// keeps the user's supplementary groups, so the renewal is read and
+/// served. Runs in a mount namespace whose overlaid /etc holds the user
+/// and the group.
+#[test]
+fn a_supplementary_group_reads_renewed_certificates_after_the_drop() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require("root (namespaces, chown)", common::is_root()) {
+        return;
+    }
+    let dir = pki_dir();
+    let (user_id, cert_group) = (4461u32, 4462u32);
+    let group_only = |p: &std::path::Path, m: u32| {
+        std::os::unix::fs::chown(p, Some(0), Some(cert_group)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    // As `chgrp -R ssl-cert /etc/letsencrypt/{live,archive}; chmod -R g+rX`.
+    group_only(dir.path(), 0o750);
+    group_only(&dir.path().join("chain.pem"), 0o640);
+    group_only(&dir.path().join("key.pem"), 0o640);
+    let tail = "[server]\nuser = \"ntsd-cert-test\"\n";
+    let cfg = write_config(dir.path(), "ntsd.toml", "auto", tail);
+    let scratch = tempfile::tempdir().unwrap();
+    let (up, work) = (scratch.path().join("up"), scratch.path().join("work"));
+    std::fs::create_dir(&up).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let script = format!(
+        "mount -t overlay ntsd-test -o lowerdir=/etc,upperdir={},workdir={} /etc; \
+         echo 'ntsd-cert-test:x:{user_id}:{user_id}::/nonexistent:/usr/sbin/nologin' >> /etc/passwd; \
+         echo 'ntsd-cert-test:x:{user_id}:' >> /etc/group; \
+         echo 'ntsd-ssl-test:x:{cert_group}:ntsd-cert-test' >> /etc/group; \
+         exec \"$0\" run --config \"$1\"",
+        up.display(),
+        work.display()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-ec"])
+        .arg(script)
+        .arg(common::BIN)
+        .arg(&cfg);
+    let s = Ntsd::try_spawn_command(dir.path().to_owned(), cmd)
+        .unwrap_or_else(|log| panic!("did not start:\n{log}"));
+    assert!(
+        s.log_text().contains("privileges dropped") && !s.log_text().contains("not readable"),
+        "{}",
+        s.log_text()
+    );
+    let groups = task_fields(s.pid(), "Groups:");
+    assert!(
+        groups
+            .iter()
+            .all(|g| g.split_whitespace().any(|x| x == cert_group.to_string())),
+        "supplementary group lost: {groups:?}"
+    );
+    // certbot renews: new files in place, same group and mode.
+    let renewed = tempfile::tempdir().unwrap();
+    ntsd::demo::write_test_pki(renewed.path()).unwrap();
+    for name in ["key.pem", "chain.pem"] {
+        let tmp = dir.path().join(format!("{name}.new"));
+        std::fs::copy(renewed.path().join(name), &tmp).unwrap();
+        group_only(&tmp, 0o640);
+        std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+    }
+    let ok = s.wait_metric("ntsd_ke_certificate_reloads_total{result=\"ok\"}", 1);
+    assert!(ok >= 1, "the renewal was not read:\n{}", s.log_text());
+    assert!(s.terminate().success());
+}

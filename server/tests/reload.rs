@@ -160,8 +160,11 @@ fn sighup_reloads_and_bad_pairs_are_refused() {
             i as u64 + 1,
         );
         assert!(refused > i as u64, "{why}: not refused\n{}", s.log_text());
-        let lines = s.log_text();
-        assert!(lines.contains(why), "no log line saying {why:?}:\n{lines}");
+        assert!(
+            s.wait_log(why),
+            "no log line saying {why:?}:\n{}",
+            s.log_text()
+        );
         assert_eq!(
             presented(s.ke_port, &cas, None).unwrap(),
             b.leaf_der,
@@ -247,4 +250,102 @@ fn certificates_are_chosen_by_sni_with_the_first_as_default() {
         .filter(|(k, _)| k.starts_with("ntsd_ke_certificate_expiry_timestamp_seconds{"))
         .count();
     assert_eq!(expiries, 2);
+}
+
+/// An expired certificate at start (a renewal failed, then a reboot) takes
+/// NTS-KE down and nothing else: plain NTP and the cookies clients already
+/// hold are served, NTS-KE refuses connections, and once a valid pair is
+/// swapped in through its symlinks (as certbot renews) NTS-KE serves within
+/// a few seconds, with no signal and no restart.
+#[test]
+fn an_expired_certificate_at_start_takes_only_nts_ke_down_until_renewed() {
+    let dir = common::pki_dir();
+    let (state, cfg) = {
+        let state = dir.path().join("state");
+        let tail = format!("[keys]\ndump_dir = \"{}\"\n", state.display());
+        (
+            state,
+            common::write_config(dir.path(), "ntsd.toml", "auto", &tail),
+        )
+    };
+    // A first run with the valid pair: a client gets its cookies.
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    let (mut client, _) = common::client_of(&s);
+    assert!(s.terminate().success());
+    assert!(state.join("keys").exists());
+
+    // certbot's layout: the configured paths are symlinks into archive/.
+    let archive = dir.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let (chain, key) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+    std::fs::rename(&chain, archive.join("good-chain.pem")).unwrap();
+    std::fs::rename(&key, archive.join("good-key.pem")).unwrap();
+    let expired = pki(&["localhost"], true);
+    write(&archive, "old-chain.pem", &expired.chain_pem);
+    write(&archive, "old-key.pem", &expired.key_pem);
+    let link = |path: &Path, target: &str| {
+        let tmp = path.with_extension("link");
+        std::os::unix::fs::symlink(archive.join(target), &tmp).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
+    link(&chain, "old-chain.pem");
+    link(&key, "old-key.pem");
+
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    assert!(s.log_text().contains("expired"), "{}", s.log_text());
+    let sock = common::udp_client(s.ntp_port);
+    let plain = nts_proto::NtpHeader::client_request(nts_proto::NtpTimestamp(9)).to_bytes();
+    assert!(
+        common::exchange(&sock, &plain).is_some(),
+        "plain NTP unanswered"
+    );
+    for seed in 1..4 {
+        assert_eq!(
+            common::try_cookie(&mut client, s.ntp_port, seed),
+            common::Outcome::Authenticated,
+            "an existing cookie was not served"
+        );
+    }
+    let ke = || {
+        let tls = ntsd::tls::client_config(Some(&s.ca())).unwrap();
+        ntsd::query::key_exchange(
+            "localhost",
+            s.ke_port,
+            tls,
+            &nts_proto::AeadAlgorithm::ALL,
+            Duration::from_secs(3),
+        )
+    };
+    assert!(ke().is_err(), "NTS-KE served an expired certificate");
+    assert!(s.wait_metric("ntsd_ke_errors_total{reason=\"no_certificate\"}", 1) >= 1);
+    assert!(s.metrics().contains(&("ntsd_ke_up".to_owned(), 0)));
+    let (status, body) = s.http_get("/healthz");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("NTS-KE") && body.contains("expired"),
+        "{body}"
+    );
+
+    // The renewal lands: both links repointed, no signal.
+    link(&chain, "good-chain.pem");
+    link(&key, "good-key.pem");
+    let start = Instant::now();
+    while ke().is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "NTS-KE did not come up after the renewal:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("NTS-KE up {:?} after the symlink swap", start.elapsed());
+    assert!(s.metrics().contains(&("ntsd_ke_up".to_owned(), 1)));
+    let (status, body) = s.http_get("/readyz/nts-ke");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("degraded"), "{body}");
+    let (mut fresh, _) = common::client_of(&s);
+    assert_eq!(
+        common::try_cookie(&mut fresh, s.ntp_port, 7),
+        common::Outcome::Authenticated
+    );
 }

@@ -512,23 +512,42 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     assert!(!ok && err.contains("[keys] keep"), "{err}");
 }
 
+/// A missing certificate takes NTS-KE down, not the server: NTP is
+/// answered, NTS-KE connections are closed before TLS, and the log, the
+/// health endpoints and the metrics say why.
 #[test]
-fn run_fails_clearly_on_a_missing_certificate() {
+fn a_missing_certificate_takes_only_nts_ke_down() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        "[ntp]\nlisten = [\"127.0.0.1:0\"]\n[nts_ke]\nlisten = [\"127.0.0.1:0\"]\ncertificate_chain = \"/nonexistent/chain.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n[keys]\ndump_dir = \"\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("/nonexistent/chain.pem"), "{err}");
+    // config_text names dir/chain.pem and dir/key.pem, which do not exist.
+    std::fs::write(&cfg, common::config_text(dir.path(), "auto", "", "", "")).unwrap();
+    let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
+    let chain = dir.path().join("chain.pem").display().to_string();
+    assert!(
+        s.log_text().contains(&chain) && s.log_text().contains("NTS-KE is down"),
+        "{}",
+        s.log_text()
+    );
+    let sock = udp_client(s.ntp_port);
+    let req = nts_proto::NtpHeader::client_request(NtpTimestamp(1)).to_bytes();
+    assert!(exchange(&sock, &req).is_some(), "plain NTP unanswered");
+    let mut t = TcpStream::connect(("127.0.0.1", s.ke_port)).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(t.read(&mut buf).unwrap_or(0), 0, "NTS-KE was not closed");
+    assert!(s.wait_metric("ntsd_ke_errors_total{reason=\"no_certificate\"}", 1) >= 1);
+    assert!(s.metrics().contains(&("ntsd_ke_up".to_owned(), 0)));
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) = s.http_get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(
+            body.contains("degraded: NTS-KE") && body.contains(&chain),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = s.http_get("/readyz/nts-ke");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no usable certificate"), "{body}");
 }
 
 #[test]

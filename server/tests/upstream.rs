@@ -28,7 +28,11 @@ struct FakeUpstream {
 
 impl FakeUpstream {
     fn start() -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0")
+    }
+
+    fn start_on(addr: &str) -> Self {
+        let sock = UdpSocket::bind(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         let port = sock.local_addr().unwrap().port();
@@ -239,4 +243,79 @@ fn readyz_follows_the_upstream_and_healthz_stays_up() {
     assert_eq!(body, "ready\n");
     assert_eq!(s.metric("ntsd_time_synchronised"), 1);
     assert_eq!(s.http_get("/healthz").0, 200);
+}
+
+/// `[time] upstream` given as a name: a name that does not resolve at boot
+/// does not stop the start (the server serves leap indicator 3 and is not
+/// ready) and is tried again until it resolves; when polls keep failing
+/// the name is resolved again, so an upstream that moved is followed.
+/// Runs ntsd in a mount namespace whose /etc/hosts the test rewrites (and
+/// whose name service reads only that file).
+#[test]
+fn a_named_upstream_is_resolved_when_it_can_be_and_again_when_it_moves() {
+    if !common::require("root (mount namespace)", common::is_root())
+        || !common::require(
+            "/etc/nsswitch.conf",
+            std::path::Path::new("/etc/nsswitch.conf").exists(),
+        )
+    {
+        return;
+    }
+    let a = FakeUpstream::start();
+    let b = FakeUpstream::start_on(&format!("127.0.0.2:{}", a.port));
+    b.set(SILENT);
+    let dir = common::pki_dir();
+    let hosts = dir.path().join("hosts");
+    let nss = dir.path().join("nsswitch.conf");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    std::fs::write(&nss, "hosts: files\n").unwrap();
+    let cfg = common::write_config(dir.path(), "ntsd.toml", "auto", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[time]\nsource = \"local\"\nstratum = 1\nrefid = \"TEST\"",
+        &format!(
+            "[time]\nsource = \"upstream\"\nupstream = \"upstream.ntsd.test:{}\"\nhold_time = \"60s\"",
+            a.port
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-ec"])
+        .arg("mount --bind \"$1\" /etc/hosts; mount --bind \"$2\" /etc/nsswitch.conf; exec \"$3\" run --config \"$4\"")
+        .arg("sh")
+        .arg(&hosts)
+        .arg(&nss)
+        .arg(common::BIN)
+        .arg(&cfg);
+    let s = Ntsd::try_spawn_command(dir.path().to_owned(), cmd)
+        .unwrap_or_else(|log| panic!("a name that does not resolve stopped the start:\n{log}"));
+    let h = query(&s);
+    assert_eq!(h.leap, Leap::Unsynchronized);
+    assert_eq!(s.http_get("/readyz").0, 503);
+
+    // The name appears: followed within the retry interval.
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n127.0.0.1 upstream.ntsd.test\n",
+    )
+    .unwrap();
+    let (h, took) = wait_for(&s, "the name resolving", |h| h.leap == Leap::NoWarning);
+    eprintln!("synchronised {took:?} after the name appeared");
+    assert_eq!(h.reference_id, [127, 0, 0, 1]);
+    assert!(s.log_text().contains("cannot resolve"), "{}", s.log_text());
+
+    // The upstream moves: the old address goes silent, the name points
+    // to the new one, and failing polls make ntsd look it up again.
+    a.set(SILENT);
+    b.set(SYNCED);
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n127.0.0.2 upstream.ntsd.test\n",
+    )
+    .unwrap();
+    let (h, took) = wait_for(&s, "the new address", |h| {
+        h.reference_id == [127, 0, 0, 2] && h.leap == Leap::NoWarning
+    });
+    eprintln!("following the new address {took:?} after the move");
+    assert_eq!(h.stratum, 2);
+    assert!(s.terminate().success());
 }

@@ -13,24 +13,42 @@ use hyper::body::Bytes;
 use crate::config::Config;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How a failed connection's error begins (the next candidate is tried).
+const CONNECT_FAILED: &str = "cannot connect to the metrics endpoint";
 
 /// Where `--config FILE` says the metrics endpoint is: `[metrics] listen`,
-/// with a wildcard address replaced by loopback.
-pub fn endpoint_from_config(path: &Path) -> Result<SocketAddr, String> {
+/// with a wildcard address replaced by loopback. For `[::]`, `[::1]`
+/// first and then `127.0.0.1`: a host or container without IPv6 (older
+/// Docker) has no `::1`, while ntsd's `[::]` listener takes IPv4 too.
+pub fn endpoints_from_config(path: &Path) -> Result<Vec<SocketAddr>, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let mut addr = config.metrics.listen.ok_or_else(|| {
+    let addr = config.metrics.listen.ok_or_else(|| {
         format!(
             "{}: [metrics] listen is not set; ntsd stats reads the metrics endpoint (e.g. listen = \"127.0.0.1:9460\")",
             path.display()
         )
     })?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        });
+    let port = addr.port();
+    Ok(match addr.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))],
+        IpAddr::V6(a) if a.is_unspecified() => vec![
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        ],
+        _ => vec![addr],
+    })
+}
+
+/// [`fetch`] from the first of `candidates` that accepts a connection.
+pub fn fetch_any(candidates: &[String], path: &str) -> Result<String, String> {
+    let mut last = String::from("no address to try");
+    for authority in candidates {
+        match fetch(authority, path) {
+            Err(e) if e.starts_with(CONNECT_FAILED) => last = e,
+            other => return other,
+        }
     }
-    Ok(addr)
+    Err(last)
 }
 
 /// `http://HOST:PORT[/PATH]` or `HOST:PORT` (path `/metrics`).
@@ -66,7 +84,7 @@ async fn get(authority: &str, path: &str) -> Result<String, String> {
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|e| {
-            format!("cannot connect to the metrics endpoint at {authority}: {e} (is ntsd running, with [metrics] listen set to this address?)")
+            format!("{CONNECT_FAILED} at {authority}: {e} (is ntsd running, with [metrics] listen set to this address?)")
         })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -152,10 +170,16 @@ pub fn render(m: &BTreeMap<String, f64>) -> String {
         ),
         (
             "NTS-KE connections dropped",
-            ["busy", "access_denied", "rate_limited"]
-                .iter()
-                .map(|r| get(&format!("ntsd_ke_errors_total{{reason=\"{r}\"}}")))
-                .sum(),
+            [
+                "busy",
+                "access_denied",
+                "rate_limited",
+                "evicted",
+                "no_certificate",
+            ]
+            .iter()
+            .map(|r| get(&format!("ntsd_ke_errors_total{{reason=\"{r}\"}}")))
+            .sum(),
         ),
         (
             "Authenticated NTP packets",
@@ -226,33 +250,42 @@ pub fn render(m: &BTreeMap<String, f64>) -> String {
 /// or `--config FILE`; success only for 200, else the body says why.
 pub fn probe(metrics: Option<&str>, config: Option<&Path>, live: bool) -> Result<String, String> {
     let path = if live { "/healthz" } else { "/readyz" };
-    let authority = match (metrics, config) {
-        (Some(url), _) => parse_url(url)?.0,
-        (None, config) => {
-            endpoint_from_config(config.unwrap_or(Path::new("/etc/ntsd/config.toml")))?.to_string()
-        }
+    let candidates = match (metrics, config) {
+        (Some(url), _) => vec![parse_url(url)?.0],
+        (None, config) => endpoints_from_config(config.unwrap_or(Path::new(DEFAULT_CONFIG)))?
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect(),
     };
-    fetch(&authority, path)
+    fetch_any(&candidates, path)
 }
+
+/// The config `ntsd ready` and `ntsd stats` read without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/ntsd/config.toml";
 
 /// `ntsd stats`: from `--metrics URL`, or `--config FILE` (default
 /// `/etc/ntsd/config.toml`).
 pub fn run(metrics: Option<&str>, config: Option<&Path>) -> Result<(), String> {
-    let (authority, path) = match (metrics, config) {
-        (Some(url), _) => parse_url(url)?,
+    let (candidates, path) = match (metrics, config) {
+        (Some(url), _) => {
+            let (authority, path) = parse_url(url)?;
+            (vec![authority], path)
+        }
         (None, config) => {
-            let path = config.unwrap_or(Path::new("/etc/ntsd/config.toml"));
+            let path = config.unwrap_or(Path::new(DEFAULT_CONFIG));
+            let addrs = endpoints_from_config(path)?;
             (
-                endpoint_from_config(path)?.to_string(),
+                addrs.iter().map(SocketAddr::to_string).collect(),
                 "/metrics".to_owned(),
             )
         }
     };
-    let text = fetch(&authority, &path)?;
+    let text = fetch_any(&candidates, &path)?;
     let m = parse(&text);
     if !m.keys().any(|k| k.starts_with("ntsd_")) {
         return Err(format!(
-            "{authority}{path} does not look like ntsd's metrics"
+            "{}{path} does not look like ntsd's metrics",
+            candidates.join(" or ")
         ));
     }
     print!("{}", render(&m));

@@ -8,6 +8,10 @@
 //! TLS handshake ─► Certificates::resolve(SNI) ─► ArcSwap::load ─► CertifiedKey
 //! ```
 //!
+//! No usable pair at start (missing, unreadable, expired, mismatched) does
+//! not stop ntsd: NTS-KE refuses connections until one loads, and NTP is
+//! served meanwhile.
+//!
 //! A pair is accepted only if the chain parses and is not empty, the key
 //! parses and matches the leaf (`CertifiedKey::keys_match`), and the leaf
 //! has not expired. The first pair is the default: clients that send no
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -114,7 +118,7 @@ pub fn load_pair(pair: &CertPair, now: i64) -> Result<Loaded, String> {
         return Err(refuse(
             pair,
             format!(
-                "expired at {} (renew it; the certificate in force keeps serving)",
+                "expired at {} (renew it)",
                 crate::clock::utc(u64::try_from(not_after).unwrap_or(0))
             ),
         ));
@@ -153,37 +157,103 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Device, inode, modification time (s, ns) and size of a file.
-type FileStamp = (u64, u64, i64, i64, u64);
+/// Device, inode, modification and change times (s, ns) and size of a
+/// file. The change time catches a `chmod` or `chgrp` that makes a file
+/// readable, which changes nothing else.
+type FileStamp = (u64, u64, i64, i64, i64, i64, u64);
+
+/// How often, at most, the reason NTS-KE is down is logged again while it
+/// stays the same.
+const DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The certificates in force, for rustls and for the metrics.
+///
+/// A problem with the certificates never stops the server: without a
+/// usable set NTS-KE refuses connections (before TLS, counted as
+/// `no_certificate`) while NTP and NTS with existing cookies are served,
+/// and the watcher keeps trying until a valid pair appears.
 #[derive(Debug)]
 pub struct Certificates {
     pairs: Vec<CertPair>,
-    current: ArcSwap<CertSet>,
+    current: ArcSwapOption<CertSet>,
+    /// Why there is no usable set, while there is none.
+    problem: std::sync::Mutex<Option<String>>,
+    /// The files' metadata when they were last loaded (or tried).
+    seen: std::sync::Mutex<Vec<Option<FileStamp>>>,
+    /// When the reason NTS-KE is down was last logged.
+    down_logged: std::sync::Mutex<Option<std::time::Instant>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
 }
 
 impl Certificates {
-    /// Loads `pairs` (the default first); fails the start on any bad pair.
-    pub fn load(pairs: Vec<CertPair>) -> Result<Arc<Self>, String> {
-        let set = load_set(&pairs, unix_now())?;
-        Ok(Arc::new(Self {
-            pairs,
-            current: ArcSwap::from_pointee(set),
+    /// Loads `pairs` (the default first). A pair that does not load leaves
+    /// NTS-KE down until it does; the error is logged and returned by
+    /// [`Certificates::problem`].
+    pub fn load(pairs: Vec<CertPair>) -> Arc<Self> {
+        let certs = Arc::new(Self {
+            current: ArcSwapOption::empty(),
+            problem: std::sync::Mutex::new(None),
+            seen: std::sync::Mutex::new(Vec::new()),
+            down_logged: std::sync::Mutex::new(None),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
-        }))
+            pairs,
+        });
+        certs.remember_files();
+        match load_set(&certs.pairs, unix_now()) {
+            Ok(set) => certs.current.store(Some(Arc::new(set))),
+            Err(e) => {
+                tracing::error!(error = %e, "NTS-KE is down: no usable certificate; NTP and NTS with existing cookies are served, and NTS-KE starts by itself once a valid certificate and key are in place");
+                certs.set_problem(Some(e));
+                *certs.down_logged.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(std::time::Instant::now());
+            }
+        }
+        certs
     }
 
-    pub fn current(&self) -> Arc<CertSet> {
+    /// The set in force, if any.
+    pub fn current(&self) -> Option<Arc<CertSet>> {
         self.current.load_full()
     }
 
+    /// Whether NTS-KE has a certificate to serve.
+    pub fn usable(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Why NTS-KE has no certificate, while it has none.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_problem(&self, why: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    fn remember_files(&self) -> bool {
+        let now = self.fingerprint();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = *seen != now;
+        *seen = now;
+        changed
+    }
+
     /// Loads every pair again and swaps the set in for new connections, or
-    /// keeps the one in force and says why (one log line per attempt).
+    /// keeps the one in force (if any) and says why (one log line per
+    /// attempt).
     pub fn reload(&self, why: &str) -> Result<(), String> {
+        self.reload_logged(why, false)
+    }
+
+    /// [`Certificates::reload`]; a `retry` (a poll while NTS-KE is down,
+    /// nothing changed) is not counted, and its failure is logged only if
+    /// the reason changed or [`DOWN_LOG_EVERY`] has passed.
+    fn reload_logged(&self, why: &str, retry: bool) -> Result<(), String> {
         match load_set(&self.pairs, unix_now()) {
             Ok(set) => {
                 let expiry: Vec<String> = set
@@ -191,14 +261,38 @@ impl Certificates {
                     .iter()
                     .map(|p| crate::clock::utc(u64::try_from(p.not_after).unwrap_or(0)))
                     .collect();
-                self.current.store(Arc::new(set));
+                let was_down = !self.usable();
+                self.current.store(Some(Arc::new(set)));
+                self.set_problem(None);
                 self.reloads_ok.fetch_add(1, Relaxed);
-                tracing::info!(trigger = why, expires = ?expiry, "NTS-KE certificates reloaded");
+                match was_down {
+                    true => {
+                        tracing::warn!(trigger = why, expires = ?expiry, "NTS-KE is up: certificates loaded")
+                    }
+                    false => {
+                        tracing::info!(trigger = why, expires = ?expiry, "NTS-KE certificates reloaded")
+                    }
+                }
                 Ok(())
             }
-            Err(e) => {
+            Err(e) if self.usable() => {
                 self.reloads_failed.fetch_add(1, Relaxed);
                 tracing::error!(trigger = why, error = %e, "NTS-KE certificate reload refused; the certificates in force keep serving");
+                Err(e)
+            }
+            Err(e) => {
+                if !retry {
+                    self.reloads_failed.fetch_add(1, Relaxed);
+                }
+                let same = self.problem().as_deref() == Some(e.as_str());
+                let mut logged = self.down_logged.lock().unwrap_or_else(|p| p.into_inner());
+                let due = logged.is_none_or(|t| t.elapsed() >= DOWN_LOG_EVERY);
+                if !retry || !same || due {
+                    tracing::error!(trigger = why, error = %e, "NTS-KE is still down: no usable certificate; NTP is served");
+                    *logged = Some(std::time::Instant::now());
+                }
+                drop(logged);
+                self.set_problem(Some(e.clone()));
                 Err(e)
             }
         }
@@ -212,9 +306,10 @@ impl Certificates {
             .iter()
             .flat_map(|p| [&p.certificate_chain, &p.private_key])
             .map(|path: &PathBuf| {
-                std::fs::metadata(Path::new(path))
-                    .ok()
-                    .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+                std::fs::metadata(Path::new(path)).ok().map(|m| {
+                    let t = (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+                    (m.dev(), m.ino(), t.0, t.1, t.2, t.3, m.size())
+                })
             })
             .collect()
     }
@@ -223,11 +318,16 @@ impl Certificates {
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let set = self.current.load();
-        set.choose(hello.server_name()).map(|p| p.key.clone())
+        set.as_ref()?
+            .choose(hello.server_name())
+            .map(|p| p.key.clone())
     }
 }
 
-/// Reloads on SIGHUP and whenever a certificate or key file changes.
+/// Reloads on SIGHUP and whenever a certificate or key file changes; while
+/// NTS-KE is down, also on every poll (a fix such as a permission change,
+/// or a clock that was behind, changes no file), logging the reason again
+/// only when it changes or once per [`DOWN_LOG_EVERY`].
 ///
 /// A metadata poll rather than inotify (the `notify` crate): certbot
 /// renews by repointing symlinks in `live/`, which an inotify watch on the
@@ -239,7 +339,6 @@ pub async fn watch(
     mut hup: tokio::signal::unix::Signal,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut seen = certs.fingerprint();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -248,12 +347,12 @@ pub async fn watch(
             _ = tick.tick() => "file change",
             _ = stop.changed() => return,
         };
-        let now = certs.fingerprint();
-        if trigger == "file change" && now == seen {
+        let changed = certs.remember_files();
+        let polled = trigger == "file change" && !changed;
+        if polled && certs.usable() {
             continue;
         }
-        seen = now;
-        let _ = certs.reload(trigger);
+        let _ = certs.reload_logged(trigger, polled);
     }
 }
 

@@ -48,6 +48,8 @@ pub struct KeContext {
     pub per_address: limits::AddressSlots,
     /// Sessions per address and time, when configured.
     pub session_rate: Option<limits::SessionRate>,
+    /// The certificates: without a usable one, connections are refused.
+    pub certs: Arc<certs::Certificates>,
 }
 
 impl std::fmt::Debug for KeContext {
@@ -64,6 +66,8 @@ impl std::fmt::Debug for KeContext {
 /// or memory, and how often such a pause is logged.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often, at most, refusals for want of a certificate are logged.
+const DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Accepts connections on `listener` until `stop` fires. Every check that
 /// can refuse a connection (access list, session rate, the global cap) runs
@@ -77,6 +81,8 @@ pub async fn serve(
     let mut next_id = 0u64;
     let mut last_logged: Option<std::time::Instant> = None;
     let mut failures = 0u64;
+    let mut last_down_log: Option<std::time::Instant> = None;
+    let mut refused_down = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -96,6 +102,22 @@ pub async fn serve(
         }
         if ctx.session_rate.as_ref().is_some_and(|r| !r.allows(ip)) {
             ctx.counters.add(KeEvent::RateLimited);
+            continue;
+        }
+        if !ctx.certs.usable() {
+            // NTS-KE is down; the certificate watcher logs why. Closed
+            // before TLS, so a client fails at once and tries elsewhere.
+            ctx.counters.add(KeEvent::NoCertificate);
+            refused_down += 1;
+            if last_down_log.is_none_or(|t| t.elapsed() >= DOWN_LOG_EVERY) {
+                tracing::warn!(
+                    refused = refused_down,
+                    reason = %ctx.certs.problem().unwrap_or_default(),
+                    "NTS-KE refused connections: no usable certificate (NTP is served; NTS-KE resumes once a valid certificate is in place)"
+                );
+                last_down_log = Some(std::time::Instant::now());
+                refused_down = 0;
+            }
             continue;
         }
         let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
@@ -128,7 +150,7 @@ pub async fn serve(
         });
         if evicted {
             // The address's oldest connection was closed to make room.
-            ctx.counters.add(KeEvent::RateLimited);
+            ctx.counters.add(KeEvent::Evicted);
         }
     }
 }

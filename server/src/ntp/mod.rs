@@ -7,6 +7,7 @@
 //! io_uring is blocked, such as Docker's default seccomp profile).
 
 pub mod access;
+mod exclusive;
 mod portable;
 pub mod ratelimit;
 mod send_wait;
@@ -265,6 +266,43 @@ impl Worker {
     }
 }
 
+#[cfg(test)]
+impl Worker {
+    /// A worker with in-memory keys, for the back ends' unit tests; and its
+    /// counters.
+    pub(crate) fn for_tests() -> (Worker, Arc<NtpCounters>) {
+        let sched = keyrotate::Schedule {
+            interval: 3600,
+            keep: 1,
+        };
+        let keys = RotatingKeys::new(
+            sched,
+            Box::<keyrotate::RandomKeys>::default(),
+            None,
+            None,
+            crate::clock::unix_secs(),
+        )
+        .expect("in-memory keys");
+        let counters = Arc::new(NtpCounters::default());
+        let worker = Worker {
+            keys: Arc::new(keys),
+            system: Arc::new(arc_swap::ArcSwap::from_pointee(
+                nts_proto::SystemInfo::unsynchronized(),
+            )),
+            counters: counters.clone(),
+            rng: WorkerRng::new().expect("random"),
+            stop: Arc::new(AtomicBool::new(false)),
+            seal_delay: SealDelay::default(),
+            send_wait: send_wait::SendWait::default(),
+            health: Arc::new(WorkerHealth::new("test".into())),
+            access: Arc::new(AccessList::new(&[], &[])),
+            limiter: None,
+            kod: false,
+        };
+        (worker, counters)
+    }
+}
+
 /// The running workers.
 #[derive(Debug)]
 pub struct Workers {
@@ -310,7 +348,18 @@ fn open_sockets(listen: &[SocketAddr], workers: usize) -> std::io::Result<Vec<Ve
     let mut per_worker: Vec<Vec<UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     for &configured in listen {
         for (i, sockets) in per_worker.iter_mut().enumerate() {
-            let addr = port.resolve(configured);
+            let mut addr = port.resolve(configured);
+            if i == 0 && addr.port() == 0 {
+                // A port no socket holds, not one the kernel would let the
+                // workers share with another SO_REUSEPORT group.
+                if let Some(free) = exclusive::free_port(addr) {
+                    addr.set_port(free);
+                }
+            }
+            if i == 0 && addr.port() != 0 {
+                exclusive::ensure_not_held(addr)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::AddrInUse, e))?;
+            }
             let udp = match open_socket(addr) {
                 Ok(s) => s,
                 Err(e) if i == 0 && listen.len() > 1 && crate::net::ipv6_missing(addr, &e) => {
@@ -324,7 +373,7 @@ fn open_sockets(listen: &[SocketAddr], workers: usize) -> std::io::Result<Vec<Ve
                     ))
                 }
             };
-            port.learn(addr, udp.local_addr()?);
+            port.learn(configured, udp.local_addr()?);
             sockets.push(udp);
         }
     }

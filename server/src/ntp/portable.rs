@@ -23,10 +23,23 @@ struct Batch {
     sources: [SourceBuf; BATCH],
 }
 
-/// Serves `socket` until the worker is asked to stop; receive errors are
-/// counted, never fatal.
+/// Receive errors in a row (no datagram in between) after which the loop
+/// gives up and returns the error to its supervisor, which restarts it
+/// (and counts the restart, which `/healthz` reports).
+pub const MAX_ERRORS_IN_A_ROW: u32 = 50;
+/// The pause after a failed receive doubles from this...
+const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+/// ...up to this, so a persistent error costs little CPU and no log flood.
+const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Serves `socket` until the worker is asked to stop (`Ok`). A receive
+/// error is counted and followed by a pause that grows while errors
+/// persist; after [`MAX_ERRORS_IN_A_ROW`] of them the loop returns the last
+/// one (`Err`) for the supervisor to restart it.
 pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
     let fd = socket.as_raw_fd();
+    let mut errors = 0u32;
+    let mut pause = FIRST_PAUSE;
     let mut b = Batch {
         requests: Box::new([[0; MAX_PACKET]; BATCH]),
         replies: Box::new([[0; MAX_PACKET]; BATCH]),
@@ -67,12 +80,24 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
             )
         };
         if n < 0 {
-            match errno() {
-                libc::EAGAIN | libc::EINTR => {}
-                _ => worker.count(NtpEvent::ReceiveError),
+            let e = errno();
+            if matches!(e, libc::EAGAIN | libc::EINTR) {
+                continue;
             }
+            worker.count(NtpEvent::ReceiveError);
+            errors += 1;
+            if errors >= MAX_ERRORS_IN_A_ROW {
+                return Err(format!(
+                    "recvmmsg failed {errors} times in a row: {}",
+                    std::io::Error::from_raw_os_error(e)
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_PAUSE);
             continue;
         }
+        errors = 0;
+        pause = FIRST_PAUSE;
         let n = n as usize;
         // A pass of one learns nothing about waits and adds none: no clock
         // read for it.
@@ -120,4 +145,34 @@ pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
         unsafe { worker.send(fd, &mut out[..m], false) };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket whose every receive fails (its descriptor replaced by a
+    /// file's, so `recvmmsg` says ENOTSOCK): the loop backs off, counts each
+    /// error, and after the bound returns the error instead of spinning.
+    #[test]
+    fn a_persistent_receive_error_is_returned_after_a_bounded_backoff() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup2 onto a descriptor this test owns; both stay open.
+        let r = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&file), socket.as_raw_fd()) };
+        assert_eq!(r, socket.as_raw_fd());
+        let (mut worker, counters) = Worker::for_tests();
+        let started = std::time::Instant::now();
+        let e = run(&mut worker, &socket).unwrap_err();
+        let took = started.elapsed();
+        assert!(e.contains("50 times in a row"), "{e}");
+        assert!(e.to_lowercase().contains("socket"), "{e}");
+        assert_eq!(
+            counters.get(NtpEvent::ReceiveError),
+            u64::from(MAX_ERRORS_IN_A_ROW)
+        );
+        // 49 pauses: 1, 2, ... 64 ms, then 100 ms each: about 4.4 s, never a spin.
+        assert!(took >= std::time::Duration::from_secs(3), "{took:?}");
+        assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    }
 }

@@ -115,7 +115,11 @@ fn restrict_and_enable(ring: &IoUring) -> std::io::Result<()> {
         Restriction::sqe_flags_allowed(io_uring::squeue::Flags::BUFFER_SELECT.bits()),
     ];
     if let Err(e) = ring.submitter().register_restrictions(&mut allowed) {
-        tracing::debug!(error = %e, "io_uring restrictions unavailable; the ring runs unrestricted");
+        // Once per process: every worker's ring would say the same.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "io_uring restrictions refused by the kernel: the rings run unrestricted (a compromised worker could submit any operation); Linux 5.10 or later restricts them");
+        });
     }
     ring.submitter().register_enable_rings()
 }
@@ -392,13 +396,17 @@ fn serve(
     let timeout = types::Timespec::new().nsec(STOP_POLL.as_nanos() as u32);
     let args = types::SubmitArgs::new().timespec(&timeout);
     let mut cancelled = false;
+    // Receives that ended in an error, in a row (no datagram in between).
+    let mut errors = 0u32;
     loop {
         for sqe in rearm.drain(..) {
             // SAFETY: the entry points at the template, which outlives the
             // ring; the queue has room for one receive per socket.
-            if unsafe { ring.submission().push(&sqe) }.is_ok() {
-                in_flight += 1;
+            if unsafe { ring.submission().push(&sqe) }.is_err() {
+                // Never a socket that silently stops receiving.
+                return Err("cannot re-arm a receive: the submission queue is full".into());
             }
+            in_flight += 1;
         }
         if worker.stopping() && !cancelled {
             let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
@@ -435,6 +443,7 @@ fn serve(
             let index = (data & INDEX_MASK) as usize;
             let flags = cqe.flags();
             if let Some(bid) = cqueue::buffer_select(flags) {
+                errors = 0;
                 if let (false, Some(&fd)) = (cancelled, fds.get(index)) {
                     on_receive(
                         worker,
@@ -453,6 +462,13 @@ fn serve(
                 && cqe.result() != -libc::ECANCELED
             {
                 worker.count(NtpEvent::ReceiveError);
+                errors += 1;
+                if errors >= super::portable::MAX_ERRORS_IN_A_ROW {
+                    return Err(format!(
+                        "receives failed {errors} times in a row: {}",
+                        std::io::Error::from_raw_os_error(-cqe.result())
+                    ));
+                }
             }
             if !cqueue::more(flags) {
                 in_flight -= 1;

@@ -131,11 +131,16 @@ pub enum KeEvent {
     InternalError,
     /// Refused by the access list, before TLS.
     AccessDenied,
-    /// Over the per-address NTS-KE rate or connection limit, before TLS.
+    /// Over the per-address NTS-KE session rate, before TLS.
     RateLimited,
+    /// Closed to make room: its address opened more connections than
+    /// `max_connections_per_address`, and this was the oldest.
+    Evicted,
+    /// Refused before TLS: no usable certificate (NTS-KE is down).
+    NoCertificate,
 }
 
-pub const KE_EVENTS: usize = 13;
+pub const KE_EVENTS: usize = 15;
 
 impl KeEvent {
     pub const ALL: [KeEvent; KE_EVENTS] = [
@@ -152,6 +157,8 @@ impl KeEvent {
         KeEvent::InternalError,
         KeEvent::AccessDenied,
         KeEvent::RateLimited,
+        KeEvent::Evicted,
+        KeEvent::NoCertificate,
     ];
 
     /// The `reason` label of an error, `None` for the two outcomes that
@@ -171,6 +178,8 @@ impl KeEvent {
             InternalError => "internal",
             AccessDenied => "access_denied",
             RateLimited => "rate_limited",
+            Evicted => "evicted",
+            NoCertificate => "no_certificate",
         })
     }
 }

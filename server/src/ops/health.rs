@@ -6,7 +6,13 @@
 //! KE listener tasks ── alive count ────────────────────────────┼─► /healthz
 //! start-up done, keys loaded, time source (leap != 3) ─────────┴─► /readyz
 //! a worker that keeps failing ── fatal ─► ntsd exits non-zero
+//! no usable certificate ── degraded (named in both bodies) ──────► /readyz/nts-ke 503
 //! ```
+//!
+//! A certificate problem takes NTS-KE down, not the server: `/healthz` and
+//! `/readyz` stay 200 (NTP, and NTS with the cookies clients hold, are
+//! served) and name what is degraded; `/readyz/nts-ke` is 503 for a load
+//! balancer that routes NTS-KE on its own.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -130,16 +136,24 @@ pub struct Health {
     /// Sockets bound, keys loaded, every task started.
     started: AtomicBool,
     system: SharedSystem,
+    /// The NTS-KE certificates, whose absence degrades NTS-KE.
+    certs: Option<Arc<crate::ke::certs::Certificates>>,
 }
 
 impl Health {
-    pub fn new(workers: Vec<Arc<WorkerHealth>>, ke_listeners: usize, system: SharedSystem) -> Self {
+    pub fn new(
+        workers: Vec<Arc<WorkerHealth>>,
+        ke_listeners: usize,
+        system: SharedSystem,
+        certs: Option<Arc<crate::ke::certs::Certificates>>,
+    ) -> Self {
         Self {
             workers,
             ke_listeners,
             ke_alive: AtomicUsize::new(0),
             started: AtomicBool::new(false),
             system,
+            certs,
         }
     }
 
@@ -172,6 +186,26 @@ impl Health {
                 self.ke_listeners
             ));
         }
+        why
+    }
+
+    /// What is down while the rest serves (named in the probes' bodies):
+    /// NTS-KE without a usable certificate.
+    pub fn degraded(&self) -> Vec<String> {
+        match &self.certs {
+            Some(c) if !c.usable() => vec![format!(
+                "NTS-KE refuses connections: no usable certificate: {}",
+                c.problem().unwrap_or_else(|| "not loaded".to_owned())
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether NTS-KE can serve a new client (`/readyz/nts-ke`): the
+    /// server is ready and NTS-KE has a certificate.
+    pub fn ke_readiness(&self) -> Vec<String> {
+        let mut why = self.readiness();
+        why.extend(self.degraded());
         why
     }
 
@@ -263,7 +297,7 @@ mod tests {
             nts_proto::SystemInfo::unsynchronized(),
         ));
         let w = Arc::new(WorkerHealth::new("0".into()));
-        let health = Arc::new(Health::new(vec![w.clone()], 1, system.clone()));
+        let health = Arc::new(Health::new(vec![w.clone()], 1, system.clone(), None));
         assert!(health.readiness()[0].contains("starting"));
         health.set_started();
         let guard = health.ke_listener();

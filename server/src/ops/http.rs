@@ -83,10 +83,10 @@ pub async fn serve(
 
 fn respond(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/readyz/nts-ke") {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try /metrics, /healthz, /readyz or /readyz/nts-ke\n".into(),
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -109,15 +109,22 @@ fn respond(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>
             );
             r
         }
-        "/healthz" => probe(endpoint.health.liveness(), "ok\n"),
-        _ => probe(endpoint.health.readiness(), "ready\n"),
+        "/healthz" => probe(endpoint.health.liveness(), "ok", &endpoint.health),
+        "/readyz" => probe(endpoint.health.readiness(), "ready", &endpoint.health),
+        _ => probe(endpoint.health.ke_readiness(), "ready", &endpoint.health),
     }
 }
 
-/// 200 with `ok` when nothing is wrong, else 503 with one reason a line.
-fn probe(reasons: Vec<String>, ok: &str) -> Response<Full<Bytes>> {
+/// 200 with `ok` when nothing is wrong (and a `degraded:` line for each
+/// part that is down while the rest serves), else 503 with one reason a
+/// line.
+fn probe(reasons: Vec<String>, ok: &str, health: &Health) -> Response<Full<Bytes>> {
     if reasons.is_empty() {
-        return text(StatusCode::OK, ok.to_owned());
+        let mut body = format!("{ok}\n");
+        for d in health.degraded() {
+            body.push_str(&format!("degraded: {d}\n"));
+        }
+        return text(StatusCode::OK, body);
     }
     let mut body = reasons.join("\n");
     body.push('\n');

@@ -66,6 +66,7 @@ pub const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
     ("ntsd_ke_errors_total", C, &["reason"], "NTS-KE connections that ended without cookies, by reason."),
     ("ntsd_ke_cookies_issued_total", C, &[], "Cookies issued by NTS-KE."),
     ("ntsd_ke_certificate_reloads_total", C, &["result"], "Certificate reloads (SIGHUP or a changed file), by result: ok or refused (the certificates in force keep serving)."),
+    ("ntsd_ke_up", G, &[], "1 while NTS-KE has a usable certificate, 0 while it refuses connections for want of one (NTP is served either way; /healthz names the reason)."),
     ("ntsd_ke_certificate_expiry_timestamp_seconds", G, &["certificate"], "When each certificate in force expires (notAfter), Unix seconds, by chain file."),
     ("ntsd_keys_current_id", G, &[], "Id (epoch) of the master key that seals new cookies."),
     ("ntsd_keys_current_age_seconds", G, &[], "Seconds since the sealing master key took over."),
@@ -201,10 +202,14 @@ impl NtsdCollector {
             "ntsd_ke_certificate_expiry_timestamp_seconds" => s
                 .certs
                 .current()
-                .pairs
-                .iter()
-                .map(|p| (vec![p.chain.display().to_string()], p.not_after as f64))
-                .collect(),
+                .map(|set| {
+                    set.pairs
+                        .iter()
+                        .map(|p| (vec![p.chain.display().to_string()], p.not_after as f64))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            "ntsd_ke_up" => one(f64::from(u8::from(s.certs.usable()))),
             "ntsd_keys_current_id" => one(f64::from(s.keys.load().current_id())),
             "ntsd_keys_current_age_seconds" => {
                 let ring = s.keys.load();

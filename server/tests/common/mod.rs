@@ -213,6 +213,21 @@ impl Ntsd {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits (up to 5 s) until the log has a line containing `needle`:
+    /// the log is read by another thread, a moment behind the server.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `GET path` on the metrics listener: the status code and the body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
         assert_ne!(self.metrics_port, 0, "metrics endpoint not configured");
