@@ -306,16 +306,7 @@ fn an_expired_certificate_at_start_takes_only_nts_ke_down_until_renewed() {
             "an existing cookie was not served"
         );
     }
-    let ke = || {
-        let tls = ntsd::tls::client_config(Some(&s.ca())).unwrap();
-        ntsd::query::key_exchange(
-            "localhost",
-            s.ke_port,
-            tls,
-            &nts_proto::AeadAlgorithm::ALL,
-            Duration::from_secs(3),
-        )
-    };
+    let ke = || common::try_key_exchange(&s);
     assert!(ke().is_err(), "NTS-KE served an expired certificate");
     assert!(s.wait_metric("ntsd_ke_errors_total{reason=\"no_certificate\"}", 1) >= 1);
     assert!(s.metrics().contains(&("ntsd_ke_up".to_owned(), 0)));

@@ -346,6 +346,11 @@ impl Drop for Ntsd {
 
 /// NTS-KE against the test server, trusting its CA.
 pub fn key_exchange(s: &Ntsd) -> ntsd::query::KeOutcome {
+    try_key_exchange(s).unwrap()
+}
+
+/// [`key_exchange`], with the error instead of a panic.
+pub fn try_key_exchange(s: &Ntsd) -> Result<ntsd::query::KeOutcome, String> {
     let cfg = ntsd::tls::client_config(Some(&s.ca())).unwrap();
     ntsd::query::key_exchange(
         "localhost",
@@ -354,7 +359,6 @@ pub fn key_exchange(s: &Ntsd) -> ntsd::query::KeOutcome {
         &nts_proto::AeadAlgorithm::ALL,
         Duration::from_secs(5),
     )
-    .unwrap()
 }
 
 pub fn udp_client(port: u16) -> std::net::UdpSocket {
