@@ -8,7 +8,10 @@
 //!
 //! Version 2 adds, per entry, the epoch until which a key kept after a
 //! clock step still opens. It is written only while such a key exists, so
-//! the file stays readable by earlier releases otherwise.
+//! the file stays readable by earlier releases otherwise. Every version
+//! keeps the envelope (magic, version, trailing SHA-256 of everything before
+//! it), so a release can tell a newer file (checksum good, version higher:
+//! refused and left alone) from a damaged one (moved aside).
 //!
 //! Writes go to a temporary file (mode 0600) that is fsynced, renamed over
 //! the old file, and then the directory is fsynced, so a crash at any point
@@ -106,11 +109,13 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, FormatError> {
         return Err(FormatError::BadMagic);
     }
     let version = r.u16().ok_or(FormatError::Malformed)?;
-    if version != VERSION && version != VERSION_KEPT {
-        return Err(FormatError::UnknownVersion(version));
-    }
+    // The checksum first: a version field that a bit flip changed is
+    // damage, not a file from another release.
     if digest::digest(&digest::SHA256, body).as_ref() != sum {
         return Err(FormatError::BadChecksum);
+    }
+    if version != VERSION && version != VERSION_KEPT {
+        return Err(FormatError::UnknownVersion(version));
     }
     let interval = r.u64().ok_or(FormatError::Malformed)?;
     let current = r.u32().ok_or(FormatError::Malformed)?;
@@ -544,8 +549,7 @@ mod tests {
     #[test]
     fn a_newer_key_file_is_refused_and_left_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        let mut bytes = encode(60, &ring()).to_vec();
-        bytes[9] = 3;
+        let bytes = with_version(&encode(60, &ring()), 3);
         let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, &bytes).unwrap();
         let e = KeyStore::open(dir.path(), 1234).unwrap_err().to_string();
@@ -557,8 +561,7 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
         // Version 0 never existed: that file is damaged, and moved aside.
-        bytes[9] = 0;
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(&path, with_version(&bytes, 0)).unwrap();
         let (_, report) = KeyStore::open(dir.path(), 1234).unwrap();
         assert_eq!(report.corrupt.unwrap().1, FormatError::UnknownVersion(0));
     }
@@ -585,11 +588,24 @@ mod tests {
         KeyStore::open(dir.path(), 3).unwrap();
     }
 
+    /// `bytes` with its version field set to `v` and the checksum made
+    /// good again, as a release writing version `v` would have it.
+    pub(crate) fn with_version(bytes: &[u8], v: u16) -> Vec<u8> {
+        let mut body = bytes[..bytes.len() - CHECKSUM_LEN].to_vec();
+        body[8..10].copy_from_slice(&v.to_be_bytes());
+        let sum = digest::digest(&digest::SHA256, &body);
+        body.extend_from_slice(sum.as_ref());
+        body
+    }
+
     #[test]
     fn unknown_version_is_named() {
-        let mut bytes = encode(60, &ring());
-        bytes[9] = 3;
+        let bytes = with_version(&encode(60, &ring()), 3);
         assert_eq!(decode(&bytes).unwrap_err(), FormatError::UnknownVersion(3));
+        // The same version change without its checksum is damage.
+        let mut flipped = encode(60, &ring()).to_vec();
+        flipped[9] = 3;
+        assert_eq!(decode(&flipped).unwrap_err(), FormatError::BadChecksum);
     }
 
     #[test]

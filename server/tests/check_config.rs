@@ -134,9 +134,7 @@ fn a_key_file_of_a_newer_version_is_an_error() {
     let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
     assert!(s.terminate().success());
     let keys = dir.path().join("state/keys");
-    let mut bytes = std::fs::read(&keys).unwrap();
-    bytes[8..10].copy_from_slice(&9u16.to_be_bytes());
-    std::fs::write(&keys, &bytes).unwrap();
+    let bytes = common::set_key_file_version(&keys, 9);
     let (ok, out) = check(&cfg);
     assert!(
         !ok && out.contains("newer ntsd") && out.contains("version 9"),

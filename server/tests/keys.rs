@@ -364,9 +364,7 @@ fn a_key_file_of_a_newer_version_refuses_the_start_untouched() {
     let (state, cfg) = persisted(dir.path());
     let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
     assert!(s.terminate().success());
-    let mut bytes = std::fs::read(state.join("keys")).unwrap();
-    bytes[8..10].copy_from_slice(&3u16.to_be_bytes());
-    std::fs::write(state.join("keys"), &bytes).unwrap();
+    let bytes = common::set_key_file_version(&state.join("keys"), 3);
     let files_before: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -327,6 +327,19 @@ impl Ntsd {
     }
 }
 
+/// Rewrites the key file at `path` as a release writing format version
+/// `v` would: the version field set and the trailing SHA-256 made good.
+/// Returns the new bytes.
+pub fn set_key_file_version(path: &Path, v: u16) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut body = bytes[..bytes.len() - 32].to_vec();
+    body[8..10].copy_from_slice(&v.to_be_bytes());
+    let sum = ring::digest::digest(&ring::digest::SHA256, &body);
+    body.extend_from_slice(sum.as_ref());
+    std::fs::write(path, &body).unwrap();
+    body
+}
+
 /// Sends a signal with kill(1), keeping the tests free of unsafe code.
 pub fn unsafe_free_kill(pid: u32, signal: &str) {
     let _ = Command::new("kill")
