@@ -27,10 +27,14 @@ pub fn require(what: &str, present: bool) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: {what} is required in CI but missing");
     }
+    let how = match what.starts_with("root") {
+        true => "run scripts/test as root",
+        false => "scripts/test as root installs it",
+    };
     // Straight to the descriptor: libtest captures only print!/eprint!.
     let _ = writeln!(
         std::io::stderr(),
-        "skipping {test}: {what} is not available (scripts/test as root installs it; CI=1 makes this a failure)"
+        "skipping {test}: {what} is not available ({how}; CI=1 makes this a failure)"
     );
     if let Some(path) = std::env::var_os(SKIP_LOG) {
         if let Ok(mut f) = std::fs::OpenOptions::new()
