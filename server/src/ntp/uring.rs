@@ -536,6 +536,31 @@ fn on_receive(
 mod tests {
     use super::*;
 
+    /// A socket whose receives always fail (its descriptor replaced by a
+    /// file's): the ring's receive ends in an error, is re-armed, fails
+    /// again, and after the bound `run` returns the error for the
+    /// supervisor, never a socket that silently stops receiving.
+    #[test]
+    fn a_persistent_receive_error_is_returned() {
+        let probed = probe();
+        let why = format!("io_uring ({:?})", probed.as_ref().err());
+        if !testkit::require(&why, probed.is_ok()) {
+            return;
+        }
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup2 onto a descriptor this test owns; both stay open.
+        let r = unsafe { libc::dup2(file.as_raw_fd(), socket.as_raw_fd()) };
+        assert_eq!(r, socket.as_raw_fd());
+        let (mut worker, counters) = Worker::for_tests();
+        let e = run(&mut worker, std::slice::from_ref(&socket)).unwrap_err();
+        assert!(e.contains("in a row"), "{e}");
+        assert_eq!(
+            counters.get(NtpEvent::ReceiveError),
+            u64::from(super::super::portable::MAX_ERRORS_IN_A_ROW)
+        );
+    }
+
     /// The worker's ring refuses an operation it does not use (here a
     /// read), where the kernel supports restrictions, and still receives.
     #[test]
