@@ -303,6 +303,22 @@ impl Worker {
     }
 }
 
+/// A UDP socket on which every receive fails (ENOTSOCK): its descriptor
+/// replaced by a file's, kept open beside it. For the back ends' tests of
+/// persistent receive errors.
+#[cfg(test)]
+#[allow(unsafe_code)]
+pub(crate) fn failing_socket() -> (UdpSocket, std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let file = std::fs::File::open("/dev/null").expect("/dev/null");
+    // SAFETY: dup2 onto a descriptor this function owns; both stay open
+    // for as long as the caller keeps them.
+    let r = unsafe { libc::dup2(file.as_raw_fd(), socket.as_raw_fd()) };
+    assert_eq!(r, socket.as_raw_fd());
+    (socket, file)
+}
+
 /// The running workers.
 #[derive(Debug)]
 pub struct Workers {

@@ -156,11 +156,7 @@ mod tests {
     /// error, and after the bound returns the error instead of spinning.
     #[test]
     fn a_persistent_receive_error_is_returned_after_a_bounded_backoff() {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let file = std::fs::File::open("/dev/null").unwrap();
-        // SAFETY: dup2 onto a descriptor this test owns; both stay open.
-        let r = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&file), socket.as_raw_fd()) };
-        assert_eq!(r, socket.as_raw_fd());
+        let (socket, _file) = super::super::failing_socket();
         let (mut worker, counters) = Worker::for_tests();
         let started = std::time::Instant::now();
         let e = run(&mut worker, &socket).unwrap_err();
