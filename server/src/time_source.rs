@@ -235,7 +235,11 @@ pub async fn run(
             let stale = u.is_name() && u.failures >= RESOLVE_AFTER_FAILURES;
             if (u.addr.is_none() || stale) && tokio::time::Instant::now() >= resolve_at {
                 resolve_at = tokio::time::Instant::now() + RESOLVE_RETRY;
-                resolve(u).await;
+                // A slow resolver must not hold up a shutdown.
+                tokio::select! {
+                    _ = resolve(u) => {}
+                    _ = stop.changed() => return,
+                }
             }
             if let Some(addr) = u.addr {
                 let result = match bound_for(&mut socket, addr).await {
