@@ -47,6 +47,9 @@ pub enum KeyError {
     NoKey,
     #[error("key store {}: {error}", path.display())]
     Store { path: PathBuf, error: String },
+    /// The key directory belongs to another user than the one ntsd runs as.
+    #[error("key store {}: is owned by uid {found}, not by uid {uid} that ntsd runs as; give ntsd a directory of its own (e.g. /var/lib/ntsd, or systemd's StateDirectory=ntsd), or chown it to uid {uid}", path.display())]
+    NotOwner { path: PathBuf, found: u32, uid: u32 },
     /// Another process holds the key directory's lock.
     #[error("key directory {} is in use by another process (one ntsd per key directory)", path.display())]
     InUse { path: PathBuf },

@@ -224,10 +224,11 @@ fn check_dir(
     }
     let uid = owner.map_or_else(|| rustix::process::geteuid().as_raw(), |(u, _)| u);
     if meta.uid() != uid {
-        return Err(refuse(format!(
-            "is owned by uid {}, not by uid {uid} that ntsd runs as; give ntsd a directory of its own (e.g. /var/lib/ntsd, or systemd's StateDirectory=ntsd), or chown it to uid {uid}",
-            meta.uid()
-        )));
+        return Err(KeyError::NotOwner {
+            path: dir.to_owned(),
+            found: meta.uid(),
+            uid,
+        });
     }
     let mode = meta.permissions().mode();
     if mode & 0o022 != 0 {
@@ -251,8 +252,6 @@ fn check_dir(
 /// or locking anything (for `ntsd check-config`).
 #[derive(Debug)]
 pub struct Inspection {
-    /// `false`: the directory does not exist yet (`run` creates it).
-    pub exists: bool,
     /// Things an operator should fix that do not stop a start.
     pub warnings: Vec<String>,
     /// The key file, if there is one: decoded, or why not.
@@ -270,7 +269,6 @@ pub fn inspect(dir: &Path, owner: Option<(u32, u32)>) -> Result<Inspection, KeyE
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Inspection {
-                exists: false,
                 warnings: Vec::new(),
                 file: None,
             })
@@ -289,11 +287,7 @@ pub fn inspect(dir: &Path, owner: Option<(u32, u32)>) -> Result<Inspection, KeyE
             })
         }
     };
-    Ok(Inspection {
-        exists: true,
-        warnings,
-        file,
-    })
+    Ok(Inspection { warnings, file })
 }
 
 /// Whether a key file of this version was written by a newer release (and
@@ -395,11 +389,11 @@ impl KeyStore {
             // Keys this release cannot read are not damaged: a newer release
             // wrote them (a rollback). Moving them aside would throw away
             // every client's cookies; stop instead and leave the file as is.
-            Err(FormatError::UnknownVersion(v)) if is_newer(&FormatError::UnknownVersion(v)) => {
+            Err(e) if is_newer(&e) => {
                 return Err(KeyError::Store {
                     path,
                     error: format!(
-                        "written by a newer ntsd (key file version {v}; this release reads versions {VERSION} and {VERSION_KEPT}); left untouched. Run the release that wrote it, or move the file away to start with new keys (clients then run NTS-KE again)"
+                        "written by a newer ntsd ({e}; this release reads versions {VERSION} and {VERSION_KEPT}); left untouched. Run the release that wrote it, or move the file away to start with new keys (clients then run NTS-KE again)"
                     ),
                 });
             }

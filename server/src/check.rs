@@ -34,30 +34,18 @@ pub struct Findings {
 pub fn check(config: &Config, now: i64) -> Findings {
     let mut f = Findings::default();
     let invoker = rustix::process::geteuid().as_raw();
-    let owner = match &config.server.user {
-        Some(user) => match crate::sys::lookup_user(user, config.server.group.as_deref()) {
-            Ok(o) => Some(o),
-            Err(e) => {
-                f.errors.push(e);
-                None
-            }
-        },
-        None => None,
-    };
-    let groups = match (&config.server.user, owner) {
-        (Some(user), Some((_, gid))) => crate::sys::user_groups(user, gid).unwrap_or_else(|e| {
-            f.errors.push(e);
-            vec![gid]
-        }),
-        _ => Vec::new(),
-    };
-    certificates(
+    let run_as = crate::sys::run_as(&config.server).unwrap_or_else(|e| {
+        f.errors.push(e);
+        None
+    });
+    let user = run_as.as_ref().map(|r| (r.uid, r.groups.as_slice()));
+    certificates(config, now, user, &mut f);
+    keys(
         config,
-        now,
-        owner.map(|(uid, _)| (uid, groups.as_slice())),
+        run_as.as_ref().map(crate::sys::RunAs::owner),
+        invoker,
         &mut f,
     );
-    keys(config, owner, invoker, &mut f);
     f
 }
 
@@ -151,14 +139,9 @@ fn keys(config: &Config, owner: Option<(u32, u32)>, invoker: u32, f: &mut Findin
                 _ => {}
             }
         }
-        Err(keyrotate::KeyError::Store { error, .. })
-            if lenient && error.contains("is owned by uid") =>
-        {
-            f.warnings.push(format!(
-                "[keys] dump_dir: {} {error} (fine if ntsd runs as that user, e.g. under systemd's User=; as root `run` refuses it)",
-                dir.display()
-            ))
-        }
+        Err(e @ keyrotate::KeyError::NotOwner { .. }) if lenient => f.warnings.push(format!(
+            "[keys] dump_dir: {e} (fine if ntsd runs as that user, e.g. under systemd's User=; as root `run` refuses it)"
+        )),
         Err(e) => f.errors.push(format!("[keys] dump_dir: {e}")),
     }
 }

@@ -165,10 +165,9 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|c| {
                     let out = if list {
-                        let owner = match &c.server.user {
-                            Some(u) => Some(ntsd::sys::lookup_user(u, c.server.group.as_deref())?),
-                            None => None,
-                        };
+                        let owner = ntsd::sys::run_as(&c.server)?
+                            .as_ref()
+                            .map(ntsd::sys::RunAs::owner);
                         keys::list(&c.keys, ntsd::clock::unix_secs(), owner)?
                     } else {
                         keys::rotate(&c.keys)?

@@ -88,19 +88,10 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     // A certificate problem takes NTS-KE down, never the server.
     let certs = Certificates::load(config.nts_ke.certificates());
     let tls = crate::tls::server_config(certs.clone()).map_err(|e| format!("[nts_ke] {e}"))?;
-    let owner = match &config.server.user {
-        Some(user) => Some(crate::sys::lookup_user(
-            user,
-            config.server.group.as_deref(),
-        )?),
-        None => None,
-    };
     // The user's supplementary groups are kept, as initgroups(3) gives
     // them: certificate files are often readable through one (ssl-cert).
-    let groups = match (&config.server.user, owner) {
-        (Some(user), Some((_, gid))) => crate::sys::user_groups(user, gid)?,
-        _ => Vec::new(),
-    };
+    let run_as = crate::sys::run_as(&config.server)?;
+    let owner = run_as.as_ref().map(crate::sys::RunAs::owner);
     // Locks the key directory: a second ntsd on it stops here, before it
     // touches a file.
     let keys = Arc::new(crate::keys::open(&config.keys, unix_secs(), owner)?);
@@ -248,11 +239,12 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         ntp: workers.local_addrs.clone(),
         ke: ke_addrs,
     };
-    if let Some((uid, gid)) = owner {
+    if let Some(crate::sys::RunAs { uid, gid, groups }) = &run_as {
+        let (uid, gid) = (*uid, *gid);
         // Everything is bound and open: from here on ntsd needs no privilege.
-        crate::sys::drop_privileges(uid, gid, &groups)?;
+        crate::sys::drop_privileges(uid, gid, groups)?;
         for (key, path) in config.files() {
-            if !crate::sys::readable_by(&path, uid, &groups) {
+            if !crate::sys::readable_by(&path, uid, groups) {
                 tracing::warn!(%key, path = %path.display(), uid, ?groups, "not readable by the user ntsd runs as: certificate reloads will be refused until it is (e.g. group-readable by one of that user's groups)");
             }
         }

@@ -140,6 +140,32 @@ pub fn lookup_user(user: &str, group: Option<&str>) -> Result<(u32, u32), String
     Ok((uid, gid))
 }
 
+/// The user `[server]` names, as ntsd will run after dropping root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Its groups, `gid` first ([`user_groups`]).
+    pub groups: Vec<u32>,
+}
+
+impl RunAs {
+    /// The uid and gid, as the key store takes them.
+    pub fn owner(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
+}
+
+/// The `[server]` user with its group and groups; `None` without one.
+pub fn run_as(server: &crate::config::ServerConfig) -> Result<Option<RunAs>, String> {
+    let Some(user) = &server.user else {
+        return Ok(None);
+    };
+    let (uid, gid) = lookup_user(user, server.group.as_deref())?;
+    let groups = user_groups(user, gid)?;
+    Ok(Some(RunAs { uid, gid, groups }))
+}
+
 /// The groups `user` belongs to (from the system's group database), with
 /// `gid` first: what `initgroups(3)` would give it. Certificate files are
 /// often readable through such a group (certbot's files through
