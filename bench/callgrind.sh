@@ -57,13 +57,13 @@ measure() { # TEST (nts|plain)
     replies=$(grep -o ' valid=[0-9]*' <<<"$out" | cut -d= -f2 || true)
     [ "${replies:-0}" -gt 0 ] || { echo "$1 flood got no valid replies: ${out:-no RESULT line}" >&2; exit 1; }
     # The worker thread is the one whose profile holds Worker::process.
-    file=$(grep -l 'ntsd::ntp::Worker::process' "$dir"/callgrind.out.* | head -1 || true)
+    file=$(grep -l 'ntsd::ntp::worker::Worker::process' "$dir"/callgrind.out.* | head -1 || true)
     [ -n "$file" ] || { echo "no callgrind profile of the NTP worker in $dir" >&2; exit 1; }
     ir=$(grep -m1 '^summary:' "$file" | awk '{print $2}')
     # Worker::process and below (parse, cookie, AEAD, reply, counters,
     # clock reads), inclusive; the rest is the receive/send loop.
     handle=$(callgrind_annotate --inclusive=yes "$file" 2>/dev/null \
-        | awk '/ntsd::ntp::Worker::process/ {gsub(",","",$1); print $1; exit}')
+        | awk '/ntsd::ntp::worker::Worker::process/ {gsub(",","",$1); print $1; exit}')
     printf '| %s | %s | %s | %s | %s |\n' "$1" "$replies" \
         "$(( ir / replies ))" "${handle:+$(( handle / replies ))}" "$(basename "$file")"
     callgrind_annotate "$file" 2>/dev/null | sed -n "/^Ir/,\$p" | head -14 >"$dir/top.txt" || true

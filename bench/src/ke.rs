@@ -14,10 +14,10 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nts_client::{client_keys, KeOutcome};
+use nts_proto::ke::ALPN_NTSKE;
 use nts_proto::ke::{client_request, parse_client_response, KeClientError};
 use nts_proto::AeadAlgorithm;
-use ntsd::query::{client_keys, KeOutcome};
-use ntsd::tls::ALPN_NTSKE;
 use rustls::pki_types::ServerName;
 
 /// Why a session failed, as counted by `keflood`.
@@ -199,7 +199,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("port");
-        let tls = ntsd::tls::client_config(None).expect("config");
+        let tls = nts_client::client_config(None).expect("config");
         let t = KeTarget::new("127.0.0.1", port, tls, Duration::from_secs(1)).expect("target");
         let e = t.session().expect_err("nobody listens");
         assert_eq!(e.kind, KeFailure::Refused);

@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn resumption_is_off() {
-        let base = ntsd::tls::client_config(None).expect("config");
+        let base = nts_client::client_config(None).expect("config");
         let c = without_resumption(&base);
         let shown = format!("{:?}", c.resumption);
         assert!(shown.contains("NoClientSessionStorage"), "{shown}");

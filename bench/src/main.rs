@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use nts_client::{split_host_port, DEFAULT_KE_PORT};
 use nts_proto::AeadAlgorithm;
-use ntsd::query::{split_host_port, DEFAULT_KE_PORT};
 use ntsd_bench::ke::KeTarget;
 use ntsd_bench::keflood::without_resumption;
 use ntsd_bench::procstat::{self_cpu_seconds, ServerProbe};
@@ -98,10 +98,6 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
-    /// `ntsd demo` inside this binary (for the tests, which cannot build
-    /// the ntsd binary).
-    #[command(hide = true)]
-    NtsdDemo,
 }
 
 #[derive(Debug, clap::Args)]
@@ -192,7 +188,7 @@ fn nts_sessions(
     aeads: &AeadArg,
     sessions: usize,
 ) -> Result<(Vec<Session>, (String, u16)), String> {
-    let tls = ntsd::tls::client_config(ca)?;
+    let tls = nts_client::client_config(ca)?;
     let mut target = KeTarget::new(host, port, tls, Duration::from_secs(5))?;
     target.aeads = aeads.algorithms()?;
     let mut out = Vec::with_capacity(sessions);
@@ -387,12 +383,12 @@ fn run_keflood(
     let (host, port) = split_host_port(target, DEFAULT_KE_PORT)?;
     let base = if post_quantum {
         use rustls::crypto::aws_lc_rs::kx_group;
-        ntsd::tls::client_config_offering(
+        nts_client::client_config_offering(
             ca.as_deref(),
             vec![kx_group::X25519MLKEM768, kx_group::X25519],
         )?
     } else {
-        ntsd::tls::client_config(ca.as_deref())?
+        nts_client::client_config(ca.as_deref())?
     };
     let tls = without_resumption(&base);
     let cfg = KeFloodConfig {
@@ -484,7 +480,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Pki { dir } => {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            ntsd::demo::write_test_pki(&dir)?;
+            nts_client::write_test_pki(&dir)?;
             for name in ["ca.pem", "chain.pem", "key.pem"] {
                 println!("{}", dir.join(name).display());
             }
@@ -492,7 +488,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Ke { target, ca, aead } => {
             let (host, port) = split_host_port(&target, DEFAULT_KE_PORT)?;
-            let tls = ntsd::tls::client_config(ca.as_deref())?;
+            let tls = nts_client::client_config(ca.as_deref())?;
             let mut target = KeTarget::new(&host, port, tls, Duration::from_secs(5))?;
             target.aeads = aead.algorithms()?;
             let start = Instant::now();
@@ -536,7 +532,6 @@ fn run(cli: Cli) -> Result<(), String> {
             post_quantum,
         ),
         Command::Echo { listen, threads } => run_echo(listen, threads),
-        Command::NtsdDemo => ntsd::demo::run(),
     }
 }
 

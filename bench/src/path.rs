@@ -21,7 +21,7 @@ use nts_proto::NtpTimestamp;
 
 use crate::random::{RandomError, RandomPool};
 use crate::session::Session;
-use crate::sys::{self, DATAGRAM_MAX};
+use crate::sys::DATAGRAM_MAX;
 use crate::table::verify_plain;
 
 #[derive(Debug)]
@@ -91,7 +91,7 @@ pub fn measure(cfg: &PathConfig, mut session: Option<Session>) -> Result<PathRep
     sock.connect(cfg.target)?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
     let fd = sock.as_raw_fd();
-    ntsd::ntp::sys::enable_rx_timestamps(&sock)?;
+    ntsd_udp::enable_rx_timestamps(&sock)?;
     let mut rng = RandomPool::new();
     let mut request = vec![0u8; DATAGRAM_MAX];
     let mut reply = vec![0u8; DATAGRAM_MAX];
@@ -115,7 +115,7 @@ pub fn measure(cfg: &PathConfig, mut session: Option<Session>) -> Result<PathRep
         sock.send(&request[..len])?;
         // Replies to earlier, lost requests are skipped by their origin.
         let got = loop {
-            match sys::recv_timestamped(fd, &mut reply) {
+            match ntsd_udp::recv_timestamped(fd, &mut reply) {
                 Ok((n, stamp)) if n >= 48 && reply[24..32] == transmit.0.to_be_bytes() => {
                     break Some((n, stamp));
                 }

@@ -1,14 +1,12 @@
 //! The system calls the generator and the reflector make directly: batched
-//! UDP I/O (`recvmmsg`/`sendmmsg`), `ppoll`, the clock tick rate, and a
-//! single receive with its kernel timestamp (for `path`). Every
-//! `unsafe` block of the crate is here, behind safe, bounds-checked wrappers.
+//! UDP I/O on connected sockets (`recvmmsg`, and `sendmmsg` through
+//! `ntsd-udp`), `ppoll` and the clock tick rate. Every `unsafe` block of
+//! the crate is here, behind safe, bounds-checked wrappers.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
-
-use nts_proto::NtpTimestamp;
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 64;
@@ -196,40 +194,16 @@ impl RecvBatch {
             if len == 0 {
                 continue;
             }
-            *iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: len,
-            };
-            let h = &mut msg.msg_hdr;
-            h.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = addr_len;
-            h.msg_iov = iov;
-            h.msg_iovlen = 1;
+            ntsd_udp::point_reply(msg, iov, buf, addr, addr_len);
             m += 1;
         }
-        send_all(fd, out.get_mut(..m).unwrap_or_default())
+        let batch = out.get_mut(..m).unwrap_or_default();
+        // SAFETY: every header was pointed by `point_reply` at a reply in
+        // `self.bufs`, its iovec in `out_iov` and its address in
+        // `self.addrs`, all of which outlive the call.
+        let refused = unsafe { ntsd_udp::send_all(fd, batch) };
+        (batch.len() - refused, refused)
     }
-}
-
-/// `sendmmsg` until every message went out or was skipped; bounded by the
-/// number of messages plus interruptions.
-fn send_all(fd: RawFd, msgs: &mut [libc::mmsghdr]) -> (usize, usize) {
-    let (mut sent, mut failed, mut tries) = (0, 0, 0);
-    while sent + failed < msgs.len() && tries < 4 * BATCH {
-        tries += 1;
-        let rest = msgs.get_mut(sent + failed..).unwrap_or_default();
-        // SAFETY: `rest` points at headers whose iovecs, buffers and
-        // addresses are owned by the caller and valid during the call.
-        let r = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, 0) };
-        if r < 0 {
-            if last_error().kind() != io::ErrorKind::Interrupted {
-                failed += 1;
-            }
-        } else {
-            sent += r as usize;
-        }
-    }
-    (sent, failed)
 }
 
 /// Header arrays for `sendmmsg` on a connected socket, allocated once.
@@ -343,33 +317,6 @@ pub fn clock_ticks_per_second() -> f64 {
     } else {
         100.0
     }
-}
-
-/// Receives one datagram from a connected socket into `buf` (blocking, up
-/// to the socket's read timeout); returns its length and the kernel's
-/// receive timestamp if one came with it (the socket needs
-/// `ntsd::ntp::sys::enable_rx_timestamps`).
-pub fn recv_timestamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<NtpTimestamp>)> {
-    // The server's control buffer: room for SCM_TIMESTAMPNS, u64-aligned.
-    let mut control: ntsd::ntp::sys::ControlBuf = [0; ntsd::ntp::sys::CONTROL_WORDS];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain old data; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: msg points at `buf` and `control`, both valid for the call;
-    // the kernel writes at most their lengths.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-    if n < 0 {
-        return Err(last_error());
-    }
-    let stamp = ntsd::ntp::sys::rx_timestamp(&msg);
-    Ok((n as usize, stamp))
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! The generator against an in-process responder running the real protocol
 //! core (every reply verifies, NAKs and silence are counted as such), and
 //! the `ntsd-bench` binary against its own reflector and against ntsd
-//! (`ntsd-bench ntsd-demo`, the `ntsd demo` server), parsing the RESULT
-//! line. Every process a test starts is killed when the test ends, also
+//! (`ntsd demo`, the workspace's binary), parsing the RESULT line. Every process a test starts is killed when the test ends, also
 //! when it fails.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -154,7 +153,12 @@ impl Drop for Proc {
 
 /// Starts `ntsd-bench args`, returns it and its stdout lines as they come.
 fn start(args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
+    spawn(BIN.as_ref(), args)
+}
+
+/// `program` with `args`, its stdout read line by line on a thread.
+fn spawn(program: &std::path::Path, args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
+    let mut child = Command::new(program)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -229,7 +233,6 @@ fn num(kv: &HashMap<String, String>, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number in {kv:?}"))
 }
 
-/// `ntsd-bench ntsd-demo`: returns it, the NTS-KE target and the CA path.
 /// `ntsd-bench echo` on an ephemeral loopback port, and its address.
 fn reflector(extra: &[&str]) -> (Proc, String) {
     let (echo, rx) = start(&[&["echo", "--listen", "127.0.0.1:0"], extra].concat());
@@ -238,8 +241,43 @@ fn reflector(extra: &[&str]) -> (Proc, String) {
     (echo, addr)
 }
 
+/// The workspace's `ntsd` binary, in the target directory and profile of
+/// this test. Cargo gives a test the path only of its own package's
+/// binaries, and `ntsd-bench` does not depend on the server (so that its
+/// numbers never move with the server's internals), so the test asks cargo
+/// to build it: a no-op under `cargo test --workspace`, which built it
+/// already.
+fn ntsd_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/flood-<hash>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args([
+            "build", "--quiet", "--locked", "-p", "ntsd", "--bin", "ntsd",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name() == Some("release".as_ref()) {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap();
+    assert!(status.success(), "cargo build -p ntsd failed: {status}");
+    let bin = profile_dir.join("ntsd");
+    assert!(
+        bin.is_file(),
+        "{} is missing after the build",
+        bin.display()
+    );
+    bin
+}
+
+/// `ntsd demo`: returns it, the NTS-KE target and the CA path.
 fn ntsd_demo() -> (Proc, String, String) {
-    let (p, rx) = start(&["ntsd-demo"]);
+    let (p, rx) = spawn(&ntsd_binary(), &["demo"]);
     let lines = wait_for(&rx, "Stop with");
     let query = lines
         .iter()

@@ -239,7 +239,8 @@ impl RotatingKeys {
     }
 
     /// [`RotatingKeys::follow`], saying only whether the ring changed.
-    pub fn rotate(&self, now: u64) -> Result<bool, KeyError> {
+    #[cfg(test)]
+    pub(crate) fn rotate(&self, now: u64) -> Result<bool, KeyError> {
         self.follow(now).map(|m| m != Movement::Unchanged)
     }
 
@@ -297,12 +298,6 @@ impl RotatingKeys {
         }
         self.ring.store(Arc::new(ring));
         Ok(())
-    }
-
-    /// Seconds from `now` until the next epoch starts.
-    pub fn seconds_until_rotation(&self, now: u64) -> u64 {
-        let i = self.schedule.interval.max(1);
-        i - now % i
     }
 }
 

@@ -301,19 +301,22 @@ impl KeyStore {
         self.dir.join(FILE_NAME)
     }
 
+    /// [`KeyStore::open_for`] for the user the process runs as now.
+    #[cfg(test)]
+    pub(crate) fn open(dir: &Path, now: u64) -> Result<(Self, LoadReport), KeyError> {
+        Self::open_for(dir, now, None)
+    }
+
     /// Creates the directory (mode 0700) if it is missing and loads the key
     /// file. An existing directory is used as it is, never chmodded: one
     /// that group or others can write, or that another user owns, is refused
     /// (a typo such as `/tmp` or `/var/lib` must not end up holding keys, or
     /// lose its own mode). A file that does not decode is renamed to
     /// `keys.corrupt-<unix time>`.
-    pub fn open(dir: &Path, now: u64) -> Result<(Self, LoadReport), KeyError> {
-        Self::open_for(dir, now, None)
-    }
-
-    /// [`KeyStore::open`] for a process that will run as `owner` (uid,
-    /// gid) once it drops its privileges: the directory must belong to that
-    /// user, one created here is given to it, and so is every file written.
+    ///
+    /// `owner` (uid, gid) is the user the process will run as once it drops
+    /// its privileges: the directory must belong to that user, one created
+    /// here is given to it, and so is every file written.
     pub fn open_for(
         dir: &Path,
         now: u64,

@@ -495,6 +495,9 @@ pub fn parse_client_response(buf: &[u8]) -> Result<KeClientResult, KeClientError
     })
 }
 
+/// ALPN protocol id of NTS-KE (RFC 8915, section 4).
+pub const ALPN_NTSKE: &[u8] = b"ntske/1";
+
 /// TLS exporter label and context (RFC 8915, section 5.1).
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-network-time-security";
 

@@ -279,8 +279,9 @@ impl BlockClosure for S2v<'_> {
     // the `aes` crate's dispatch function, which is compiled with AES-NI
     // enabled. Only there can the backend's block function (itself an
     // AES-NI `target_feature` function) be inlined; compiled on their own,
-    // they call it out of line for every block. Forced inlining took
-    // criterion's `handle/nts_aead15` from 1.90 to 1.42 µs.
+    // they call it out of line for every block, a cost criterion's
+    // `handle/nts_aead15` shows (bench/RESULTS.md, "Before and after the
+    // hot-path work").
     #[inline(always)]
     fn call<B: BlockBackend<BlockSize = U16>>(self, aes: &mut B) {
         let msg = self.message;

@@ -8,7 +8,8 @@
 //! ntsd stats [--config F]       a running server's counters (serverstats)
 //! ```
 
-use ntsd::{config, demo, keys, query, run};
+use ntsd::cli::{demo, query};
+use ntsd::{config, run};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,29 +113,6 @@ fn init_logging() {
         .init();
 }
 
-/// `ntsd check-config`: every warning and error, then the verdict.
-fn check_config(path: &std::path::Path) -> Result<(), String> {
-    let config = config::Config::load(path).map_err(|e| e.to_string())?;
-    let found = ntsd::check::check(&config, ntsd::clock::unix_secs() as i64);
-    for w in &found.warnings {
-        eprintln!("warning: {w}");
-    }
-    for e in &found.errors {
-        eprintln!("error: {e}");
-    }
-    match found.errors.len() {
-        0 => {
-            println!("{}: configuration is valid", path.display());
-            Ok(())
-        }
-        n => Err(format!(
-            "{}: {n} problem{} that `ntsd run` would refuse or trip over (above)",
-            path.display(),
-            if n == 1 { "" } else { "s" }
-        )),
-    }
-}
-
 fn main() -> ExitCode {
     // First of all: a stop signal during start-up must wait for its
     // handler, not kill the process (handled once `run` registers it).
@@ -143,9 +121,9 @@ fn main() -> ExitCode {
         Some("run") | Some("demo")
     );
     if serving {
-        ntsd::sys::block_signals();
+        ntsd::block_signals();
     } else {
-        ntsd::sys::default_sigpipe();
+        ntsd::default_sigpipe();
     }
     let cli = Cli::parse();
     let result = match cli.command {
@@ -155,30 +133,11 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|c| run::run(c, |_| {}))
         }
-        Command::CheckConfig { config } => check_config(&config),
-        Command::Keys { action } => {
-            let (config, list) = match action {
-                KeysAction::List { config } => (config, true),
-                KeysAction::Rotate { config } => (config, false),
-            };
-            config::Config::load(&config)
-                .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    let out = if list {
-                        let owner = ntsd::sys::run_as(&c.server)?
-                            .as_ref()
-                            .map(ntsd::sys::RunAs::owner);
-                        keys::list(&c.keys, ntsd::clock::unix_secs(), owner)?
-                    } else {
-                        keys::rotate(&c.keys)?
-                    };
-                    print!("{out}");
-                    if !out.ends_with('\n') {
-                        println!();
-                    }
-                    Ok(())
-                })
-        }
+        Command::CheckConfig { config } => ntsd::cli::check::run(&config),
+        Command::Keys { action } => match action {
+            KeysAction::List { config } => ntsd::cli::keys::list(&config),
+            KeysAction::Rotate { config } => ntsd::cli::keys::rotate(&config),
+        },
         Command::Demo => {
             init_logging();
             demo::run()

@@ -1,39 +1,38 @@
-//! `ntsd run`: start every part, wait for SIGTERM or SIGINT, stop cleanly.
+//! `ntsd run`: the start-up order, the wait, and the shutdown in reverse.
 //!
 //! ```text
-//! main thread: tokio runtime ── NTS-KE listeners, metrics, key rotation, time source
+//! main thread: tokio runtime ── NTS-KE, metrics, time source, forced rotations
+//! ntsd-keys thread ── the key ring follows the wall clock
 //! NTP worker threads (own io_uring or recvmmsg loop each) ── Server::handle
 //! shared: Arc<RotatingKeys> (ArcSwap inside), Arc<ArcSwap<SystemInfo>>
 //! ```
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use keyrotate::RotatingKeys;
-use ring::rand::SystemRandom;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-use crate::clock::unix_secs;
-use crate::config::Config;
+use crate::config::{Backend, Config, TimeSource};
 use crate::ke::certs::Certificates;
-use crate::ke::{self, KeContext};
-use crate::ops::counters::{KeCounters, KeyCounters};
+use crate::ke::{self, Ke};
+use crate::keys::Keys;
+use crate::ntp::{self, Ntp};
 use crate::ops::health::Health;
-use crate::ops::http::Endpoint;
 use crate::ops::metrics::Sources;
-use crate::ops::notify;
-use crate::time_source::{self, TimeState};
+use crate::ops::{self, notify, Ops};
+use crate::system::privileges::{self, RunAs};
+use crate::system::signals::Signals;
+use crate::time::Time;
 
 /// Addresses the running server actually bound (ephemeral ports resolved).
 #[derive(Debug, Clone)]
 pub struct Bound {
-    pub ntp: Vec<std::net::SocketAddr>,
-    pub ke: Vec<std::net::SocketAddr>,
+    pub ntp: Vec<SocketAddr>,
+    pub ke: Vec<SocketAddr>,
 }
 
-/// Runs the server until SIGTERM/SIGINT or until `extra_stop` resolves.
-/// `on_ready` is called once everything is bound.
+/// Runs the server until SIGTERM or SIGINT, or a fatal worker error.
+/// `on_ready` is called once everything is bound and started.
 pub fn run(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> {
     let ke_threads = match config.nts_ke.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -48,30 +47,21 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> 
     runtime.block_on(serve(config, on_ready))
 }
 
-/// The signals ntsd handles, registered before anything slow (a signal
-/// that arrives during start-up is acted on once start-up is done, never
-/// fatal).
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-    usr1: tokio::signal::unix::Signal,
+/// Everything ntsd listens on, bound before any plane starts: a port in
+/// use stops the start before a key file is touched.
+struct Listeners {
+    ntp: ntp::Sockets,
+    ke: Vec<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
 }
 
-impl Signals {
-    fn register() -> Result<Self, String> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let on = |kind: SignalKind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
-        let signals = Signals {
-            term: on(SignalKind::terminate())?,
-            int: on(SignalKind::interrupt())?,
-            hup: on(SignalKind::hangup())?,
-            usr1: on(SignalKind::user_defined1())?,
-        };
-        // Held back since `main` (see `sys::block_signals`): from here on
-        // they reach the handlers above.
-        crate::sys::unblock_signals();
-        Ok(signals)
+impl Listeners {
+    fn bind(config: &Config) -> Result<Listeners, String> {
+        Ok(Listeners {
+            ke: ke::bind(&config.nts_ke.listen).map_err(|e| e.to_string())?,
+            metrics: ops::bind(&config.metrics)?,
+            ntp: ntp::Sockets::bind(&config.ntp)?,
+        })
     }
 }
 
@@ -84,174 +74,70 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     } = Signals::register()?;
     // Before any socket: a many-core host needs more than the usual soft
     // limit of 1,024 descriptors for its workers' sockets.
-    let nofile = crate::sys::raise_nofile();
+    let nofile = crate::system::limits::raise_nofile();
+    // Who ntsd becomes once everything is open; their supplementary groups
+    // are kept, as initgroups(3) gives them (certificates are often
+    // readable through one, such as ssl-cert).
+    let run_as = privileges::run_as(&config.server)?;
+    let owner = run_as.as_ref().map(RunAs::owner);
+    let listeners = Listeners::bind(&config)?;
     // A certificate problem takes NTS-KE down, never the server.
     let certs = Certificates::load(config.nts_ke.certificates());
-    let tls = crate::tls::server_config(certs.clone()).map_err(|e| format!("[nts_ke] {e}"))?;
-    // The user's supplementary groups are kept, as initgroups(3) gives
-    // them: certificate files are often readable through one (ssl-cert).
-    let run_as = crate::sys::run_as(&config.server)?;
-    let owner = run_as.as_ref().map(crate::sys::RunAs::owner);
-    // Locks the key directory: a second ntsd on it stops here, before it
-    // touches a file.
-    let keys = Arc::new(crate::keys::open(&config.keys, unix_secs(), owner)?);
-    let _pid_file = match config.keys.state_dir() {
-        Some(dir) => Some(crate::keys::write_pid(dir, owner)?),
-        None => None,
-    };
-    let time_state = TimeState::new(&config.time)?;
-    let system = Arc::new(ArcSwap::from_pointee(time_state.sample()));
-
-    let ke_listeners = ke::bind(&config.nts_ke.listen).map_err(|e| e.to_string())?;
-    let metrics_listener = match config.metrics.listen {
-        Some(addr) => Some(
-            std::net::TcpListener::bind(addr)
-                .map_err(|e| format!("[metrics] listen: cannot bind {addr}: {e}"))?,
-        ),
-        None => None,
-    };
-
+    let (stop_tx, stop) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel();
-    let workers = crate::ntp::start(
-        &config.ntp,
-        &config.access,
-        keys.clone(),
-        system.clone(),
+
+    let keys = Keys::start(&config, owner, usr1, stop.clone())?;
+    let time = Time::start(&config, stop.clone())?;
+    let ntp_addrs = listeners.ntp.local_addrs().to_vec();
+    let ntp = Ntp::start(
+        &config,
+        listeners.ntp,
+        keys.ring.clone(),
+        time.system.clone(),
         fatal_tx,
     )?;
-    let ntp_port = workers.local_addrs.first().map_or(123, |a| a.port());
-    // RFC 8915, 4.1.7: clients use port 123 unless told otherwise, and every
-    // client we tested learns the port only from this record.
-    let port_record = config
-        .nts_ke
-        .ntp_port
-        .or((ntp_port != 123).then_some(ntp_port));
-
     let health = Arc::new(Health::new(
-        workers.health.clone(),
-        ke_listeners.len(),
-        system.clone(),
+        ntp.health.clone(),
+        listeners.ke.len(),
+        time.system.clone(),
         Some(certs.clone()),
     ));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let ke_counters = Arc::new(KeCounters::default());
-    // Every NTS-KE connection is a descriptor: keep the cap under the
-    // limit, with room for the sockets and files ntsd holds (counted now,
-    // plus the metrics connections and a margin).
-    let reserved = crate::sys::open_fds() + crate::ops::http::MAX_CONNECTIONS as u64 + 32;
-    let max_connections =
-        crate::sys::fit_connections(config.nts_ke.max_connections, nofile, reserved)?;
-    let ke_slots = Arc::new(Semaphore::new(max_connections));
-    let ctx = Arc::new(KeContext {
-        acceptor: tokio_rustls::TlsAcceptor::from(tls),
-        keys: keys.clone(),
-        counters: ke_counters.clone(),
-        ntp_server: config.nts_ke.ntp_server.clone(),
-        ntp_port: port_record,
-        timeout: config.nts_ke.timeout.0,
-        connections: ke_slots.clone(),
-        rng: SystemRandom::new(),
-        per_address: crate::ke::limits::AddressSlots::new(
-            config.nts_ke.max_connections_per_address,
-        ),
-        session_rate: config.nts_ke.rate_limit.as_ref().map(|r| {
-            crate::ke::limits::SessionRate::new(r.limits(), u64::from(std::process::id()))
-        }),
-        access: crate::ntp::access::AccessList::new(
-            config
-                .nts_ke
-                .allow
-                .as_deref()
-                .unwrap_or(&config.access.allow),
-            config.nts_ke.deny.as_deref().unwrap_or(&config.access.deny),
-        ),
+    let links = ke::Links {
+        keys: keys.ring.clone(),
         certs: certs.clone(),
-    });
-    let mut ke_addrs = Vec::new();
-    let mut tasks = Vec::new();
-    for l in ke_listeners {
-        ke_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
-        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-        let alive = health.ke_listener();
-        let ctx = ctx.clone();
-        let stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            ke::serve(l, ctx, stop).await;
-            drop(alive);
-        }));
-    }
-    let key_events = Arc::new(KeyCounters::default());
-    let time_events = Arc::new(time_source::TimeCounters::default());
+        health: health.clone(),
+        ntp_port: ntp_addrs.first().map_or(123, SocketAddr::port),
+        nofile,
+    };
+    let ke = Ke::start(&config, listeners.ke, links, hup, stop.clone())?;
     let sources = Sources {
-        ntp: workers.counters.clone(),
-        ke: ke_counters,
-        ke_max_connections: max_connections,
-        ke_open: ke_slots,
-        keys: keys.clone(),
-        key_events: key_events.clone(),
-        time_events: time_events.clone(),
-        upstream: config.time.source == crate::config::TimeSource::Upstream,
-        system: system.clone(),
+        ntp: ntp.counters.clone(),
+        ke: ke.counters.clone(),
+        ke_max_connections: ke.max_connections,
+        ke_open: ke.slots.clone(),
+        keys: keys.ring.clone(),
+        key_events: keys.events.clone(),
+        time_events: time.events.clone(),
+        upstream: config.time.source == TimeSource::Upstream,
+        system: time.system.clone(),
         health: health.clone(),
         certs: certs.clone(),
-        backend: match workers.backend {
-            crate::config::Backend::IoUring => "io-uring",
+        backend: match ntp.backend {
+            Backend::IoUring => "io-uring",
             _ => "portable",
         },
     };
-    let registry = crate::ops::metrics::registry(sources)?;
-    if let Some(l) = metrics_listener {
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-        tracing::info!(addr = ?l.local_addr().ok(), "metrics endpoint listening");
-        let endpoint = Arc::new(Endpoint {
-            registry,
-            health: health.clone(),
-        });
-        tasks.push(tokio::spawn(crate::ops::http::serve(
-            l,
-            endpoint,
-            stop_rx.clone(),
-        )));
-    }
-    tasks.push(tokio::spawn(crate::ke::certs::watch(
-        certs.clone(),
-        hup,
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(time_source::run(
-        time_state,
-        system,
-        time_events,
-        stop_rx.clone(),
-    )));
-    report_start(&keys, &key_events);
-    let keys_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let keys_thread = follow_clock(keys.clone(), key_events.clone(), keys_stop.clone())?;
-    tasks.push(tokio::spawn(forced_rotations(
-        keys.clone(),
-        key_events,
-        usr1,
-        stop_rx.clone(),
-    )));
+    let ops = Ops::start(listeners.metrics, sources, health.clone(), stop)?;
 
-    let bound = Bound {
-        ntp: workers.local_addrs.clone(),
-        ke: ke_addrs,
-    };
-    if let Some(crate::sys::RunAs { uid, gid, groups }) = &run_as {
-        let (uid, gid) = (*uid, *gid);
-        // Everything is bound and open: from here on ntsd needs no privilege.
-        crate::sys::drop_privileges(uid, gid, groups)?;
-        for (key, path) in config.files() {
-            if !crate::sys::readable_by(&path, uid, groups) {
-                tracing::warn!(%key, path = %path.display(), uid, ?groups, "not readable by the user ntsd runs as: certificate reloads will be refused until it is (e.g. group-readable by one of that user's groups)");
-            }
-        }
-        tracing::info!(uid, gid, ?groups, "privileges dropped");
+    if let Some(run_as) = &run_as {
+        drop_privileges(&config, run_as)?;
     }
+    let bound = Bound {
+        ntp: ntp_addrs,
+        ke: ke.local_addrs.clone(),
+    };
     health.set_started();
-    tracing::info!(ntp = ?bound.ntp, nts_ke = ?bound.ke, port_record = ?port_record, nts_ke_up = certs.usable(), "ntsd ready");
+    tracing::info!(ntp = ?bound.ntp, nts_ke = ?bound.ke, port_record = ?ke.port_record, nts_ke_up = certs.usable(), "ntsd ready");
     notify::ready(&format!(
         "serving NTP on {:?}, NTS-KE on {:?}{}; key {}",
         bound.ntp,
@@ -260,7 +146,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
             true => "",
             false => " (down: no usable certificate)",
         },
-        keys.load().current_id()
+        keys.ring.load().current_id()
     ));
     on_ready(&bound);
 
@@ -275,183 +161,28 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     }
     notify::stopping();
     let _ = stop_tx.send(true);
-    keys_stop.store(true, Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = tokio::task::spawn_blocking(move || keys_thread.join()).await;
-    tokio::task::spawn_blocking(move || workers.stop())
+    ops.stop().await;
+    ke.stop().await;
+    tokio::task::spawn_blocking(move || ntp.stop())
         .await
         .map_err(|e| e.to_string())?;
+    time.stop().await;
+    keys.stop().await;
     tracing::info!("stopped");
     outcome
 }
 
-/// How far the wall clock may move against the monotonic clock between two
-/// checks before it counts as a step.
-const STEP_THRESHOLD: f64 = 1.0;
-
-/// The kernel's monotonic clock, read through the vDSO by rustix rather
-/// than through libc: what the step detection compares the wall clock
-/// with must not move with it, even under a preloaded time shim such as
-/// libfaketime (which shifts libc's CLOCK_MONOTONIC too, by default).
-fn kernel_monotonic() -> std::time::Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    std::time::Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
-}
-
-/// Keeps the master keys on the epoch of the wall clock, on a thread of
-/// its own. Checked just after every wall-clock second, so a rotation
-/// happens on time and a clock step (chronyd stepping the clock at boot, a
-/// VM restored from a snapshot) moves the keys within a second, in either
-/// direction. A step is told apart from a late check by comparing the wall
-/// clock's progress with the kernel's monotonic clock; each is logged once
-/// and counted. A ring that cannot be saved leaves the old ring in force
-/// and is retried every 10 s.
-///
-/// A thread with `sleep` (a relative nanosleep) rather than a tokio timer:
-/// timers follow the process's monotonic clock, and a clock that a shim
-/// steps backwards would hold them back for as long as the step.
-fn follow_clock(
-    keys: Arc<RotatingKeys>,
-    events: Arc<KeyCounters>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, String> {
-    std::thread::Builder::new()
-        .name("ntsd-keys".into())
-        .spawn(move || follow_clock_loop(&keys, &events, &stop))
-        .map_err(|e| format!("cannot start the key rotation thread: {e}"))
-}
-
-fn follow_clock_loop(
-    keys: &RotatingKeys,
-    events: &KeyCounters,
-    stop: &std::sync::atomic::AtomicBool,
-) {
-    use keyrotate::Movement;
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-    const RETRY: Duration = Duration::from_secs(10);
-    const STEP: Duration = Duration::from_millis(100);
-    let wall = || {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-    };
-    let mut last = (wall(), kernel_monotonic());
-    let mut retry_at: Option<Duration> = None;
-    loop {
-        // To just after the next wall-clock second, in short sleeps so that
-        // a stop is seen at once.
-        let into_second = u64::from(wall().subsec_millis());
-        let mut left = Duration::from_millis(1_000 - into_second.min(999) + 5);
-        while !left.is_zero() {
-            if stop.load(Relaxed) {
-                return;
-            }
-            let nap = left.min(STEP);
-            std::thread::sleep(nap);
-            left -= nap;
-        }
-        let (now, mono) = (wall(), kernel_monotonic());
-        let step =
-            (now.as_secs_f64() - last.0.as_secs_f64()) - mono.saturating_sub(last.1).as_secs_f64();
-        last = (now, mono);
-        let stepped = step.abs() >= STEP_THRESHOLD;
-        if stepped {
-            events.clock_steps.fetch_add(1, Relaxed);
-        }
-        if retry_at.is_some_and(|t| mono < t) {
-            if stepped {
-                tracing::warn!(
-                    seconds = step,
-                    "wall clock stepped; the key ring follows once it can be saved"
-                );
-            }
-            continue;
-        }
-        let before = keys.load().current_id();
-        match keys.follow(now.as_secs()) {
-            Ok(m) => {
-                retry_at = None;
-                match m {
-                    Movement::Unchanged if stepped => tracing::warn!(
-                        seconds = step,
-                        current = before,
-                        "wall clock stepped; the key epoch is unchanged"
-                    ),
-                    Movement::Unchanged => {}
-                    Movement::Rotated { to } if !stepped => {
-                        events.rotations.fetch_add(1, Relaxed);
-                        tracing::info!(current = to, "master key rotated");
-                    }
-                    Movement::Rotated { to } | Movement::Jumped { to, .. } if stepped => {
-                        events.step_rotations.fetch_add(1, Relaxed);
-                        tracing::warn!(
-                            seconds = step,
-                            from = before,
-                            current = to,
-                            kept_open = !keys.is_derived(),
-                            "wall clock stepped: master keys moved to the epoch of the clock"
-                        );
-                    }
-                    Movement::Rotated { to } | Movement::Jumped { to, .. } => {
-                        events.rotations.fetch_add(1, Relaxed);
-                        tracing::info!(
-                            from = before,
-                            current = to,
-                            "master keys rotated over several epochs (the check came late)"
-                        );
-                    }
-                }
-            }
-            Err(e) => {
-                events.failures.fetch_add(1, Relaxed);
-                retry_at = Some(mono + RETRY);
-                tracing::error!(error = %e, stepped, "master key rotation failed; the current key stays in force, retrying in 10 s");
-            }
+/// Everything is bound and open: from here on ntsd needs no privilege.
+/// Files it reloads later and that the new user cannot read are named.
+fn drop_privileges(config: &Config, run_as: &RunAs) -> Result<(), String> {
+    let RunAs { uid, gid, groups } = run_as;
+    let (uid, gid) = (*uid, *gid);
+    privileges::drop_privileges(uid, gid, groups)?;
+    for (key, path) in config.files() {
+        if !privileges::readable_by(&path, uid, groups) {
+            tracing::warn!(%key, path = %path.display(), uid, ?groups, "not readable by the user ntsd runs as: certificate reloads will be refused until it is (e.g. group-readable by one of that user's groups)");
         }
     }
-}
-
-/// Logs and counts a key ring that was loaded ahead of the clock: the clock
-/// stepped back since the file was written (or was ahead then).
-fn report_start(keys: &RotatingKeys, events: &KeyCounters) {
-    if let keyrotate::Movement::Jumped { from, to } = keys.started() {
-        if to < from {
-            events.clock_steps.fetch_add(1, Relaxed);
-            tracing::warn!(
-                file_current = from,
-                current = to,
-                "the key file's current key is ahead of the clock (the clock stepped back, or was ahead when the file was written): sealing with the key of the clock's epoch, the file's keys still open their cookies"
-            );
-        }
-    }
-}
-
-/// `ntsd keys rotate` (or `kill -USR1`): replace the sealing key now.
-async fn forced_rotations(
-    keys: Arc<RotatingKeys>,
-    events: Arc<KeyCounters>,
-    mut usr1: tokio::signal::unix::Signal,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = usr1.recv() => {}
-            _ = stop.changed() => return,
-        }
-        match keys.force_rotate(unix_secs()) {
-            Ok(id) => {
-                events.forced_at(unix_secs());
-                tracing::warn!(current = id, "master key rotated by request (SIGUSR1)");
-            }
-            Err(e) => {
-                events.failures.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "requested key rotation failed");
-            }
-        }
-    }
+    tracing::info!(uid, gid, ?groups, "privileges dropped");
+    Ok(())
 }

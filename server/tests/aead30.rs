@@ -111,7 +111,7 @@ struct Session {
 /// One NTS-KE session sending `request` as it is.
 fn session(s: &Ntsd, request: &[u8]) -> Session {
     let secrets = Arc::new(Secrets::default());
-    let base = ntsd::tls::client_config(Some(&s.ca())).unwrap();
+    let base = nts_client::client_config(Some(&s.ca())).unwrap();
     let mut config = (*base).clone();
     config.key_log = secrets.clone();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

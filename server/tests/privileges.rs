@@ -179,7 +179,7 @@ fn a_supplementary_group_reads_renewed_certificates_after_the_drop() {
     );
     // certbot renews: new files in place, same group and mode.
     let renewed = tempfile::tempdir().unwrap();
-    ntsd::demo::write_test_pki(renewed.path()).unwrap();
+    nts_client::write_test_pki(renewed.path()).unwrap();
     for name in ["key.pem", "chain.pem"] {
         let tmp = dir.path().join(format!("{name}.new"));
         std::fs::copy(renewed.path().join(name), &tmp).unwrap();

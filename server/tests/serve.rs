@@ -87,7 +87,7 @@ fn query_and_nts_exchanges_on_both_backends() {
 
 /// A TLS client that sends `request` verbatim and returns the raw response.
 fn ke_raw(s: &Ntsd, request: &[u8], alpn: bool) -> Result<Vec<u8>, std::io::Error> {
-    let mut cfg = (*ntsd::tls::client_config(Some(&s.ca())).unwrap()).clone();
+    let mut cfg = (*nts_client::client_config(Some(&s.ca())).unwrap()).clone();
     if !alpn {
         cfg.alpn_protocols.clear();
     }
@@ -560,7 +560,7 @@ fn sigint_stops_the_server_cleanly() {
 }
 
 fn now_ntp() -> NtpTimestamp {
-    ntsd::clock::now_ntp()
+    common::now_ntp()
 }
 
 /// Receive timestamps are the kernel's (SO_TIMESTAMPNS), not a clock read

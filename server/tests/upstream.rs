@@ -48,7 +48,7 @@ impl FakeUpstream {
                 let Some(req) = NtpHeader::decode(&mut Reader::new(&buf[..n])) else {
                     continue;
                 };
-                let now = ntsd::clock::now_ntp();
+                let now = common::now_ntp();
                 let state = st.load(Ordering::Relaxed);
                 if state == SILENT {
                     continue;
@@ -99,7 +99,7 @@ impl Drop for FakeUpstream {
 
 fn query(s: &Ntsd) -> NtpHeader {
     let sock = udp_client(s.ntp_port);
-    let req = NtpHeader::client_request(ntsd::clock::now_ntp()).to_bytes();
+    let req = NtpHeader::client_request(common::now_ntp()).to_bytes();
     let reply = exchange(&sock, &req).expect("reply");
     NtpHeader::decode(&mut Reader::new(&reply)).unwrap()
 }

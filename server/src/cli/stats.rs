@@ -20,7 +20,7 @@ const CONNECT_FAILED: &str = "cannot connect to the metrics endpoint";
 /// with a wildcard address replaced by loopback. For `[::]`, `[::1]`
 /// first and then `127.0.0.1`: a host or container without IPv6 (older
 /// Docker) has no `::1`, while ntsd's `[::]` listener takes IPv4 too.
-pub fn endpoints_from_config(path: &Path) -> Result<Vec<SocketAddr>, String> {
+pub(crate) fn endpoints_from_config(path: &Path) -> Result<Vec<SocketAddr>, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let addr = config.metrics.listen.ok_or_else(|| {
         format!(
@@ -40,7 +40,7 @@ pub fn endpoints_from_config(path: &Path) -> Result<Vec<SocketAddr>, String> {
 }
 
 /// [`fetch`] from the first of `candidates` that accepts a connection.
-pub fn fetch_any(candidates: &[String], path: &str) -> Result<String, String> {
+pub(crate) fn fetch_any(candidates: &[String], path: &str) -> Result<String, String> {
     let mut last = String::from("no address to try");
     for authority in candidates {
         match fetch(authority, path) {
@@ -52,7 +52,7 @@ pub fn fetch_any(candidates: &[String], path: &str) -> Result<String, String> {
 }
 
 /// `http://HOST:PORT[/PATH]` or `HOST:PORT` (path `/metrics`).
-pub fn parse_url(url: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_url(url: &str) -> Result<(String, String), String> {
     let rest = url.strip_prefix("http://").unwrap_or(url);
     if url.starts_with("https://") {
         return Err(format!("{url}: only http:// is supported"));
@@ -68,7 +68,7 @@ pub fn parse_url(url: &str) -> Result<(String, String), String> {
 }
 
 /// Fetches the text exposition from `authority` (`HOST:PORT`) and `path`.
-pub fn fetch(authority: &str, path: &str) -> Result<String, String> {
+pub(crate) fn fetch(authority: &str, path: &str) -> Result<String, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,7 +114,7 @@ async fn get(authority: &str, path: &str) -> Result<String, String> {
 }
 
 /// `name{labels}` → value, from the text exposition.
-pub fn parse(text: &str) -> BTreeMap<String, f64> {
+pub(crate) fn parse(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -152,7 +152,7 @@ fn duration(secs: f64) -> String {
 }
 
 /// The table.
-pub fn render(m: &BTreeMap<String, f64>) -> String {
+pub(crate) fn render(m: &BTreeMap<String, f64>) -> String {
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut line = |name: &str, value: String| lines.push((name.to_owned(), value));

@@ -33,11 +33,11 @@ use crate::config::CertPair;
 
 /// How often the certificate files are checked for a change (a stat of
 /// each file: nothing to save by checking less often).
-pub const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 
 /// One loaded pair.
 #[derive(Debug)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub chain: PathBuf,
     pub key: Arc<CertifiedKey>,
     /// DNS names of the leaf (SAN, lower case; `*.` wildcards kept).
@@ -48,7 +48,7 @@ pub struct Loaded {
 
 /// The pairs in force, the default first.
 #[derive(Debug)]
-pub struct CertSet {
+pub(crate) struct CertSet {
     pub pairs: Vec<Loaded>,
 }
 
@@ -83,8 +83,8 @@ fn refuse(pair: &CertPair, why: impl std::fmt::Display) -> String {
 }
 
 /// Loads and checks one pair at `now` (Unix seconds).
-pub fn load_pair(pair: &CertPair, now: i64) -> Result<Loaded, String> {
-    let chain = crate::tls::load_certs(&pair.certificate_chain)?;
+pub(crate) fn load_pair(pair: &CertPair, now: i64) -> Result<Loaded, String> {
+    let chain = nts_client::load_certs(&pair.certificate_chain)?;
     let key = PrivateKeyDer::from_pem_file(&pair.private_key).map_err(|e| {
         format!(
             "cannot read private key {}: {e}",
@@ -92,7 +92,7 @@ pub fn load_pair(pair: &CertPair, now: i64) -> Result<Loaded, String> {
         )
     })?;
     // The server's key provider: the key signs handshakes there.
-    let provider = crate::tls::server_provider();
+    let provider = crate::ke::tls::server_provider();
     let signing = provider
         .key_provider
         .load_private_key(key)
@@ -119,7 +119,7 @@ pub fn load_pair(pair: &CertPair, now: i64) -> Result<Loaded, String> {
             pair,
             format!(
                 "expired at {} (renew it)",
-                crate::clock::utc(u64::try_from(not_after).unwrap_or(0))
+                crate::time::clock::utc(u64::try_from(not_after).unwrap_or(0))
             ),
         ));
     }
@@ -140,7 +140,7 @@ pub fn load_pair(pair: &CertPair, now: i64) -> Result<Loaded, String> {
 }
 
 /// Loads every pair; the first error refuses the whole set.
-pub fn load_set(pairs: &[CertPair], now: i64) -> Result<CertSet, String> {
+pub(crate) fn load_set(pairs: &[CertPair], now: i64) -> Result<CertSet, String> {
     let pairs = pairs
         .iter()
         .map(|p| load_pair(p, now))
@@ -173,7 +173,7 @@ const DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
 /// `no_certificate`) while NTP and NTS with existing cookies are served,
 /// and the watcher keeps trying until a valid pair appears.
 #[derive(Debug)]
-pub struct Certificates {
+pub(crate) struct Certificates {
     pairs: Vec<CertPair>,
     current: ArcSwapOption<CertSet>,
     /// Why there is no usable set, while there is none.
@@ -190,7 +190,7 @@ impl Certificates {
     /// Loads `pairs` (the default first). A pair that does not load leaves
     /// NTS-KE down until it does; the error is logged and returned by
     /// [`Certificates::problem`].
-    pub fn load(pairs: Vec<CertPair>) -> Arc<Self> {
+    pub(crate) fn load(pairs: Vec<CertPair>) -> Arc<Self> {
         let certs = Arc::new(Self {
             current: ArcSwapOption::empty(),
             problem: std::sync::Mutex::new(None),
@@ -214,17 +214,17 @@ impl Certificates {
     }
 
     /// The set in force, if any.
-    pub fn current(&self) -> Option<Arc<CertSet>> {
+    pub(crate) fn current(&self) -> Option<Arc<CertSet>> {
         self.current.load_full()
     }
 
     /// Whether NTS-KE has a certificate to serve.
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         self.current.load().is_some()
     }
 
     /// Why NTS-KE has no certificate, while it has none.
-    pub fn problem(&self) -> Option<String> {
+    pub(crate) fn problem(&self) -> Option<String> {
         self.problem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -245,21 +245,16 @@ impl Certificates {
 
     /// Loads every pair again and swaps the set in for new connections, or
     /// keeps the one in force (if any) and says why (one log line per
-    /// attempt).
-    pub fn reload(&self, why: &str) -> Result<(), String> {
-        self.reload_logged(why, false)
-    }
-
-    /// [`Certificates::reload`]; a `retry` (a poll while NTS-KE is down,
-    /// nothing changed) is not counted, and its failure is logged only if
-    /// the reason changed or [`DOWN_LOG_EVERY`] has passed.
+    /// attempt). A `retry` (a poll while NTS-KE is down, nothing changed)
+    /// is not counted, and its failure is logged only if the reason changed
+    /// or [`DOWN_LOG_EVERY`] has passed.
     fn reload_logged(&self, why: &str, retry: bool) -> Result<(), String> {
         match load_set(&self.pairs, unix_now()) {
             Ok(set) => {
                 let expiry: Vec<String> = set
                     .pairs
                     .iter()
-                    .map(|p| crate::clock::utc(u64::try_from(p.not_after).unwrap_or(0)))
+                    .map(|p| crate::time::clock::utc(u64::try_from(p.not_after).unwrap_or(0)))
                     .collect();
                 let was_down = !self.usable();
                 self.current.store(Some(Arc::new(set)));
@@ -334,7 +329,7 @@ impl ResolvesServerCert for Certificates {
 /// configured paths does not see, and a poll needs no watch descriptors. A
 /// file caught half-written fails to load, is logged once, and is loaded
 /// once its metadata changes again.
-pub async fn watch(
+pub(crate) async fn watch(
     certs: Arc<Certificates>,
     mut hup: tokio::signal::unix::Signal,
     mut stop: tokio::sync::watch::Receiver<bool>,

@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::ntp::ratelimit::{Limits, RateLimiter, Verdict};
+use crate::policy::ratelimit::{Limits, RateLimiter, Verdict};
 
 /// The key of an address: the address itself (IPv4) or its /64 (IPv6),
 /// the unit one host usually holds.
@@ -31,13 +31,13 @@ fn key(ip: IpAddr) -> IpAddr {
 
 /// Open connections per address, oldest first.
 #[derive(Debug)]
-pub struct AddressSlots {
+pub(crate) struct AddressSlots {
     cap: usize,
     open: Mutex<HashMap<IpAddr, VecDeque<(u64, tokio::task::AbortHandle)>>>,
 }
 
 impl AddressSlots {
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self {
             cap: cap.max(1),
             open: Mutex::new(HashMap::new()),
@@ -54,7 +54,7 @@ impl AddressSlots {
     /// first closes the address's oldest connection if it is at its cap
     /// (returns whether it did). The task is registered under the lock, so
     /// its own [`AddressSlots::remove`] cannot run before it is recorded.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         ip: IpAddr,
         id: u64,
@@ -74,7 +74,7 @@ impl AddressSlots {
     }
 
     /// Forgets connection `id` of `ip` (its task ended).
-    pub fn remove(&self, ip: IpAddr, id: u64) {
+    pub(crate) fn remove(&self, ip: IpAddr, id: u64) {
         let mut open = self.lock();
         let k = key(ip);
         if let Some(conns) = open.get_mut(&k) {
@@ -85,7 +85,8 @@ impl AddressSlots {
         }
     }
 
-    /// Addresses with open connections (for tests and bounds).
+    /// Addresses with open connections.
+    #[cfg(test)]
     pub fn addresses(&self) -> usize {
         self.lock().len()
     }
@@ -93,13 +94,13 @@ impl AddressSlots {
 
 /// The per-address session rate, when configured.
 #[derive(Debug)]
-pub struct SessionRate {
+pub(crate) struct SessionRate {
     limiter: Mutex<RateLimiter>,
     started: std::time::Instant,
 }
 
 impl SessionRate {
-    pub fn new(limits: Limits, seed: u64) -> Self {
+    pub(crate) fn new(limits: Limits, seed: u64) -> Self {
         Self {
             limiter: Mutex::new(RateLimiter::new(limits, seed)),
             started: std::time::Instant::now(),
@@ -107,7 +108,7 @@ impl SessionRate {
     }
 
     /// Whether a session from `ip` may start now.
-    pub fn allows(&self, ip: IpAddr) -> bool {
+    pub(crate) fn allows(&self, ip: IpAddr) -> bool {
         let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         l.check(ip, now) != Verdict::OverLimit

@@ -1,377 +1,149 @@
 //! The NTS-KE front end: TLS 1.3 over TCP, one request, one response,
-//! close_notify (RFC 8915, section 4).
+//! close_notify (RFC 8915, section 4), on the tokio runtime, off the NTP
+//! workers' cores.
+//!
+//! ```text
+//! listen::serve (accept; access, session rate, certificate, caps: before TLS)
+//!   └─ session::session ─► TLS (tls, certs) ─► nts_proto::ke::RequestParser
+//!        ─► cookies sealed with the current key ─► KeResponse ─► close_notify
+//! certs::watch: SIGHUP or a changed file ─► reload (a bad one keeps the old)
+//! ```
+//!
+//! Uses the key ring (`keys`), `policy` (access lists, rate limits), the
+//! `ops` counters and health, and nothing of the NTP data path but the
+//! port it was bound to.
 
-pub mod certs;
-pub mod limits;
+pub(crate) mod certs;
+pub(crate) mod limits;
+mod listen;
+mod session;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use keyrotate::RotatingKeys;
-use nts_proto::cookie::{seal_cookie, MAX_COOKIE_LEN};
-use nts_proto::ke::{
-    exporter_aead, exporter_context, KeRequest, KeRequestError, KeResponse, RequestParser,
-    EXPORTER_LABEL, PROTOCOL_NTPV4,
-};
-use nts_proto::{AeadAlgorithm, AeadKey, CookieKeys, SessionKeys};
-use ring::rand::{SecureRandom, SystemRandom};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use ring::rand::SystemRandom;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 
-use crate::net::SharedEphemeralPort;
-use crate::ops::counters::{KeCounters, KeEvent};
-use crate::tls::ALPN_NTSKE;
+pub(crate) use listen::bind;
 
-/// Cookies handed out per session (RFC 8915, section 4: eight is typical).
-pub const COOKIES_PER_SESSION: usize = 8;
-/// Largest request accepted. RFC 8915 asks servers to accept at least 1024
-/// bytes; real requests are under 100.
-pub const MAX_REQUEST: usize = 16 * 1024;
+use crate::config::Config;
+use crate::ops::counters::KeCounters;
+use crate::ops::health::Health;
+use certs::Certificates;
+use session::KeContext;
 
-/// What every KE session needs, shared by the accept loops.
-pub struct KeContext {
-    pub acceptor: TlsAcceptor,
-    pub keys: Arc<RotatingKeys>,
-    pub counters: Arc<KeCounters>,
-    pub ntp_server: Option<String>,
-    /// Port record value, when one must be sent.
-    pub ntp_port: Option<u16>,
-    pub timeout: Duration,
-    pub connections: Arc<Semaphore>,
-    pub rng: SystemRandom,
-    /// `[nts_ke] allow`/`deny`, else `[access]`: checked before TLS.
-    pub access: crate::ntp::access::AccessList,
-    /// Open connections per address.
-    pub per_address: limits::AddressSlots,
-    /// Sessions per address and time, when configured.
-    pub session_rate: Option<limits::SessionRate>,
-    /// The certificates: without a usable one, connections are refused.
-    pub certs: Arc<certs::Certificates>,
+/// What NTS-KE takes from the planes started before it.
+#[derive(Debug)]
+pub(crate) struct Links {
+    pub(crate) keys: Arc<RotatingKeys>,
+    pub(crate) certs: Arc<Certificates>,
+    pub(crate) health: Arc<Health>,
+    /// The port the NTP workers were bound to.
+    pub(crate) ntp_port: u16,
+    /// The descriptor limit in force (`RLIMIT_NOFILE`).
+    pub(crate) nofile: u64,
 }
 
-impl std::fmt::Debug for KeContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeContext")
-            .field("ntp_server", &self.ntp_server)
-            .field("ntp_port", &self.ntp_port)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
+/// The NTS-KE plane, running.
+#[derive(Debug)]
+pub(crate) struct Ke {
+    pub(crate) counters: Arc<KeCounters>,
+    /// The connection cap in force (`max_connections`, or less to fit the
+    /// descriptor limit).
+    pub(crate) max_connections: usize,
+    /// Permits for open connections: `max_connections` minus those open.
+    pub(crate) slots: Arc<Semaphore>,
+    /// Addresses actually bound (ephemeral ports resolved).
+    pub(crate) local_addrs: Vec<SocketAddr>,
+    /// The Port record sent, if any.
+    pub(crate) port_record: Option<u16>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
-/// How long the accept loop pauses when the process is out of descriptors
-/// or memory, and how often such a pause is logged.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
-/// How often, at most, refusals for want of a certificate are logged.
-const DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// Accepts connections on `listener` until `stop` fires. Every check that
-/// can refuse a connection (access list, session rate, the global cap) runs
-/// before TLS; an address at its own cap loses its oldest connection.
-/// Remote input never logs above `debug`.
-pub async fn serve(
-    listener: TcpListener,
-    ctx: Arc<KeContext>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut next_id = 0u64;
-    let mut last_logged: Option<std::time::Instant> = None;
-    let mut failures = 0u64;
-    let mut last_down_log: Option<std::time::Instant> = None;
-    let mut refused_down = 0u64;
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    accept_failed(&e, &mut last_logged, &mut failures).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        ctx.counters.add(KeEvent::Accepted);
-        let ip = peer.ip();
-        if !ctx.access.permits(ip) {
-            ctx.counters.add(KeEvent::AccessDenied);
-            continue;
-        }
-        if ctx.session_rate.as_ref().is_some_and(|r| !r.allows(ip)) {
-            ctx.counters.add(KeEvent::RateLimited);
-            continue;
-        }
-        if !ctx.certs.usable() {
-            // NTS-KE is down; the certificate watcher logs why. Closed
-            // before TLS, so a client fails at once and tries elsewhere.
-            ctx.counters.add(KeEvent::NoCertificate);
-            refused_down += 1;
-            if last_down_log.is_none_or(|t| t.elapsed() >= DOWN_LOG_EVERY) {
-                tracing::warn!(
-                    refused = refused_down,
-                    reason = %ctx.certs.problem().unwrap_or_default(),
-                    "NTS-KE refused connections: no usable certificate (NTP is served; NTS-KE resumes once a valid certificate is in place)"
-                );
-                last_down_log = Some(std::time::Instant::now());
-                refused_down = 0;
-            }
-            continue;
-        }
-        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-            ctx.counters.add(KeEvent::Busy);
-            continue;
-        };
-        next_id += 1;
-        let id = next_id;
-        let task_ctx = ctx.clone();
-        let accepted = std::time::Instant::now();
-        let evicted = ctx.per_address.admit(ip, id, || {
-            tokio::spawn(async move {
-                let ctx = task_ctx;
-                let outcome = match tokio::time::timeout(ctx.timeout, session(&ctx, stream)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Outcome::Failed(KeEvent::Timeout),
-                };
-                match outcome {
-                    Outcome::Issued { aead, cookies } => ctx.counters.session(aead, cookies),
-                    Outcome::Failed(event) => ctx.counters.add(event),
-                }
-                ctx.counters
-                    .duration
-                    .observe(accepted.elapsed().as_secs_f64());
-                tracing::debug!(%peer, ?outcome, "NTS-KE session ended");
-                ctx.per_address.remove(ip, id);
-                drop(permit);
-            })
-            .abort_handle()
+impl Ke {
+    /// Serves NTS-KE on `listeners` until `stop` fires, and watches the
+    /// certificates (`hup`: reload now).
+    pub(crate) fn start(
+        config: &Config,
+        listeners: Vec<std::net::TcpListener>,
+        links: Links,
+        hup: tokio::signal::unix::Signal,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Ke, String> {
+        let cfg = &config.nts_ke;
+        let Links {
+            keys,
+            certs,
+            health,
+            ntp_port,
+            nofile,
+        } = links;
+        let tls = tls::server_config(certs.clone()).map_err(|e| format!("[nts_ke] {e}"))?;
+        // RFC 8915, 4.1.7: clients use port 123 unless told otherwise, and
+        // every client we tested learns the port only from this record.
+        let port_record = cfg.ntp_port.or((ntp_port != 123).then_some(ntp_port));
+        // Every connection is a descriptor: keep the cap under the limit,
+        // with room for the sockets and files ntsd holds (counted now, plus
+        // the metrics connections and a margin).
+        let reserved =
+            crate::system::limits::open_fds() + crate::ops::http::MAX_CONNECTIONS as u64 + 32;
+        let max_connections =
+            crate::system::limits::fit_connections(cfg.max_connections, nofile, reserved)?;
+        let slots = Arc::new(Semaphore::new(max_connections));
+        let counters = Arc::new(KeCounters::default());
+        let ctx = Arc::new(KeContext {
+            acceptor: tokio_rustls::TlsAcceptor::from(tls),
+            keys,
+            counters: counters.clone(),
+            ntp_server: cfg.ntp_server.clone(),
+            ntp_port: port_record,
+            timeout: cfg.timeout.0,
+            connections: slots.clone(),
+            rng: SystemRandom::new(),
+            per_address: limits::AddressSlots::new(cfg.max_connections_per_address),
+            session_rate: cfg.rate_limit.as_ref().map(|r| {
+                limits::SessionRate::new(
+                    crate::policy::ratelimit::Limits::of_ke(r),
+                    u64::from(std::process::id()),
+                )
+            }),
+            access: crate::policy::access::AccessList::new(
+                cfg.allow.as_deref().unwrap_or(&config.access.allow),
+                cfg.deny.as_deref().unwrap_or(&config.access.deny),
+            ),
+            certs: certs.clone(),
         });
-        if evicted {
-            // The address's oldest connection was closed to make room.
-            ctx.counters.add(KeEvent::Evicted);
+        let mut local_addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for l in listeners {
+            local_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            let alive = health.ke_listener();
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                listen::serve(l, ctx, stop).await;
+                drop(alive);
+            }));
+        }
+        tasks.push(tokio::spawn(certs::watch(certs, hup, stop)));
+        Ok(Ke {
+            counters,
+            max_connections,
+            slots,
+            local_addrs,
+            port_record,
+            tasks,
+        })
+    }
+
+    /// Waits for the listeners and the certificate watcher, which `stop`
+    /// ended.
+    pub(crate) async fn stop(self) {
+        for t in self.tasks {
+            let _ = t.await;
         }
     }
-}
-
-/// An `accept` that failed: out of descriptors or memory pauses the loop
-/// (logged once per [`ACCEPT_LOG_EVERY`], with the count); anything else
-/// (a connection reset before it was accepted) is the client's business.
-async fn accept_failed(
-    e: &std::io::Error,
-    last_logged: &mut Option<std::time::Instant>,
-    failures: &mut u64,
-) {
-    let exhausted = matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    );
-    if !exhausted {
-        tracing::debug!(error = %e, "NTS-KE accept failed");
-        return;
-    }
-    *failures += 1;
-    if last_logged.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
-        tracing::warn!(error = %e, failures = *failures, "NTS-KE accept failed: out of descriptors or memory; pausing, still serving the connections open (raise LimitNOFILE / ulimit -n, or lower [nts_ke] max_connections)");
-        *last_logged = Some(std::time::Instant::now());
-        *failures = 0;
-    }
-    tokio::time::sleep(ACCEPT_PAUSE).await;
-}
-
-/// How a KE session ended.
-#[derive(Debug, Clone, Copy)]
-enum Outcome {
-    Issued { aead: AeadAlgorithm, cookies: usize },
-    Failed(KeEvent),
-}
-
-async fn session(ctx: &KeContext, stream: TcpStream) -> Outcome {
-    match exchange(ctx, stream).await {
-        Ok((aead, cookies)) => Outcome::Issued { aead, cookies },
-        Err(event) => Outcome::Failed(event),
-    }
-}
-
-/// One KE session: the AEAD chosen and the cookies issued, or why none.
-async fn exchange(ctx: &KeContext, stream: TcpStream) -> Result<(AeadAlgorithm, usize), KeEvent> {
-    let _ = stream.set_nodelay(true);
-    let mut tls = match ctx.acceptor.accept(stream).await {
-        Ok(t) => t,
-        Err(_) => return Err(KeEvent::TlsError),
-    };
-    // rustls refuses a client whose ALPN list lacks ntske/1; a client that
-    // sends no ALPN at all must be refused here (RFC 8915, section 4).
-    if tls.get_ref().1.alpn_protocol() != Some(ALPN_NTSKE) {
-        let _ = tls.shutdown().await;
-        return Err(KeEvent::NoAlpn);
-    }
-    // Each record is decoded once, as it completes: a client trickling
-    // tiny TLS records costs work in proportion to its bytes.
-    let mut parser = RequestParser::new();
-    let request = loop {
-        let mut chunk = [0u8; 1024];
-        let n = match tls.read(&mut chunk).await {
-            Ok(n) => n,
-            Err(_) => return Err(KeEvent::TlsError),
-        };
-        if n == 0 {
-            // The client closed before End of Message.
-            break Err(KeRequestError::BadRequest("request incomplete"));
-        }
-        let room = MAX_REQUEST.saturating_sub(parser.len());
-        let bytes = chunk.get(..n.min(room)).unwrap_or_default();
-        match parser.feed(bytes) {
-            Err(KeRequestError::Incomplete) if parser.len() < MAX_REQUEST => continue,
-            Err(KeRequestError::Incomplete) => {
-                break Err(KeRequestError::BadRequest("request too large"))
-            }
-            other => break other,
-        }
-    };
-    let (response, result) = match request {
-        Err(e) => {
-            let event = match e {
-                KeRequestError::UnrecognizedCritical(_) => KeEvent::UnrecognizedCritical,
-                _ => KeEvent::BadRequest,
-            };
-            (KeResponse::error(e.error_code()), Err(event))
-        }
-        Ok(req) => respond(ctx, &req, tls.get_ref().1),
-    };
-    // One write: the response fits one TLS record, which NTPsec needs
-    // (it reads the whole response in a single 2048-byte read).
-    if tls.write_all(&response).await.is_err() || tls.shutdown().await.is_err() {
-        return Err(KeEvent::TlsError);
-    }
-    result
-}
-
-/// The response to a parsed request, and the AEAD and cookie count issued
-/// (or why nothing was).
-type Response = (Vec<u8>, Result<(AeadAlgorithm, usize), KeEvent>);
-
-fn respond(ctx: &KeContext, req: &KeRequest, conn: &rustls::ServerConnection) -> Response {
-    if !req.wants_ntpv4() {
-        return (
-            KeResponse::default().encode(),
-            Err(KeEvent::NoCommonProtocol),
-        );
-    }
-    let Some(aead) = req.select_aead(&AeadAlgorithm::ALL) else {
-        let resp = KeResponse {
-            protocol: Some(PROTOCOL_NTPV4),
-            ..Default::default()
-        };
-        return (resp.encode(), Err(KeEvent::NoCommonAead));
-    };
-    let compliant = req.echoes_compliant_export(aead);
-    match make_cookies(ctx, aead, exporter_aead(aead, compliant), conn) {
-        Ok(cookies) => {
-            let count = cookies.len();
-            let resp = KeResponse {
-                protocol: Some(PROTOCOL_NTPV4),
-                aead: Some(aead),
-                cookies,
-                server: ctx.ntp_server.clone(),
-                port: ctx.ntp_port,
-                compliant_128gcm_export: compliant,
-            };
-            (resp.encode(), Ok((aead, count)))
-        }
-        Err(e) => {
-            // Not remote input: a failing RNG or TLS exporter on our side.
-            tracing::warn!(error = %e, "NTS-KE internal error");
-            (
-                KeResponse::error(nts_proto::ke::error_code::INTERNAL_SERVER_ERROR),
-                Err(KeEvent::InternalError),
-            )
-        }
-    }
-}
-
-/// Exports the session keys (RFC 8915, section 5.1) and seals the cookies.
-/// `context_aead` is the id the exporter context names
-/// ([`nts_proto::ke::exporter_aead`]); the keys are `aead`'s length.
-fn make_cookies(
-    ctx: &KeContext,
-    aead: AeadAlgorithm,
-    context_aead: AeadAlgorithm,
-    conn: &rustls::ServerConnection,
-) -> Result<Vec<Vec<u8>>, String> {
-    let export = |s2c: bool| -> Result<AeadKey, String> {
-        let mut buf = zeroize::Zeroizing::new([0u8; nts_proto::aead::MAX_KEY_LEN]);
-        let key = buf.get_mut(..aead.key_len()).ok_or("key length")?;
-        conn.export_keying_material(
-            &mut *key,
-            EXPORTER_LABEL,
-            Some(&exporter_context(context_aead, s2c)),
-        )
-        .map_err(|e| format!("TLS exporter: {e}"))?;
-        AeadKey::new(aead, key).ok_or_else(|| "key length".into())
-    };
-    let keys = SessionKeys {
-        c2s: export(false)?,
-        s2c: export(true)?,
-    };
-    let ring = ctx.keys.load();
-    let (id, master) = ring.sealing_key();
-    let mut cookies = Vec::with_capacity(COOKIES_PER_SESSION);
-    for _ in 0..COOKIES_PER_SESSION {
-        let mut nonce = [0u8; nts_proto::cookie::COOKIE_NONCE_LEN];
-        ctx.rng
-            .fill(&mut nonce)
-            .map_err(|_| "random number generator failed")?;
-        let mut out = [0u8; MAX_COOKIE_LEN];
-        let n = seal_cookie(id, master, &nonce, &keys, &mut out).map_err(|e| e.to_string())?;
-        cookies.push(out.get(..n).unwrap_or_default().to_vec());
-    }
-    Ok(cookies)
-}
-
-/// Binds the KE listeners; a port of 0 takes an ephemeral port.
-pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut out = Vec::new();
-    let mut port = SharedEphemeralPort::default();
-    for &configured in addrs {
-        let addr = port.resolve(configured);
-        let listener = match listen_on(addr) {
-            Ok(l) => l,
-            Err(e) if addrs.len() > 1 && crate::net::ipv6_missing(addr, &e) => {
-                crate::net::warn_ipv6_missing("[nts_ke] listen", addr, &e);
-                continue;
-            }
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot bind NTS-KE to {addr}: {e}"),
-                ))
-            }
-        };
-        port.learn(addr, listener.local_addr()?);
-        out.push(listener);
-    }
-    if out.is_empty() {
-        return Err(std::io::Error::other(
-            "[nts_ke] listen: no address could be bound",
-        ));
-    }
-    Ok(out)
-}
-
-fn listen_on(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }

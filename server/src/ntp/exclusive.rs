@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// A port that no UDP socket holds on `addr`'s address, from a plain
 /// trial bind to port 0 (`None` if that fails: the real bind reports why).
-pub fn free_port(addr: SocketAddr) -> Option<u16> {
+pub(super) fn free_port(addr: SocketAddr) -> Option<u16> {
     let s = plain_socket(addr).ok()?;
     s.bind(&addr.into()).ok()?;
     Some(s.local_addr().ok()?.as_socket()?.port())
@@ -36,7 +36,7 @@ fn plain_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 /// `Ok` if no socket holds `addr` (UDP); otherwise an error naming it and
 /// its holder. Any other failure of the trial bind is left for the real
 /// bind to report.
-pub fn ensure_not_held(addr: SocketAddr) -> Result<(), String> {
+pub(super) fn ensure_not_held(addr: SocketAddr) -> Result<(), String> {
     match plain_socket(addr).and_then(|s| s.bind(&addr.into())) {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             let who = holder(addr).unwrap_or_else(|| {

@@ -5,12 +5,12 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use super::sys::{
+use super::worker::{Worker, MAX_PACKET};
+use crate::ops::counters::NtpEvent;
+use ntsd_udp::{
     attach_source, empty_storage, errno, peer_ip, point_reply, received, storage_bytes, ControlBuf,
     SourceBuf, CONTROL_WORDS,
 };
-use super::{Worker, MAX_PACKET};
-use crate::ops::counters::NtpEvent;
 
 const BATCH: usize = 32;
 
@@ -26,7 +26,7 @@ struct Batch {
 /// Receive errors in a row (no datagram in between) after which the loop
 /// gives up and returns the error to its supervisor, which restarts it
 /// (and counts the restart, which `/healthz` reports).
-pub const MAX_ERRORS_IN_A_ROW: u32 = 50;
+pub(super) const MAX_ERRORS_IN_A_ROW: u32 = 50;
 /// The pause after a failed receive doubles from this...
 const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 /// ...up to this, so a persistent error costs little CPU and no log flood.
@@ -36,7 +36,7 @@ const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// error is counted and followed by a pause that grows while errors
 /// persist; after [`MAX_ERRORS_IN_A_ROW`] of them the loop returns the last
 /// one (`Err`) for the supervisor to restart it.
-pub fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
+pub(super) fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String> {
     let fd = socket.as_raw_fd();
     let mut errors = 0u32;
     let mut pause = FIRST_PAUSE;
@@ -156,7 +156,7 @@ mod tests {
     /// error, and after the bound returns the error instead of spinning.
     #[test]
     fn a_persistent_receive_error_is_returned_after_a_bounded_backoff() {
-        let (socket, _file) = super::super::failing_socket();
+        let (socket, _file) = super::super::worker::failing_socket();
         let (mut worker, counters) = Worker::for_tests();
         let started = std::time::Instant::now();
         let e = run(&mut worker, &socket).unwrap_err();

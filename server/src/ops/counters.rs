@@ -11,7 +11,7 @@ use nts_proto::{Action, AeadAlgorithm, DropReason, NakReason, ReplyKind};
 
 /// Every NTP outcome a worker counts, in metric order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NtpEvent {
+pub(crate) enum NtpEvent {
     Received,
     ReplyPlain,
     ReplyNts,
@@ -40,9 +40,10 @@ pub enum NtpEvent {
     ReplyKod,
 }
 
-pub const NTP_EVENTS: usize = 20;
+pub(crate) const NTP_EVENTS: usize = 20;
 
 impl NtpEvent {
+    #[cfg(test)]
     pub const ALL: [NtpEvent; NTP_EVENTS] = [
         NtpEvent::Received,
         NtpEvent::ReplyPlain,
@@ -67,7 +68,7 @@ impl NtpEvent {
     ];
 
     /// The event that an [`Action`] from `handle` counts as.
-    pub fn of(action: &Action) -> NtpEvent {
+    pub(crate) fn of(action: &Action) -> NtpEvent {
         match action {
             Action::Reply { kind, .. } => match kind {
                 ReplyKind::Plain => NtpEvent::ReplyPlain,
@@ -91,24 +92,24 @@ impl NtpEvent {
 /// One worker's counters.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub struct NtpCounters {
+pub(crate) struct NtpCounters {
     counts: [AtomicU64; NTP_EVENTS],
 }
 
 impl NtpCounters {
     #[inline]
-    pub fn add(&self, event: NtpEvent) {
+    pub(crate) fn add(&self, event: NtpEvent) {
         self.add_n(event, 1);
     }
 
     #[inline]
-    pub fn add_n(&self, event: NtpEvent, n: u64) {
+    pub(crate) fn add_n(&self, event: NtpEvent, n: u64) {
         if let Some(c) = self.counts.get(event as usize) {
             c.fetch_add(n, Relaxed);
         }
     }
 
-    pub fn get(&self, event: NtpEvent) -> u64 {
+    pub(crate) fn get(&self, event: NtpEvent) -> u64 {
         self.counts
             .get(event as usize)
             .map_or(0, |c| c.load(Relaxed))
@@ -117,7 +118,7 @@ impl NtpCounters {
 
 /// NTS-KE outcomes (the KE front end is not a hot path; shared atomics are fine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeEvent {
+pub(crate) enum KeEvent {
     Accepted,
     Success,
     NoCommonAead,
@@ -140,10 +141,10 @@ pub enum KeEvent {
     NoCertificate,
 }
 
-pub const KE_EVENTS: usize = 15;
+pub(crate) const KE_EVENTS: usize = 15;
 
 impl KeEvent {
-    pub const ALL: [KeEvent; KE_EVENTS] = [
+    pub(crate) const ALL: [KeEvent; KE_EVENTS] = [
         KeEvent::Accepted,
         KeEvent::Success,
         KeEvent::NoCommonAead,
@@ -163,7 +164,7 @@ impl KeEvent {
 
     /// The `reason` label of an error, `None` for the two outcomes that
     /// are not errors.
-    pub fn reason(self) -> Option<&'static str> {
+    pub(crate) fn reason(self) -> Option<&'static str> {
         use KeEvent::*;
         Some(match self {
             Accepted | Success => return None,
@@ -185,12 +186,12 @@ impl KeEvent {
 }
 
 /// Buckets of `ntsd_ke_session_duration_seconds`, 1 ms to 10 s.
-pub const KE_DURATION_BUCKETS: [f64; 13] = [
+pub(crate) const KE_DURATION_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 #[derive(Debug)]
-pub struct KeCounters {
+pub(crate) struct KeCounters {
     counts: [AtomicU64; KE_EVENTS],
     /// Completed sessions by the AEAD chosen, in `AeadAlgorithm::ALL` order.
     sessions: [AtomicU64; AeadAlgorithm::ALL.len()],
@@ -218,20 +219,20 @@ impl Default for KeCounters {
 }
 
 impl KeCounters {
-    pub fn add(&self, event: KeEvent) {
+    pub(crate) fn add(&self, event: KeEvent) {
         if let Some(c) = self.counts.get(event as usize) {
             c.fetch_add(1, Relaxed);
         }
     }
 
-    pub fn get(&self, event: KeEvent) -> u64 {
+    pub(crate) fn get(&self, event: KeEvent) -> u64 {
         self.counts
             .get(event as usize)
             .map_or(0, |c| c.load(Relaxed))
     }
 
     /// A completed session that chose `aead` and issued `cookies`.
-    pub fn session(&self, aead: AeadAlgorithm, cookies: usize) {
+    pub(crate) fn session(&self, aead: AeadAlgorithm, cookies: usize) {
         self.add(KeEvent::Success);
         if let Some(i) = AeadAlgorithm::ALL.iter().position(|&a| a == aead) {
             if let Some(c) = self.sessions.get(i) {
@@ -241,7 +242,7 @@ impl KeCounters {
         self.cookies.fetch_add(cookies as u64, Relaxed);
     }
 
-    pub fn sessions(&self, aead: AeadAlgorithm) -> u64 {
+    pub(crate) fn sessions(&self, aead: AeadAlgorithm) -> u64 {
         AeadAlgorithm::ALL
             .iter()
             .position(|&a| a == aead)
@@ -249,14 +250,14 @@ impl KeCounters {
             .map_or(0, |c| c.load(Relaxed))
     }
 
-    pub fn cookies(&self) -> u64 {
+    pub(crate) fn cookies(&self) -> u64 {
         self.cookies.load(Relaxed)
     }
 }
 
 /// Key-rotation outcomes.
 #[derive(Debug, Default)]
-pub struct KeyCounters {
+pub(crate) struct KeyCounters {
     pub rotations: AtomicU64,
     pub forced: AtomicU64,
     /// Ring moves to the epoch of a stepped wall clock.
@@ -272,7 +273,7 @@ pub struct KeyCounters {
 
 impl KeyCounters {
     /// A forced rotation at Unix time `now`.
-    pub fn forced_at(&self, now: u64) {
+    pub(crate) fn forced_at(&self, now: u64) {
         self.forced.fetch_add(1, Relaxed);
         self.forced_at.store(now, Relaxed);
     }

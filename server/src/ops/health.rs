@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use nts_proto::Leap;
 
-use crate::time_source::SharedSystem;
+use crate::time::source::SharedSystem;
 
 /// What a worker thread is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     Starting = 0,
     Serving = 1,
     /// Failed and waiting for its backoff before the next attempt.
@@ -38,14 +38,14 @@ pub enum WorkerState {
 
 /// One worker thread's state, written by the thread, read by the probes.
 #[derive(Debug)]
-pub struct WorkerHealth {
+pub(crate) struct WorkerHealth {
     pub name: String,
     state: AtomicU8,
     restarts: AtomicU64,
 }
 
 impl WorkerHealth {
-    pub fn new(name: String) -> Self {
+    pub(crate) fn new(name: String) -> Self {
         Self {
             name,
             state: AtomicU8::new(WorkerState::Starting as u8),
@@ -53,11 +53,11 @@ impl WorkerHealth {
         }
     }
 
-    pub fn set(&self, s: WorkerState) {
+    pub(crate) fn set(&self, s: WorkerState) {
         self.state.store(s as u8, Relaxed);
     }
 
-    pub fn state(&self) -> WorkerState {
+    pub(crate) fn state(&self) -> WorkerState {
         match self.state.load(Relaxed) {
             0 => WorkerState::Starting,
             1 => WorkerState::Serving,
@@ -67,7 +67,7 @@ impl WorkerHealth {
         }
     }
 
-    pub fn restarts(&self) -> u64 {
+    pub(crate) fn restarts(&self) -> u64 {
         self.restarts.load(Relaxed)
     }
 }
@@ -76,16 +76,16 @@ impl WorkerHealth {
 /// 30 s; after [`GIVE_UP_AFTER`] failures in a row (none of them serving
 /// for [`STABLE`]) the process exits non-zero so that systemd or Kubernetes
 /// restarts it whole.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-pub const GIVE_UP_AFTER: u32 = 5;
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const GIVE_UP_AFTER: u32 = 5;
 /// A run this long resets the failure count.
-pub const STABLE: Duration = Duration::from_secs(60);
+pub(crate) const STABLE: Duration = Duration::from_secs(60);
 
 /// Runs `attempt` (one worker's serve loop: `Ok` when asked to stop, `Err`
 /// when it failed) until it stops, restarting it with backoff. Returns the
 /// last error if it gave up.
-pub fn supervise(
+pub(crate) fn supervise(
     health: &WorkerHealth,
     stopping: impl Fn() -> bool,
     sleep: impl Fn(Duration),
@@ -129,7 +129,7 @@ pub fn supervise(
 
 /// Everything the probes look at.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     workers: Vec<Arc<WorkerHealth>>,
     ke_listeners: usize,
     ke_alive: AtomicUsize,
@@ -141,7 +141,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(
+    pub(crate) fn new(
         workers: Vec<Arc<WorkerHealth>>,
         ke_listeners: usize,
         system: SharedSystem,
@@ -157,22 +157,22 @@ impl Health {
         }
     }
 
-    pub fn workers(&self) -> &[Arc<WorkerHealth>] {
+    pub(crate) fn workers(&self) -> &[Arc<WorkerHealth>] {
         &self.workers
     }
 
-    pub fn set_started(&self) {
+    pub(crate) fn set_started(&self) {
         self.started.store(true, Relaxed);
     }
 
     /// A KE listener task that runs until this guard drops.
-    pub fn ke_listener(self: &Arc<Self>) -> KeListenerGuard {
+    pub(crate) fn ke_listener(self: &Arc<Self>) -> KeListenerGuard {
         self.ke_alive.fetch_add(1, Relaxed);
         KeListenerGuard(self.clone())
     }
 
     /// Why ntsd is not alive, if it is not (`/healthz`).
-    pub fn liveness(&self) -> Vec<String> {
+    pub(crate) fn liveness(&self) -> Vec<String> {
         let mut why: Vec<String> = self
             .workers
             .iter()
@@ -191,7 +191,7 @@ impl Health {
 
     /// What is down while the rest serves (named in the probes' bodies):
     /// NTS-KE without a usable certificate.
-    pub fn degraded(&self) -> Vec<String> {
+    pub(crate) fn degraded(&self) -> Vec<String> {
         match &self.certs {
             Some(c) if !c.usable() => vec![format!(
                 "NTS-KE refuses connections: no usable certificate: {}",
@@ -203,14 +203,14 @@ impl Health {
 
     /// Whether NTS-KE can serve a new client (`/readyz/nts-ke`): the
     /// server is ready and NTS-KE has a certificate.
-    pub fn ke_readiness(&self) -> Vec<String> {
+    pub(crate) fn ke_readiness(&self) -> Vec<String> {
         let mut why = self.readiness();
         why.extend(self.degraded());
         why
     }
 
     /// Why ntsd should not take traffic, if it should not (`/readyz`).
-    pub fn readiness(&self) -> Vec<String> {
+    pub(crate) fn readiness(&self) -> Vec<String> {
         let mut why = Vec::new();
         if !self.started.load(Relaxed) {
             why.push("starting: sockets or keys not ready yet".to_owned());
@@ -233,7 +233,7 @@ impl Health {
 
 /// Counts a running KE listener task; dropped when the task ends.
 #[derive(Debug)]
-pub struct KeListenerGuard(Arc<Health>);
+pub(crate) struct KeListenerGuard(Arc<Health>);
 
 impl Drop for KeListenerGuard {
     fn drop(&mut self) {

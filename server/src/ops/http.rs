@@ -21,21 +21,21 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::ops::health::Health;
 
-pub const MAX_CONNECTIONS: usize = 16;
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_CONNECTIONS: usize = 16;
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the accept loop pauses after an error.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 
 /// What the endpoint serves.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub registry: prometheus::Registry,
     pub health: Arc<Health>,
 }
 
 /// Serves `listener` until `stop` fires.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
     mut stop: watch::Receiver<bool>,

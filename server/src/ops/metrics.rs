@@ -21,11 +21,11 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 
 use crate::ops::counters::{KeCounters, KeEvent, KeyCounters, NtpCounters, NtpEvent};
 use crate::ops::health::Health;
-use crate::time_source::{SharedSystem, TimeCounters};
+use crate::time::source::{SharedSystem, TimeCounters};
 
 /// What the collector reads.
 #[derive(Debug, Clone)]
-pub struct Sources {
+pub(crate) struct Sources {
     /// One block per worker, summed; also shown per worker.
     pub ntp: Vec<Arc<NtpCounters>>,
     pub ke: Arc<KeCounters>,
@@ -47,7 +47,7 @@ const C: MetricType = MetricType::COUNTER;
 const G: MetricType = MetricType::GAUGE;
 
 /// Every family the collector exports: name, type, label names, help.
-pub const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
+pub(crate) const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
     ("ntsd_ntp_requests_total", C, &["kind"], "Well-formed NTP client requests, by kind (plain NTPv4 or NTS)."),
     ("ntsd_ntp_responses_total", C, &["kind"], "NTP responses sent, by kind: plain, nts, nak (NTS NAK) or kod (rate kiss-o'-death)."),
     ("ntsd_ntp_naks_total", C, &["reason"], "NTS NAKs sent, by the reason the request could not be authenticated."),
@@ -86,7 +86,7 @@ pub const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
 ];
 
 /// The commit ntsd was built from (`NTSD_COMMIT` at build time, else git).
-pub const COMMIT: &str = match option_env!("NTSD_COMMIT") {
+pub(crate) const COMMIT: &str = match option_env!("NTSD_COMMIT") {
     Some(c) => c,
     None => "unknown",
 };
@@ -96,13 +96,13 @@ type Sample = (Vec<String>, f64);
 
 /// Reads every `ntsd_*` family at scrape time.
 #[derive(Debug)]
-pub struct NtsdCollector {
+pub(crate) struct NtsdCollector {
     sources: Sources,
     descs: Vec<Desc>,
 }
 
 impl NtsdCollector {
-    pub fn new(sources: Sources) -> prometheus::Result<Self> {
+    pub(crate) fn new(sources: Sources) -> prometheus::Result<Self> {
         let descs = FAMILIES
             .iter()
             .map(|(name, _, labels, help)| {
@@ -219,7 +219,7 @@ impl NtsdCollector {
                     .forced_at
                     .load(std::sync::atomic::Ordering::Relaxed);
                 let since = starts.max(forced);
-                one(crate::clock::unix_secs().saturating_sub(since) as f64)
+                one(crate::time::clock::unix_secs().saturating_sub(since) as f64)
             }
             "ntsd_keys_accepted" => one(s
                 .keys
@@ -318,7 +318,7 @@ fn metric(kind: MetricType, names: &[&str], (values, v): Sample) -> Metric {
 
 /// The registry behind `/metrics`: the ntsd families, the KE session
 /// histogram and the process families.
-pub fn registry(sources: Sources) -> Result<prometheus::Registry, String> {
+pub(crate) fn registry(sources: Sources) -> Result<prometheus::Registry, String> {
     let err = |e: prometheus::Error| format!("metrics: {e}");
     let r = prometheus::Registry::new();
     r.register(Box::new(sources.ke.duration.clone()))
@@ -333,7 +333,7 @@ pub fn registry(sources: Sources) -> Result<prometheus::Registry, String> {
 }
 
 /// The text exposition of everything in `registry`.
-pub fn render(registry: &prometheus::Registry) -> String {
+pub(crate) fn render(registry: &prometheus::Registry) -> String {
     use prometheus::Encoder;
     let mut out = Vec::new();
     // Encoding to a Vec fails only on invalid families, which the collector

@@ -28,7 +28,7 @@ pub fn pki_dir() -> tempfile::TempDir {
         .prefix("ntsd-test-")
         .tempdir()
         .unwrap();
-    ntsd::demo::write_test_pki(dir.path()).unwrap();
+    nts_client::write_test_pki(dir.path()).unwrap();
     dir
 }
 
@@ -358,14 +358,14 @@ impl Drop for Ntsd {
 }
 
 /// NTS-KE against the test server, trusting its CA.
-pub fn key_exchange(s: &Ntsd) -> ntsd::query::KeOutcome {
+pub fn key_exchange(s: &Ntsd) -> nts_client::KeOutcome {
     try_key_exchange(s).unwrap()
 }
 
 /// [`key_exchange`], with the error instead of a panic.
-pub fn try_key_exchange(s: &Ntsd) -> Result<ntsd::query::KeOutcome, String> {
-    let cfg = ntsd::tls::client_config(Some(&s.ca())).unwrap();
-    ntsd::query::key_exchange(
+pub fn try_key_exchange(s: &Ntsd) -> Result<nts_client::KeOutcome, String> {
+    let cfg = nts_client::client_config(Some(&s.ca())).unwrap();
+    nts_client::key_exchange(
         "localhost",
         s.ke_port,
         cfg,
@@ -410,7 +410,7 @@ pub use testkit::{have, is_root, require};
 /// says why) where io_uring is blocked (Docker's default seccomp profile,
 /// `kernel.io_uring_disabled`) or the kernel is older than 6.0.
 pub fn backends() -> Vec<&'static str> {
-    let uring = ntsd::ntp::io_uring_probe();
+    let uring = ntsd::io_uring_probe();
     let why = match &uring {
         Ok(()) => String::new(),
         Err(e) => format!("io_uring ({e})"),
@@ -513,4 +513,13 @@ pub fn in_namespaces(script: &str) -> Command {
         script,
     ]);
     cmd
+}
+
+/// The wall clock as an NTP timestamp.
+#[allow(dead_code)]
+pub fn now_ntp() -> nts_proto::NtpTimestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    nts_proto::NtpTimestamp::from_unix(now.as_secs(), now.subsec_nanos())
 }

@@ -2,30 +2,25 @@
 //! server does its public-key work (key exchange, signing) with aws-lc-rs and
 //! its record protection with ring; clients (`ntsd query`) use ring.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-
-/// ALPN protocol id of NTS-KE (RFC 8915, section 4).
-pub const ALPN_NTSKE: &[u8] = b"ntske/1";
+use nts_proto::ke::ALPN_NTSKE;
 
 /// The server's provider.
 ///
 /// Cipher suites: ring, with TLS_AES_128_GCM_SHA256 first and chosen over
 /// the client's order. Clients (rustls, GnuTLS) list the SHA-384 suite
 /// first, whose key schedule runs SHA-512 in software, while SHA-256 has CPU
-/// instructions on current x86 and ARM cores: in a profile of NTS-KE
-/// handshakes SHA-512 took 14 % of the server's CPU. Every TLS 1.3 client
-/// implements TLS_AES_128_GCM_SHA256 (RFC 8446, section 9.1).
+/// instructions on current x86 and ARM cores, and SHA-512 showed up in
+/// profiles of NTS-KE handshakes. Every TLS 1.3 client implements
+/// TLS_AES_128_GCM_SHA256 (RFC 8446, section 9.1).
 ///
-/// Key exchange and signing: aws-lc-rs. X25519 was a third of the server's
-/// CPU per handshake with ring; with aws-lc's X25519 (s2n-bignum) and
-/// ECDSA the server completed 1.14-1.26× the handshakes per CPU-second in
-/// paired `ntsd-bench keflood` rounds (bench/RESULTS.md, issue 16). Record
-/// protection stays with ring: an NTS-KE session has a handful of records,
-/// and aws-lc-rs's cipher suites as well measured no faster. The groups
+/// Key exchange and signing: aws-lc-rs, whose X25519 (s2n-bignum) and
+/// ECDSA cost the server less CPU per handshake than ring's, where X25519
+/// dominated the handshake (paired `ntsd-bench keflood` rounds in
+/// bench/RESULTS.md, issue 16). Record protection stays with ring: an
+/// NTS-KE session has a handful of records, and aws-lc-rs's cipher suites
+/// measured no faster. The groups
 /// are aws-lc-rs's: X25519, P-256, P-384, and the hybrid X25519MLKEM768
 /// for clients that offer it. A TLS 1.3 server takes the client's
 /// preferred group among those it supports, so the order here only
@@ -48,20 +43,9 @@ pub(crate) fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificate chain {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("invalid certificate in {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} contains no PEM certificate", path.display()));
-    }
-    Ok(certs)
-}
-
 /// The NTS-KE server configuration, with certificates from `certs`
 /// (reloadable, chosen by SNI).
-pub fn server_config(
+pub(crate) fn server_config(
     certs: Arc<dyn rustls::server::ResolvesServerCert>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
@@ -76,46 +60,11 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A client configuration trusting `ca` (PEM) or, without it, the
-/// webpki-roots set of public CAs.
-pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    client_config_offering(ca, rustls::crypto::ring::default_provider().kx_groups)
-}
-
-/// [`client_config`] offering the key-exchange `groups` in that order (a
-/// key share for the first), for measuring what a kind of client costs a
-/// server (`ntsd-bench keflood --post-quantum`).
-pub fn client_config_offering(
-    ca: Option<&Path>,
-    groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            for cert in load_certs(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("unusable CA certificate in {}: {e}", path.display()))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider.kx_groups = groups;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_NTSKE.to_vec()];
-    Ok(Arc::new(config))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rustls::crypto::{aws_lc_rs, ring};
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
     use rustls::NamedGroup;
 
     /// One in-memory handshake against `server_config`, with a certificate

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 /// the first of them was given: IPv4 and IPv6 then share a port, and every
 /// `SO_REUSEPORT` worker binds the same one.
 #[derive(Debug, Default)]
-pub struct SharedEphemeralPort(Option<u16>);
+pub(crate) struct SharedEphemeralPort(Option<u16>);
 
 impl SharedEphemeralPort {
     /// The address to bind for a configured listen address.
-    pub fn resolve(&self, configured: SocketAddr) -> SocketAddr {
+    pub(crate) fn resolve(&self, configured: SocketAddr) -> SocketAddr {
         let mut addr = configured;
         if let (0, Some(port)) = (addr.port(), self.0) {
             addr.set_port(port);
@@ -19,7 +19,7 @@ impl SharedEphemeralPort {
     }
 
     /// Records the address actually bound for `requested`.
-    pub fn learn(&mut self, requested: SocketAddr, bound: SocketAddr) {
+    pub(crate) fn learn(&mut self, requested: SocketAddr, bound: SocketAddr) {
         if requested.port() == 0 && self.0.is_none() {
             self.0 = Some(bound.port());
         }
@@ -31,7 +31,7 @@ impl SharedEphemeralPort {
 /// on `[::]` as well as `0.0.0.0`, and such a host still serves on IPv4. A
 /// warning is logged and the address skipped; any other failure stops the
 /// start.
-pub fn ipv6_missing(addr: SocketAddr, e: &std::io::Error) -> bool {
+pub(crate) fn ipv6_missing(addr: SocketAddr, e: &std::io::Error) -> bool {
     addr.is_ipv6()
         && addr.ip().is_unspecified()
         && matches!(
@@ -41,7 +41,7 @@ pub fn ipv6_missing(addr: SocketAddr, e: &std::io::Error) -> bool {
 }
 
 /// Logs a skipped IPv6 wildcard address (see [`ipv6_missing`]).
-pub fn warn_ipv6_missing(what: &str, addr: SocketAddr, e: &std::io::Error) {
+pub(crate) fn warn_ipv6_missing(what: &str, addr: SocketAddr, e: &std::io::Error) {
     tracing::warn!(%addr, error = %e, "{what}: this host has no IPv6; serving on the other addresses");
 }
 

@@ -19,22 +19,45 @@ use std::path::Path;
 
 use crate::config::Config;
 
+/// `ntsd check-config`: every warning and error, then the verdict.
+pub fn run(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let found = check(&config, crate::time::clock::unix_secs() as i64);
+    for w in &found.warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &found.errors {
+        eprintln!("error: {e}");
+    }
+    match found.errors.len() {
+        0 => {
+            println!("{}: configuration is valid", path.display());
+            Ok(())
+        }
+        n => Err(format!(
+            "{}: {n} problem{} that `ntsd run` would refuse or trip over (above)",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        )),
+    }
+}
+
 /// How far ahead an expiring certificate is a warning.
-pub const EXPIRY_WARNING_DAYS: i64 = 14;
+pub(crate) const EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// What the check found.
 #[derive(Debug, Default)]
-pub struct Findings {
+pub(crate) struct Findings {
     /// Problems that `run` refuses or that would break the server later.
-    pub errors: Vec<String>,
-    pub warnings: Vec<String>,
+    pub(crate) errors: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Checks `config` as `run` would at `now` (Unix seconds).
-pub fn check(config: &Config, now: i64) -> Findings {
+pub(crate) fn check(config: &Config, now: i64) -> Findings {
     let mut f = Findings::default();
     let invoker = rustix::process::geteuid().as_raw();
-    let run_as = crate::sys::run_as(&config.server).unwrap_or_else(|e| {
+    let run_as = crate::system::privileges::run_as(&config.server).unwrap_or_else(|e| {
         f.errors.push(e);
         None
     });
@@ -42,7 +65,7 @@ pub fn check(config: &Config, now: i64) -> Findings {
     certificates(config, now, user, &mut f);
     keys(
         config,
-        run_as.as_ref().map(crate::sys::RunAs::owner),
+        run_as.as_ref().map(crate::system::privileges::RunAs::owner),
         invoker,
         &mut f,
     );
@@ -61,7 +84,7 @@ fn certificates(config: &Config, now: i64, user: Option<(u32, &[u32])>, f: &mut 
             continue;
         }
         if let Some((uid, groups)) = user {
-            if !crate::sys::readable_by(&path, uid, groups) {
+            if !crate::system::privileges::readable_by(&path, uid, groups) {
                 f.errors.push(format!(
                     "{key}: {} is not readable by the [server] user (uid {uid}, groups {groups:?}) ntsd drops to: renewals would be refused; make it readable by one of that user's groups",
                     path.display()
@@ -84,7 +107,7 @@ fn certificates(config: &Config, now: i64, user: Option<(u32, &[u32])>, f: &mut 
                         "[nts_ke] certificate {} expires in {} days ({}): renew it",
                         p.chain.display(),
                         left / 86_400,
-                        crate::clock::utc(u64::try_from(p.not_after).unwrap_or(0))
+                        crate::time::clock::utc(u64::try_from(p.not_after).unwrap_or(0))
                     ));
                 }
             }
@@ -95,7 +118,7 @@ fn certificates(config: &Config, now: i64, user: Option<(u32, &[u32])>, f: &mut 
 fn keys(config: &Config, owner: Option<(u32, u32)>, invoker: u32, f: &mut Findings) {
     let cfg = &config.keys;
     if let Some(secret) = &cfg.fleet_secret_file {
-        let group = crate::keys::own_group(owner);
+        let group = crate::keys::ring::own_group(owner);
         let files = std::iter::once(("fleet_secret_file", secret.as_path())).chain(
             cfg.fleet_accept_secret_files
                 .iter()

@@ -22,17 +22,17 @@ use nts_proto::packet::Mode;
 use nts_proto::reader::Reader;
 use nts_proto::{Leap, NtpHeader, NtpShort, NtpTimestamp, SystemInfo};
 
-use crate::clock::now_ntp;
+use crate::time::clock::now_ntp;
 
 /// Dispersion growth of an unsynchronised clock (RFC 5905, PHI).
-pub const PHI: f64 = 15e-6;
+pub(crate) const PHI: f64 = 15e-6;
 /// A reply whose offset from our clock exceeds this means our clock is not
 /// disciplined by the upstream (RFC 5905's step threshold).
-pub const MAX_OFFSET: f64 = 0.128;
+pub(crate) const MAX_OFFSET: f64 = 0.128;
 
 /// A good upstream sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub stratum: u8,
     pub leap: Leap,
     /// Root delay to report: upstream's plus our measured delay, seconds.
@@ -44,7 +44,7 @@ pub struct Sample {
 
 /// Why a poll did not yield a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PollFailure {
+pub(crate) enum PollFailure {
     /// No reply within the timeout, or a send/receive error.
     Silent,
     /// The upstream reports leap indicator 3, stratum 0 (kiss) or 16, or
@@ -57,7 +57,7 @@ pub enum PollFailure {
 }
 
 /// Interprets a reply to a request sent at `t1` and received at `t4`.
-pub fn evaluate(
+pub(crate) fn evaluate(
     reply: &[u8],
     t1: NtpTimestamp,
     t4: NtpTimestamp,
@@ -90,7 +90,7 @@ pub fn evaluate(
 }
 
 /// The reference id that names the upstream (RFC 5905, section 7.3).
-pub fn refid_of(addr: IpAddr) -> [u8; 4] {
+pub(crate) fn refid_of(addr: IpAddr) -> [u8; 4] {
     match addr {
         IpAddr::V4(a) => a.octets(),
         IpAddr::V6(a) => {
@@ -104,7 +104,7 @@ pub fn refid_of(addr: IpAddr) -> [u8; 4] {
 /// The upstream state machine, driven by `Instant`s so it is tested without
 /// sleeping.
 #[derive(Debug, Clone)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     hold: Duration,
     refid: [u8; 4],
     precision: i8,
@@ -112,7 +112,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(hold: Duration, refid: [u8; 4], precision: i8) -> Self {
+    pub(crate) fn new(hold: Duration, refid: [u8; 4], precision: i8) -> Self {
         Self {
             hold,
             refid,
@@ -122,25 +122,25 @@ impl Tracker {
     }
 
     /// The upstream's address changed (its name resolved anew).
-    pub fn set_refid(&mut self, refid: [u8; 4]) {
+    pub(crate) fn set_refid(&mut self, refid: [u8; 4]) {
         self.refid = refid;
     }
 
-    pub fn record(&mut self, at: Instant, poll: Result<Sample, PollFailure>) {
+    pub(crate) fn record(&mut self, at: Instant, poll: Result<Sample, PollFailure>) {
         if let Ok(sample) = poll {
             self.last_good = Some((at, sample));
         }
     }
 
     /// Whether the last good sample is younger than the hold time.
-    pub fn synchronized(&self, now: Instant) -> bool {
+    pub(crate) fn synchronized(&self, now: Instant) -> bool {
         self.last_good
             .is_some_and(|(at, _)| now.saturating_duration_since(at) <= self.hold)
     }
 
     /// What to serve at `now`; `unix_now` decides whether a leap warning
     /// applies today.
-    pub fn system_info(&self, now: Instant, unix_now: u64) -> SystemInfo {
+    pub(crate) fn system_info(&self, now: Instant, unix_now: u64) -> SystemInfo {
         let Some((at, s)) = self.last_good.filter(|_| self.synchronized(now)) else {
             return SystemInfo {
                 precision: self.precision,
@@ -149,7 +149,7 @@ impl Tracker {
         };
         let age = now.saturating_duration_since(at).as_secs_f64();
         // Samples with leap 3 were rejected by `evaluate`.
-        let leap = crate::clock::leap_warning_today(s.leap, unix_now);
+        let leap = crate::time::clock::leap_warning_today(s.leap, unix_now);
         SystemInfo {
             leap,
             // `evaluate` took only strata 1-14.
@@ -164,7 +164,7 @@ impl Tracker {
 }
 
 /// One poll: a plain NTPv4 request, the reply within `timeout`.
-pub async fn poll(
+pub(crate) async fn poll(
     socket: &tokio::net::UdpSocket,
     upstream: SocketAddr,
     timeout: Duration,

@@ -19,6 +19,7 @@
 //! per `interval`). Time is the packet's receive timestamp; a clock that
 //! steps back resets the slots it makes look far ahead.
 
+use crate::config::{KeRateLimitConfig, RateLimitConfig};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -28,7 +29,7 @@ const WAYS: usize = 4;
 
 /// What the limiter decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allow,
     /// Over the limit but picked by the leak: answer it.
     Leaked,
@@ -37,7 +38,7 @@ pub enum Verdict {
 
 /// The limits, from `[access.rate_limit]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub interval_ns: u64,
     pub burst: u32,
     /// 1 in 2^leak over-limit requests is answered; 0: none is.
@@ -46,6 +47,37 @@ pub struct Limits {
     pub ipv6_prefix: u8,
     /// Slots in the table (rounded up to a power of two).
     pub table_entries: usize,
+}
+
+impl Limits {
+    /// `[access.rate_limit]`: the NTP workers' limit.
+    pub(crate) fn of_ntp(c: &RateLimitConfig) -> Limits {
+        Limits {
+            interval_ns: nanos(c.interval.0),
+            burst: c.burst,
+            leak: c.leak,
+            ipv4_prefix: c.ipv4_prefix,
+            ipv6_prefix: c.ipv6_prefix,
+            table_entries: c.table_entries,
+        }
+    }
+
+    /// `[nts_ke.rate_limit]`: sessions per address (IPv4 /32, IPv6 /64),
+    /// none answered over the limit.
+    pub(crate) fn of_ke(c: &KeRateLimitConfig) -> Limits {
+        Limits {
+            interval_ns: nanos(c.interval.0),
+            burst: c.burst,
+            leak: 0,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            table_entries: 16_384,
+        }
+    }
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,7 +93,7 @@ struct Slot {
 
 /// One worker's table.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limits: Limits,
     slots: Box<[Slot]>,
     bucket_mask: usize,
@@ -71,7 +103,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A table for `limits`; `seed` starts the leak's random stream.
-    pub fn new(limits: Limits, seed: u64) -> Self {
+    pub(crate) fn new(limits: Limits, seed: u64) -> Self {
         let entries = limits.table_entries.max(WAYS).next_power_of_two();
         Self {
             limits,
@@ -83,6 +115,7 @@ impl RateLimiter {
     }
 
     /// Bytes the table occupies.
+    #[cfg(test)]
     pub fn memory(&self) -> usize {
         std::mem::size_of_val(&*self.slots)
     }
@@ -105,7 +138,7 @@ impl RateLimiter {
     /// A request from `ip` at `now_ns` (any clock in ns, normally the
     /// receive timestamp).
     #[inline]
-    pub fn check(&mut self, ip: IpAddr, now_ns: u64) -> Verdict {
+    pub(crate) fn check(&mut self, ip: IpAddr, now_ns: u64) -> Verdict {
         let (key, family) = self.prefix(ip);
         let bucket = (self.hasher.hash_one((key, family)) as usize) & self.bucket_mask;
         let interval = self.limits.interval_ns;

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use nts_proto::{Leap, NtpShort, SystemInfo};
 
-use crate::clock::{leap_warning_today, now_ntp, unix_secs};
+use super::clock::{leap_warning_today, now_ntp, unix_secs};
+use super::upstream::{self, PollFailure};
 use crate::config::{TimeConfig, TimeSource};
-use crate::upstream::{self, PollFailure};
 
 /// The precision field: log2 of the time to read the system clock
 /// (RFC 5905, section 7.3), from the fastest of 1000 back-to-back reads,
 /// rounded up and kept within 2^-30 (1 ns) .. 2^-10 (1 ms).
-pub fn measure_precision() -> i8 {
+pub(crate) fn measure_precision() -> i8 {
     let mut best = u128::MAX;
     let mut prev = std::time::SystemTime::now();
     for _ in 0..1000 {
@@ -35,11 +35,11 @@ pub fn measure_precision() -> i8 {
     log2.clamp(-30.0, -10.0) as i8
 }
 
-pub type SharedSystem = Arc<ArcSwap<SystemInfo>>;
+pub(crate) type SharedSystem = Arc<ArcSwap<SystemInfo>>;
 
 /// Time-source events for the metrics endpoint.
 #[derive(Debug)]
-pub struct TimeCounters {
+pub(crate) struct TimeCounters {
     /// Transitions from synchronised to leap indicator 3.
     pub unsynchronised: AtomicU64,
     pub polls_ok: AtomicU64,
@@ -84,13 +84,13 @@ impl TimeCounters {
 
     /// Seconds since the upstream last answered well; since the start when
     /// it never did.
-    pub fn upstream_age(&self) -> f64 {
+    pub(crate) fn upstream_age(&self) -> f64 {
         let last = *self.last_ok.lock().unwrap_or_else(|p| p.into_inner());
         last.unwrap_or(self.started).elapsed().as_secs_f64()
     }
 
     /// `(result label, count)` of every upstream poll outcome.
-    pub fn polls(&self) -> [(&'static str, u64); 5] {
+    pub(crate) fn polls(&self) -> [(&'static str, u64); 5] {
         let g = |c: &AtomicU64| c.load(Relaxed);
         [
             ("ok", g(&self.polls_ok)),
@@ -108,7 +108,7 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 const REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
-pub struct TimeState {
+pub(crate) struct TimeState {
     precision: i8,
     source: TimeSource,
     stratum: u8,
@@ -150,11 +150,11 @@ impl TimeState {
     /// Never fails for want of DNS: a named upstream that does not resolve
     /// yet leaves the server unsynchronised (leap indicator 3, not ready)
     /// until it does.
-    pub fn new(cfg: &TimeConfig) -> Result<Self, String> {
+    pub(crate) fn new(cfg: &TimeConfig) -> Result<Self, String> {
         let precision = measure_precision();
         let upstream = match (&cfg.source, &cfg.upstream) {
             (TimeSource::Upstream, Some(u)) => {
-                let (host, port) = crate::query::split_host_port(u, 123)
+                let (host, port) = nts_client::split_host_port(u, 123)
                     .map_err(|e| format!("[time] upstream: {e}"))?;
                 let addr = host
                     .parse::<std::net::IpAddr>()
@@ -181,7 +181,7 @@ impl TimeState {
     }
 
     /// The current system information (for `upstream`: from the last poll).
-    pub fn sample(&self) -> SystemInfo {
+    pub(crate) fn sample(&self) -> SystemInfo {
         let now = now_ntp();
         let unsynchronized = SystemInfo {
             precision: self.precision,
@@ -198,7 +198,7 @@ impl TimeState {
         };
         match (&self.source, &self.upstream) {
             (_, Some(u)) => u.tracker.system_info(Instant::now(), unix_secs()),
-            (TimeSource::Kernel, _) => match kernel::read() {
+            (TimeSource::Kernel, _) => match super::kernel::read() {
                 Some(k) => SystemInfo {
                     // The disciplining daemon sets the kernel flag for the
                     // day of the leap; pass it on that day only.
@@ -216,7 +216,7 @@ impl TimeState {
 
 /// Refreshes the shared system information every second (polling the
 /// upstream first, when there is one) until `stop`.
-pub async fn run(
+pub(crate) async fn run(
     mut state: TimeState,
     shared: SharedSystem,
     counters: Arc<TimeCounters>,
@@ -325,40 +325,6 @@ async fn bound_for(
     socket.as_ref()
 }
 
-#[allow(unsafe_code)]
-mod kernel {
-    //! adjtimex(2) in read-only mode.
-    use nts_proto::Leap;
-
-    pub struct KernelState {
-        pub leap: Leap,
-        pub max_error_us: i64,
-    }
-
-    pub fn read() -> Option<KernelState> {
-        // SAFETY: a zeroed timex with modes = 0 asks only to read; the kernel
-        // writes into the struct we own.
-        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-        let state = unsafe { libc::adjtimex(&mut tx) };
-        if state < 0 {
-            return None;
-        }
-        let leap = if state == libc::TIME_ERROR || tx.status & libc::STA_UNSYNC != 0 {
-            Leap::Unsynchronized
-        } else if tx.status & libc::STA_INS != 0 {
-            Leap::InsertSecond
-        } else if tx.status & libc::STA_DEL != 0 {
-            Leap::DeleteSecond
-        } else {
-            Leap::NoWarning
-        };
-        Some(KernelState {
-            leap,
-            max_error_us: tx.maxerror,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +352,6 @@ mod tests {
     #[test]
     fn kernel_source_reads_adjtimex() {
         // Whatever this host's state, the read works and yields a valid leap.
-        assert!(kernel::read().is_some());
+        assert!(crate::time::kernel::read().is_some());
     }
 }

@@ -8,7 +8,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 const REKEY_BLOCKS: u64 = 1 << 20;
 
-pub struct WorkerRng {
+pub(super) struct WorkerRng {
     system: SystemRandom,
     cipher: Aes128,
     counter: u128,
@@ -22,7 +22,7 @@ impl std::fmt::Debug for WorkerRng {
 }
 
 impl WorkerRng {
-    pub fn new() -> Result<Self, ring::error::Unspecified> {
+    pub(super) fn new() -> Result<Self, ring::error::Unspecified> {
         let system = SystemRandom::new();
         let (cipher, counter) = Self::seed(&system)?;
         Ok(Self {

@@ -7,49 +7,8 @@
 //! prefixes (10,000 prefixes: 14 steps), and it allocates nothing.
 
 use std::net::IpAddr;
-use std::str::FromStr;
 
-use serde::Deserialize;
-
-/// An address prefix such as `192.0.2.0/24` or `2001:db8::/32`; a bare
-/// address is a /32 or /128. Host bits are ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.trim().parse().map_err(|_| {
-            format!("{s:?} is not an address prefix such as \"192.0.2.0/24\" or \"2001:db8::/32\"")
-        })?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&n| n <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?,
-        };
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+use crate::config::Cidr;
 
 /// Sorted, merged, inclusive ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,7 +45,7 @@ impl<T: Copy + Ord + num::Bits> Ranges<T> {
 
 mod num {
     /// Integer addresses: the range a prefix spans, and the successor.
-    pub trait Bits: Sized {
+    pub(super) trait Bits: Sized {
         fn span(addr: Self, prefix: u8) -> (Self, Self);
         fn next(self) -> Option<Self>;
     }
@@ -147,13 +106,13 @@ impl List {
 
 /// Who may use the service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AccessList {
+pub(crate) struct AccessList {
     allow: List,
     deny: List,
 }
 
 impl AccessList {
-    pub fn new(allow: &[Cidr], deny: &[Cidr]) -> Self {
+    pub(crate) fn new(allow: &[Cidr], deny: &[Cidr]) -> Self {
         Self {
             allow: List::new(allow),
             deny: List::new(deny),
@@ -163,12 +122,13 @@ impl AccessList {
     /// Whether `ip` may be served: not denied, and allowed (an empty allow
     /// list allows everyone). IPv4-mapped IPv6 addresses count as IPv4.
     #[inline]
-    pub fn permits(&self, ip: IpAddr) -> bool {
+    pub(crate) fn permits(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         !self.deny.contains(ip) && (self.allow.is_empty() || self.allow.contains(ip))
     }
 
-    /// Whether the list lets everyone in (no checks needed).
+    /// Whether the list lets everyone in.
+    #[cfg(test)]
     pub fn is_open(&self) -> bool {
         self.allow.is_empty() && self.deny.is_empty()
     }

@@ -5,14 +5,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nts_proto::NtpTimestamp;
 
-pub fn now_ntp() -> NtpTimestamp {
+pub(crate) fn now_ntp() -> NtpTimestamp {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     NtpTimestamp::from_unix(d.as_secs(), d.subsec_nanos())
 }
 
-pub fn unix_secs() -> u64 {
+pub(crate) fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -21,7 +21,7 @@ pub fn unix_secs() -> u64 {
 
 /// Civil date (year, month, day) of Unix seconds, proleptic Gregorian
 /// (Howard Hinnant's civil_from_days).
-pub fn civil(secs: u64) -> (i64, u32, u32) {
+pub(crate) fn civil(secs: u64) -> (i64, u32, u32) {
     let z = (secs / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -34,7 +34,7 @@ pub fn civil(secs: u64) -> (i64, u32, u32) {
 }
 
 /// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn utc(secs: u64) -> String {
+pub(crate) fn utc(secs: u64) -> String {
     let (y, m, d) = civil(secs);
     let rem = secs % 86_400;
     format!(
@@ -47,14 +47,14 @@ pub fn utc(secs: u64) -> String {
 
 /// Leap seconds happen at the end of a month's last day (UTC), and a leap
 /// warning is announced only on that day.
-pub fn is_last_day_of_month(secs: u64) -> bool {
+pub(crate) fn is_last_day_of_month(secs: u64) -> bool {
     civil(secs.saturating_add(86_400)).2 == 1
 }
 
 /// A leap-second warning as it should be served at `unix_now`: insert or
 /// delete only on the last day of a month, no warning on other days; any
 /// other indicator (no warning, unsynchronised) unchanged.
-pub fn leap_warning_today(leap: nts_proto::Leap, unix_now: u64) -> nts_proto::Leap {
+pub(crate) fn leap_warning_today(leap: nts_proto::Leap, unix_now: u64) -> nts_proto::Leap {
     use nts_proto::Leap;
     match leap {
         Leap::InsertSecond | Leap::DeleteSecond if !is_last_day_of_month(unix_now) => {

@@ -1,103 +1,11 @@
-//! The few direct system calls outside the NTP back ends.
+//! Who ntsd runs as once everything is bound: the `[server]` user and
+//! group, their supplementary groups, the privilege drop, and whether that
+//! user can read a file the server reloads.
 #![allow(unsafe_code)]
-
-/// Sends SIGUSR1 (rotate keys) to `pid`.
-pub fn signal_usr1(pid: i32) -> std::io::Result<()> {
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    if unsafe { libc::kill(pid, libc::SIGUSR1) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// The signals `ntsd run` handles: stop, reload certificates, rotate keys.
-fn handled_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset write only into the set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
-}
-
-/// Holds SIGTERM, SIGINT, SIGHUP and SIGUSR1 back (pending, not lost)
-/// from the first line of `main` until their handlers are registered
-/// ([`unblock_signals`]): their default action would kill a server still
-/// starting, before it could stop cleanly. Threads started meanwhile
-/// inherit the mask and leave the signals to the main thread.
-pub fn block_signals() {
-    let set = handled_signals();
-    // SAFETY: pthread_sigmask reads the set we own; no old mask wanted.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
-/// Lets the signals held back by [`block_signals`] through, once handled:
-/// one that arrived meanwhile is delivered now.
-pub fn unblock_signals() {
-    let set = handled_signals();
-    // SAFETY: as in block_signals.
-    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-}
-
-/// Restores SIGPIPE's default action (Rust ignores it), for the commands
-/// that only print: `ntsd query ... | head -1` then ends quietly when the
-/// reader goes away, as `cat` does, instead of panicking on the failed
-/// write. Never for `run` and `demo`, whose sockets must not kill them.
-pub fn default_sigpipe() {
-    // SAFETY: signal(2) with SIG_DFL installs no handler of ours.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (systemd's default
-/// soft limit is 1,024, the same as `[nts_ke] max_connections`), and
-/// returns the limit now in force.
-pub fn raise_nofile() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let lim = getrlimit(Resource::Nofile);
-    let raised = Rlimit {
-        current: lim.maximum,
-        maximum: lim.maximum,
-    };
-    if lim.current != lim.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
-        return lim.maximum.unwrap_or(u64::MAX);
-    }
-    lim.current.unwrap_or(u64::MAX)
-}
-
-/// Descriptors open now.
-pub fn open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
-}
-
-/// The NTS-KE connection cap that fits under `limit` descriptors with
-/// `reserved` of them kept for everything else: `wanted`, or less with a
-/// warning; an error when not even a handful fit.
-pub fn fit_connections(wanted: usize, limit: u64, reserved: u64) -> Result<usize, String> {
-    let room = limit.saturating_sub(reserved);
-    if room >= wanted as u64 {
-        return Ok(wanted);
-    }
-    if room < 8 {
-        return Err(format!(
-            "[nts_ke] max_connections: only {limit} file descriptors are allowed (RLIMIT_NOFILE) and {reserved} are needed besides NTS-KE; raise the limit (systemd: LimitNOFILE=, shell: ulimit -n)"
-        ));
-    }
-    tracing::warn!(
-        configured = wanted,
-        used = room,
-        nofile = limit,
-        "[nts_ke] max_connections does not fit under RLIMIT_NOFILE with headroom; lowered (raise LimitNOFILE= to keep it)"
-    );
-    Ok(room as usize)
-}
 
 /// The uid and gid of `user` (and `group`, else the user's primary group),
 /// from the system's user database.
-pub fn lookup_user(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
+pub(crate) fn lookup_user(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
     let c = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("{s:?} is not a name"));
     let name = c(user)?;
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
@@ -142,7 +50,7 @@ pub fn lookup_user(user: &str, group: Option<&str>) -> Result<(u32, u32), String
 
 /// The user `[server]` names, as ntsd will run after dropping root.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
+pub(crate) struct RunAs {
     pub uid: u32,
     pub gid: u32,
     /// Its groups, `gid` first ([`user_groups`]).
@@ -151,13 +59,13 @@ pub struct RunAs {
 
 impl RunAs {
     /// The uid and gid, as the key store takes them.
-    pub fn owner(&self) -> (u32, u32) {
+    pub(crate) fn owner(&self) -> (u32, u32) {
         (self.uid, self.gid)
     }
 }
 
 /// The `[server]` user with its group and groups; `None` without one.
-pub fn run_as(server: &crate::config::ServerConfig) -> Result<Option<RunAs>, String> {
+pub(crate) fn run_as(server: &crate::config::ServerConfig) -> Result<Option<RunAs>, String> {
     let Some(user) = &server.user else {
         return Ok(None);
     };
@@ -170,7 +78,7 @@ pub fn run_as(server: &crate::config::ServerConfig) -> Result<Option<RunAs>, Str
 /// `gid` first: what `initgroups(3)` would give it. Certificate files are
 /// often readable through such a group (certbot's files through
 /// `ssl-cert`), so the user keeps them after the privilege drop.
-pub fn user_groups(user: &str, gid: u32) -> Result<Vec<u32>, String> {
+pub(crate) fn user_groups(user: &str, gid: u32) -> Result<Vec<u32>, String> {
     let name = std::ffi::CString::new(user).map_err(|_| format!("{user:?} is not a name"))?;
     let mut n: libc::c_int = 32;
     loop {
@@ -198,7 +106,7 @@ pub fn user_groups(user: &str, gid: u32) -> Result<Vec<u32>, String> {
 /// thread: the groups, then the group, then the user (glibc applies each
 /// to all threads). Leaving root this way clears every capability; that is
 /// checked, as is that no thread kept another user.
-pub fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
+pub(crate) fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
     // SAFETY: getters without arguments.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if (euid, egid) == (uid, gid) {
@@ -257,7 +165,7 @@ pub fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> Result<(), String>
 
 /// Whether `uid` with the groups `groups` may read `path` by its mode bits
 /// (root reads anything), and walk every directory on the way to it.
-pub fn readable_by(path: &std::path::Path, uid: u32, groups: &[u32]) -> bool {
+pub(crate) fn readable_by(path: &std::path::Path, uid: u32, groups: &[u32]) -> bool {
     use std::os::unix::fs::MetadataExt;
     if uid == 0 {
         return true;
@@ -277,16 +185,4 @@ pub fn readable_by(path: &std::path::Path, uid: u32, groups: &[u32]) -> bool {
         .skip(1)
         .all(|d| d.as_os_str().is_empty() || std::fs::metadata(d).is_ok_and(|m| allows(&m, 0o1)));
     dirs_ok && std::fs::metadata(path).is_ok_and(|m| allows(&m, 0o4))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_fit_the_descriptor_limit() {
-        assert_eq!(fit_connections(1024, 1_048_576, 100), Ok(1024));
-        assert_eq!(fit_connections(1024, 1024, 100), Ok(924));
-        assert!(fit_connections(1024, 64, 60).is_err());
-    }
 }

@@ -6,20 +6,22 @@
 //! the kernel may reference them.
 #![allow(unsafe_code)]
 
-use std::alloc::Layout;
+mod buffers;
+mod send;
+
+use buffers::RecvBuffers;
+use send::SendBatch;
+
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, RecvMsgOut};
+use io_uring::types::RecvMsgOut;
 use io_uring::{cqueue, opcode, types, IoUring};
 
-use super::sys::{
-    attach_source, empty_storage, peer_ip, point_reply, received_in, ControlBuf, SourceBuf,
-};
-use super::{Worker, MAX_PACKET, STOP_POLL};
+use super::worker::{Worker, MAX_PACKET, STOP_POLL};
 use crate::ops::counters::NtpEvent;
+use ntsd_udp::{peer_ip, received_in, ControlBuf};
 
 /// Provided receive buffers per worker (a power of two, as the kernel
 /// requires). When all are taken the multishot receive stops with ENOBUFS
@@ -48,7 +50,7 @@ const BUF_LEN: usize = (RECV_HEADER_LEN + NAME_LEN + CONTROL_LEN + MAX_PACKET).n
 /// which some seccomp profiles and `kernel.io_uring_disabled` block, a
 /// provided-buffer ring, Linux 5.19, and multishot `RecvMsg`, Linux 6.0) by
 /// receiving one datagram on a Unix socket pair, so no network is needed.
-pub fn probe() -> std::io::Result<()> {
+pub(super) fn probe() -> std::io::Result<()> {
     let unsupported = |what: &str| std::io::Error::new(std::io::ErrorKind::Unsupported, what);
     let (a, b) = std::os::unix::net::UnixDatagram::pair()?;
     let msg = recv_template();
@@ -160,212 +162,9 @@ fn recv_entry(fd: i32, template: &libc::msghdr) -> io_uring::squeue::Entry {
     opcode::RecvMsgMulti::new(types::Fd(fd), template, BUF_GROUP).build()
 }
 
-/// The provided-buffer ring and the buffers it hands to the kernel.
-struct RecvBuffers {
-    /// Page-aligned ring of `entries` descriptors shared with the kernel.
-    ring: *mut BufRingEntry,
-    ring_layout: Layout,
-    entries: u16,
-    /// The next tail to publish; the kernel sees it at `publish`.
-    tail: u16,
-    /// `entries` buffers of `BUF_LEN` bytes, 64-byte aligned.
-    data: *mut u8,
-    data_layout: Layout,
-}
-
-impl RecvBuffers {
-    /// Allocates `entries` (a power of two) buffers, registers them with
-    /// `ring` as group `BUF_GROUP` and hands them all to the kernel. The
-    /// memory must outlive the ring: see [`Rx`].
-    fn new(ring: &IoUring, entries: u16) -> std::io::Result<RecvBuffers> {
-        let ring_layout = Layout::from_size_align(
-            usize::from(entries) * std::mem::size_of::<BufRingEntry>(),
-            4096,
-        )
-        .map_err(std::io::Error::other)?;
-        let data_layout = Layout::from_size_align(usize::from(entries) * BUF_LEN, 64)
-            .map_err(std::io::Error::other)?;
-        // SAFETY: both layouts have a non-zero size (entries > 0).
-        let (ring_mem, data) = unsafe {
-            (
-                std::alloc::alloc_zeroed(ring_layout).cast::<BufRingEntry>(),
-                std::alloc::alloc_zeroed(data_layout),
-            )
-        };
-        let mut bufs = RecvBuffers {
-            ring: ring_mem,
-            ring_layout,
-            entries,
-            tail: 0,
-            data,
-            data_layout,
-        };
-        if ring_mem.is_null() || data.is_null() {
-            return Err(std::io::ErrorKind::OutOfMemory.into());
-        }
-        // SAFETY: the ring memory is page aligned, sized for `entries`, and
-        // freed only when `bufs` drops, after the ring (see `Rx`).
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                ring_mem as u64,
-                entries,
-                BUF_GROUP,
-                0,
-            )?;
-        }
-        for bid in 0..entries {
-            bufs.recycle(bid);
-        }
-        bufs.publish();
-        Ok(bufs)
-    }
-
-    /// The buffer with id `bid` (masked into range).
-    fn get(&self, bid: u16) -> &[u8] {
-        let i = usize::from(bid % self.entries);
-        // SAFETY: buffer `i` lies within the allocation; the kernel wrote it
-        // before posting the completion that named it and does not touch it
-        // again until it is recycled.
-        unsafe { std::slice::from_raw_parts(self.data.add(i * BUF_LEN), BUF_LEN) }
-    }
-
-    /// Queues buffer `bid` for the kernel again (seen after `publish`).
-    fn recycle(&mut self, bid: u16) {
-        let bid = bid % self.entries;
-        let slot = usize::from(self.tail & (self.entries - 1));
-        // SAFETY: `slot` < entries; the descriptor at the tail is not in the
-        // kernel's hands until the tail is published. The tail field shares
-        // descriptor 0's last two bytes, which these setters leave alone.
-        unsafe {
-            let e = &mut *self.ring.add(slot);
-            e.set_addr(self.data.add(usize::from(bid) * BUF_LEN) as u64);
-            e.set_len(BUF_LEN as u32);
-            e.set_bid(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Makes the recycled buffers visible to the kernel.
-    fn publish(&self) {
-        // SAFETY: the tail is a naturally aligned u16 inside the ring memory,
-        // which the kernel reads concurrently; the release store orders the
-        // descriptor writes before it.
-        unsafe {
-            let tail = BufRingEntry::tail(self.ring).cast::<AtomicU16>();
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for RecvBuffers {
-    /// Frees the memory; the ring that used it is already dropped (`Rx`).
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts (or null).
-        unsafe {
-            if !self.ring.is_null() {
-                std::alloc::dealloc(self.ring.cast(), self.ring_layout);
-            }
-            if !self.data.is_null() {
-                std::alloc::dealloc(self.data, self.data_layout);
-            }
-        }
-    }
-}
-
-/// Replies built in one pass over the completions, sent with one
-/// `sendmmsg(2)` per socket: at light load a single reply goes out as soon
-/// as it is built, as with `sendmsg`; when busy, up to `SEND_BATCH` go in
-/// one call. (Queuing each reply as an io_uring `SendMsg` cost more: the
-/// kernel copies and checks every message header per operation.)
-struct SendBatch {
-    replies: Box<[[u8; MAX_PACKET]; SEND_BATCH]>,
-    addrs: Box<[libc::sockaddr_storage; SEND_BATCH]>,
-    iov: Box<[libc::iovec; SEND_BATCH]>,
-    msgs: Box<[libc::mmsghdr; SEND_BATCH]>,
-    /// The source-address control message of each reply (wildcard sockets).
-    sources: Box<[SourceBuf; SEND_BATCH]>,
-    /// The socket of the replies in the batch (one socket per batch).
-    fd: i32,
-    len: usize,
-    /// Time spent sending since the pass began, when the pass is timed.
-    sending: Option<Duration>,
-}
-
-impl SendBatch {
-    fn new() -> SendBatch {
-        SendBatch {
-            replies: Box::new([[0; MAX_PACKET]; SEND_BATCH]),
-            addrs: Box::new([empty_storage(); SEND_BATCH]),
-            // SAFETY: iovec and mmsghdr are plain old data; zero is valid.
-            // Entries are pointed at the batch's own buffers in `commit`.
-            iov: Box::new(unsafe { std::mem::zeroed() }),
-            msgs: Box::new(unsafe { std::mem::zeroed() }),
-            sources: Box::new([[0; 6]; SEND_BATCH]),
-            fd: -1,
-            len: 0,
-            sending: None,
-        }
-    }
-
-    /// Makes room for a reply on `fd`, sending what is queued for another
-    /// socket or a full batch first.
-    fn reserve(&mut self, worker: &mut Worker, fd: i32) {
-        if self.len == SEND_BATCH || (self.len > 0 && self.fd != fd) {
-            self.flush(worker);
-        }
-        self.fd = fd;
-    }
-
-    /// The buffer for the next reply.
-    fn next_reply(&mut self) -> &mut [u8; MAX_PACKET] {
-        &mut self.replies[self.len.min(SEND_BATCH - 1)]
-    }
-
-    /// Queues the reply built in `next_reply`, `len` bytes, to `name`.
-    fn commit(&mut self, len: usize, name: &[u8], local: Option<std::net::IpAddr>) {
-        let i = self.len.min(SEND_BATCH - 1);
-        let namelen = name.len().min(NAME_LEN);
-        // SAFETY: sockaddr_storage is plain old data of NAME_LEN bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                name.as_ptr(),
-                (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast::<u8>(),
-                namelen,
-            );
-        }
-        let Some(reply) = self.replies[i].get_mut(..len) else {
-            return;
-        };
-        point_reply(
-            &mut self.msgs[i],
-            &mut self.iov[i],
-            reply,
-            &mut self.addrs[i],
-            namelen as libc::socklen_t,
-        );
-        if let Some(local) = local {
-            attach_source(&mut self.msgs[i], &mut self.sources[i], local);
-        }
-        self.len = i + 1;
-    }
-
-    /// Sends every queued reply; a datagram the kernel refuses (e.g. an
-    /// unreachable peer) is counted and skipped.
-    fn flush(&mut self, worker: &mut Worker) {
-        let timed = self.sending.is_some();
-        // SAFETY: `msgs[..len]` point at replies and addresses owned by the
-        // batch, untouched until the call returns.
-        let took = unsafe { worker.send(self.fd, &mut self.msgs[..self.len], timed) };
-        if let (Some(total), Some(t)) = (self.sending.as_mut(), took) {
-            *total += t;
-        }
-        self.len = 0;
-    }
-}
-
 /// Serves `sockets` on a new ring until the worker is asked to stop (`Ok`)
 /// or the ring fails (`Err`, for the supervisor to restart it).
-pub fn run(worker: &mut Worker, sockets: &[UdpSocket]) -> Result<(), String> {
+pub(super) fn run(worker: &mut Worker, sockets: &[UdpSocket]) -> Result<(), String> {
     let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
     // Declared before the ring, so dropped after it: the receives point at
     // the template.
@@ -552,7 +351,7 @@ mod tests {
         if !available() {
             return;
         }
-        let (socket, _file) = super::super::failing_socket();
+        let (socket, _file) = super::super::worker::failing_socket();
         let (mut worker, counters) = Worker::for_tests();
         let e = run(&mut worker, std::slice::from_ref(&socket)).unwrap_err();
         assert!(e.contains("in a row"), "{e}");

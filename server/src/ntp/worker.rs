@@ -1,0 +1,238 @@
+//! One worker's state and its answer to one datagram, shared by both
+//! back ends: access list and rate limit first, then
+//! `nts_proto::Server::handle` with the learned transmit delays
+//! ([`super::transmit`]), then the counters.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use keyrotate::RotatingKeys;
+use nts_proto::{Action, NtpTimestamp, ReplyKind, Server};
+
+use super::rng::WorkerRng;
+use super::transmit::{SealDelay, SendWait};
+use crate::ops::counters::{NtpCounters, NtpEvent};
+use crate::ops::health::{WorkerHealth, WorkerState};
+use crate::policy::access::AccessList;
+use crate::policy::ratelimit::{RateLimiter, Verdict};
+use crate::time::clock::now_ntp;
+use crate::time::source::SharedSystem;
+
+/// Largest datagram handled. NTS requests are a few hundred bytes; anything
+/// longer than this arrives truncated and is dropped as malformed.
+pub(super) const MAX_PACKET: usize = 2048;
+/// How often a blocked worker wakes to check for shutdown.
+pub(super) const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// State one worker thread owns.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) keys: Arc<RotatingKeys>,
+    pub(super) system: SharedSystem,
+    pub(super) counters: Arc<NtpCounters>,
+    pub(super) rng: WorkerRng,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) seal_delay: SealDelay,
+    /// How long replies wait in the send batch ([`SendWait`]).
+    pub(super) send_wait: SendWait,
+    pub(super) health: Arc<WorkerHealth>,
+    pub(super) access: Arc<AccessList>,
+    /// This worker's rate-limit table, when `[access.rate_limit]` is set.
+    pub(super) limiter: Option<RateLimiter>,
+    /// Answer plain requests over the limit with a RATE kiss-o'-death.
+    pub(super) kod: bool,
+}
+
+impl Worker {
+    /// Answers one datagram into `reply`; returns the reply length, if any.
+    /// `received` is the kernel's receive timestamp (a clock read now if the
+    /// kernel gave none); the transmit timestamp is read as late as `handle`
+    /// allows, and names that moment plus the expected seal time plus
+    /// `wait`, the time the reply will wait in the send batch
+    /// ([`SendWait::wait`]).
+    ///
+    /// `peer` is checked against the access list and the rate limit first,
+    /// before any cryptographic work: a refused request costs a lookup.
+    #[inline]
+    pub(super) fn process(
+        &mut self,
+        peer: Option<std::net::IpAddr>,
+        received: Option<NtpTimestamp>,
+        request: &[u8],
+        reply: &mut [u8],
+        wait: u64,
+    ) -> Option<usize> {
+        self.counters.add(NtpEvent::Received);
+        let received = match received {
+            Some(t) => {
+                self.counters.add(NtpEvent::KernelTimestamp);
+                t
+            }
+            None => {
+                self.counters.add(NtpEvent::NoKernelTimestamp);
+                now_ntp()
+            }
+        };
+        if let Some(ip) = peer {
+            if !self.access.permits(ip) {
+                self.counters.add(NtpEvent::DropAccessDenied);
+                return None;
+            }
+            if let Some(limiter) = self.limiter.as_mut() {
+                if limiter.check(ip, received.as_nanos()) == Verdict::OverLimit {
+                    return self.over_limit(received, request, reply);
+                }
+            }
+        }
+        let ring = self.keys.load();
+        let system = self.system.load();
+        let server = Server {
+            keys: &**ring,
+            system: &system,
+        };
+        let bucket = SealDelay::bucket(request.len());
+        let ahead = self.seal_delay.get(bucket).saturating_add(wait);
+        let mut read_at = NtpTimestamp(0);
+        let transmit = || {
+            read_at = now_ntp();
+            NtpTimestamp(read_at.0.wrapping_add(ahead))
+        };
+        let action = server.handle_timed(received, transmit, request, reply, &mut self.rng);
+        if let Action::Reply {
+            kind: ReplyKind::Nts,
+            ..
+        } = action
+        {
+            let sealed = now_ntp().0.wrapping_sub(read_at.0);
+            self.seal_delay.learn(bucket, sealed);
+        }
+        self.counters.add(NtpEvent::of(&action));
+        match action {
+            Action::Reply { len, .. } => Some(len),
+            Action::Ignore(reason) => {
+                tracing::trace!(?reason, "request ignored");
+                None
+            }
+        }
+    }
+
+    /// A request over the rate limit: dropped, or for a plain request (no
+    /// extension fields) with `kod = true`, a RATE kiss-o'-death. NTS
+    /// requests are never answered here: a NAK would make an honest client
+    /// drop its cookies.
+    #[cold]
+    fn over_limit(
+        &mut self,
+        received: NtpTimestamp,
+        request: &[u8],
+        reply: &mut [u8],
+    ) -> Option<usize> {
+        if self.kod && request.len() == nts_proto::packet::HEADER_LEN {
+            if let Some(len) = nts_proto::server::rate_kod(request, received, reply) {
+                self.counters.add(NtpEvent::ReplyKod);
+                return Some(len);
+            }
+        }
+        self.counters.add(NtpEvent::DropRateLimited);
+        None
+    }
+
+    pub(super) fn count(&self, event: NtpEvent) {
+        self.counters.add(event);
+    }
+
+    pub(super) fn count_n(&self, event: NtpEvent, n: u64) {
+        if n > 0 {
+            self.counters.add_n(event, n);
+        }
+    }
+
+    /// Sends a batch of replies ([`ntsd_udp::send_all`]), counts the datagrams
+    /// sent and refused, and learns the send time per message
+    /// ([`SendWait`]) from a batch of two or more. Returns how long the
+    /// call took when `timed` or when the batch was timed for learning.
+    ///
+    /// # Safety
+    /// As for [`ntsd_udp::send_all`].
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn send(
+        &mut self,
+        fd: i32,
+        msgs: &mut [libc::mmsghdr],
+        timed: bool,
+    ) -> Option<std::time::Duration> {
+        let n = msgs.len();
+        let start = (n > 1 || timed).then(std::time::Instant::now);
+        // SAFETY: the caller's guarantee, passed on.
+        let refused = unsafe { ntsd_udp::send_all(fd, msgs) };
+        let took = start.map(|t| t.elapsed());
+        if let (Some(t), true) = (took, n > 1) {
+            self.send_wait.learn_send(n, t);
+        }
+        self.count_n(NtpEvent::SendError, refused as u64);
+        self.count_n(NtpEvent::Sent, n.saturating_sub(refused) as u64);
+        took
+    }
+
+    /// The back end is set up and receiving (for `/healthz`).
+    pub(super) fn serving(&self) {
+        self.health.set(WorkerState::Serving);
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+impl Worker {
+    /// A worker with in-memory keys, for the back ends' unit tests; and its
+    /// counters.
+    pub(crate) fn for_tests() -> (Worker, Arc<NtpCounters>) {
+        let sched = keyrotate::Schedule {
+            interval: 3600,
+            keep: 1,
+        };
+        let keys = RotatingKeys::new(
+            sched,
+            Box::<keyrotate::RandomKeys>::default(),
+            None,
+            None,
+            crate::time::clock::unix_secs(),
+        )
+        .expect("in-memory keys");
+        let counters = Arc::new(NtpCounters::default());
+        let worker = Worker {
+            keys: Arc::new(keys),
+            system: Arc::new(arc_swap::ArcSwap::from_pointee(
+                nts_proto::SystemInfo::unsynchronized(),
+            )),
+            counters: counters.clone(),
+            rng: WorkerRng::new().expect("random"),
+            stop: Arc::new(AtomicBool::new(false)),
+            seal_delay: SealDelay::default(),
+            send_wait: SendWait::default(),
+            health: Arc::new(WorkerHealth::new("test".into())),
+            access: Arc::new(AccessList::new(&[], &[])),
+            limiter: None,
+            kod: false,
+        };
+        (worker, counters)
+    }
+}
+
+/// A UDP socket on which every receive fails (ENOTSOCK): its descriptor
+/// replaced by a file's, kept open beside it. For the back ends' tests of
+/// persistent receive errors.
+#[cfg(test)]
+#[allow(unsafe_code)]
+pub(crate) fn failing_socket() -> (std::net::UdpSocket, std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let file = std::fs::File::open("/dev/null").expect("/dev/null");
+    // SAFETY: dup2 onto a descriptor this function owns; both stay open
+    // for as long as the caller keeps them.
+    let r = unsafe { libc::dup2(file.as_raw_fd(), socket.as_raw_fd()) };
+    assert_eq!(r, socket.as_raw_fd());
+    (socket, file)
+}

@@ -1,0 +1,168 @@
+//! Control messages: what the kernel says about a received datagram (its
+//! receive timestamp, the address it was sent to) and the source address a
+//! reply is sent from.
+
+use nts_proto::NtpTimestamp;
+
+/// Room for the control messages of a received datagram, as u64s for
+/// alignment: SCM_TIMESTAMPNS (CMSG_SPACE of a timespec, 32 bytes on
+/// 64-bit Linux) and, on wildcard sockets, IP_PKTINFO (32) or
+/// IPV6_PKTINFO (40).
+pub const CONTROL_WORDS: usize = 12;
+pub type ControlBuf = [u64; CONTROL_WORDS];
+
+/// Room for the one control message of a reply: the source address
+/// (IP_PKTINFO or IPV6_PKTINFO, at most 40 bytes).
+pub type SourceBuf = [u64; 6];
+
+/// What the control messages of a received datagram say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// The kernel's receive timestamp.
+    pub at: Option<NtpTimestamp>,
+    /// The address the datagram was sent to, on a socket bound to a
+    /// wildcard address (IP_PKTINFO / IPV6_RECVPKTINFO); a unicast
+    /// address only.
+    pub local: Option<std::net::IpAddr>,
+}
+
+/// Writes the control message that sends a reply from `local` into
+/// `buf` and points `msg` at it.
+pub fn attach_source(msg: &mut libc::mmsghdr, buf: &mut SourceBuf, local: std::net::IpAddr) {
+    *buf = [0; 6];
+    let h = &mut msg.msg_hdr;
+    h.msg_control = buf.as_mut_ptr().cast();
+    h.msg_controllen = std::mem::size_of::<SourceBuf>();
+    match local {
+        std::net::IpAddr::V4(a) => put_cmsg(
+            h,
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            },
+        ),
+        std::net::IpAddr::V6(a) => put_cmsg(
+            h,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
+                ipi6_ifindex: 0,
+            },
+        ),
+    }
+}
+
+/// Writes one control message carrying `value` at the start of
+/// `h.msg_control` (which must hold CMSG_SPACE of it) and sets
+/// `msg_controllen` to exactly that message; clears the control
+/// pointer if it does not fit.
+fn put_cmsg<T>(h: &mut libc::msghdr, level: libc::c_int, ty: libc::c_int, value: T) {
+    let size = std::mem::size_of::<T>() as u32;
+    // SAFETY: CMSG_FIRSTHDR is null unless msg_controllen holds a
+    // header; the space check keeps the header and `value` within the
+    // buffer the caller pointed at, and the value is written unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(h);
+        let space = libc::CMSG_SPACE(size) as usize;
+        if cmsg.is_null() || h.msg_controllen < space {
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            return;
+        }
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = ty;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), value);
+        h.msg_controllen = space;
+    }
+}
+
+/// The kernel receive timestamp in the control messages of `msg`, if any.
+pub fn rx_timestamp(msg: &libc::msghdr) -> Option<NtpTimestamp> {
+    received(msg).at
+}
+
+/// The receive timestamp and destination address in `msg`'s control
+/// messages.
+pub fn received(msg: &libc::msghdr) -> Received {
+    let mut out = Received::default();
+    if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() {
+        return out;
+    }
+    // SAFETY: msg_control/msg_controllen describe a buffer we own and the
+    // kernel filled; the CMSG macros stay within msg_controllen, and each
+    // payload is read unaligned from the data of a header whose length
+    // was checked to hold it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            let holds = |n: usize| c.cmsg_len as usize >= libc::CMSG_LEN(n as u32) as usize;
+            match (c.cmsg_level, c.cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)
+                    if holds(std::mem::size_of::<libc::timespec>()) =>
+                {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    if let (Ok(secs), Ok(nanos)) =
+                        (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec))
+                    {
+                        out.at = Some(NtpTimestamp::from_unix(secs, nanos));
+                    }
+                }
+                (libc::IPPROTO_IP, libc::IP_PKTINFO)
+                    if holds(std::mem::size_of::<libc::in_pktinfo>()) =>
+                {
+                    let info: libc::in_pktinfo =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    let a = std::net::Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes());
+                    if !a.is_broadcast() && !a.is_multicast() && !a.is_unspecified() {
+                        out.local = Some(a.into());
+                    }
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                    if holds(std::mem::size_of::<libc::in6_pktinfo>()) =>
+                {
+                    let info: libc::in6_pktinfo =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    let a = std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                    if !a.is_multicast() && !a.is_unspecified() {
+                        out.local = Some(a.into());
+                    }
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    out
+}
+
+/// The kernel receive timestamp in `control`, control messages as the
+/// kernel laid them out (a multishot receive's buffer).
+pub fn rx_timestamp_in(control: &[u8]) -> Option<NtpTimestamp> {
+    received_in(control).at
+}
+
+/// [`received`] for control messages as bytes (io_uring's layout).
+pub fn received_in(control: &[u8]) -> Received {
+    let mut aligned: ControlBuf = [0; CONTROL_WORDS];
+    let len = control.len().min(std::mem::size_of::<ControlBuf>());
+    // SAFETY: copies `len` bytes, within both buffers, into an aligned
+    // buffer, so the cmsg headers are read at their natural alignment.
+    unsafe {
+        std::ptr::copy_nonoverlapping(control.as_ptr(), aligned.as_mut_ptr().cast::<u8>(), len);
+    }
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_control = aligned.as_mut_ptr().cast();
+    msg.msg_controllen = len;
+    received(&msg)
+}

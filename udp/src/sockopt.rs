@@ -1,0 +1,68 @@
+//! Socket options the NTP data path sets once per socket.
+
+use std::os::fd::AsRawFd;
+
+/// Asks the kernel for the destination address of every datagram, so
+/// that a socket bound to `0.0.0.0` or `[::]` answers from the address
+/// the client sent to (an anycast address, or one of several): a
+/// reply from another address is dropped by the client.
+pub fn enable_pktinfo(socket: &impl AsRawFd, ipv6: bool) -> std::io::Result<()> {
+    let (level, name) = match ipv6 {
+        true => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+        false => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+    };
+    set_flag(socket, level, name)
+}
+
+/// Turns on an integer socket option.
+fn set_flag(socket: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> std::io::Result<()> {
+    set_int(socket, level, name, 1)
+}
+
+/// Sets an integer socket option.
+fn set_int(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    on: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: the option value is a c_int that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Asks the kernel for a software receive timestamp on every datagram
+/// (SO_TIMESTAMPNS, CLOCK_REALTIME, taken when the packet arrives).
+pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> std::io::Result<()> {
+    set_flag(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)
+}
+
+/// Sends every IPv4 reply with Don't Fragment set and IP ID 0
+/// (IP_PMTUDISC_PROBE), never fragmented by the kernel. A reply is
+/// never larger than its request, so it fits the path the request came
+/// by. Path-MTU updates are ignored: a spoofed ICMP "fragmentation
+/// needed" cannot make the server fragment its replies, which is how
+/// off-path attackers inject forged fragments into NTP replies. And with
+/// DF the kernel leaves out its shared, hashed IP-ID generator
+/// (`__ip_select_ident`, under the default IP_PMTUDISC_WANT), which is
+/// measurably cheaper per reply (bench/RESULTS.md).
+pub fn set_dont_fragment(socket: &impl AsRawFd) -> std::io::Result<()> {
+    set_int(
+        socket,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    )
+}
