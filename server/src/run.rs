@@ -17,7 +17,7 @@ use crate::ke::certs::Certificates;
 use crate::ke::{self, Ke};
 use crate::keys::Keys;
 use crate::ntp::{self, Ntp};
-use crate::ops::health::Health;
+use crate::ops::health::{CertificateState, Health};
 use crate::ops::metrics::Sources;
 use crate::ops::{self, notify, Ops};
 use crate::system::privileges::{self, RunAs};
@@ -100,7 +100,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         ntp.health.clone(),
         listeners.ke.len(),
         time.system.clone(),
-        Some(certs.clone()),
+        Some(certs.clone() as Arc<dyn CertificateState>),
     ));
     let links = ke::Links {
         keys: keys.ring.clone(),

@@ -8,12 +8,12 @@ use nts_proto::NtpTimestamp;
 /// alignment: SCM_TIMESTAMPNS (CMSG_SPACE of a timespec, 32 bytes on
 /// 64-bit Linux) and, on wildcard sockets, IP_PKTINFO (32) or
 /// IPV6_PKTINFO (40).
-pub const CONTROL_WORDS: usize = 12;
+pub(crate) const CONTROL_WORDS: usize = 12;
 pub type ControlBuf = [u64; CONTROL_WORDS];
 
 /// Room for the one control message of a reply: the source address
 /// (IP_PKTINFO or IPV6_PKTINFO, at most 40 bytes).
-pub type SourceBuf = [u64; 6];
+pub(crate) type SourceBuf = [u64; 6];
 
 /// What the control messages of a received datagram say.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct Received {
 
 /// Writes the control message that sends a reply from `local` into
 /// `buf` and points `msg` at it.
-pub fn attach_source(msg: &mut libc::mmsghdr, buf: &mut SourceBuf, local: std::net::IpAddr) {
+pub(crate) fn attach_source(msg: &mut libc::mmsghdr, buf: &mut SourceBuf, local: std::net::IpAddr) {
     *buf = [0; 6];
     let h = &mut msg.msg_hdr;
     h.msg_control = buf.as_mut_ptr().cast();
@@ -86,13 +86,13 @@ fn put_cmsg<T>(h: &mut libc::msghdr, level: libc::c_int, ty: libc::c_int, value:
 }
 
 /// The kernel receive timestamp in the control messages of `msg`, if any.
-pub fn rx_timestamp(msg: &libc::msghdr) -> Option<NtpTimestamp> {
+pub(crate) fn rx_timestamp(msg: &libc::msghdr) -> Option<NtpTimestamp> {
     received(msg).at
 }
 
 /// The receive timestamp and destination address in `msg`'s control
 /// messages.
-pub fn received(msg: &libc::msghdr) -> Received {
+pub(crate) fn received(msg: &libc::msghdr) -> Received {
     let mut out = Received::default();
     if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() {
         return out;
@@ -143,12 +143,6 @@ pub fn received(msg: &libc::msghdr) -> Received {
         }
     }
     out
-}
-
-/// The kernel receive timestamp in `control`, control messages as the
-/// kernel laid them out (a multishot receive's buffer).
-pub fn rx_timestamp_in(control: &[u8]) -> Option<NtpTimestamp> {
-    received_in(control).at
 }
 
 /// [`received`] for control messages as bytes (io_uring's layout).

@@ -5,30 +5,31 @@
 //!
 //! ```text
 //! sockopt: enable_rx_timestamps, enable_pktinfo, set_dont_fragment
-//! receive: kernel fills msghdr + control ─► cmsg::received ─► Received { at, local }
-//! send:    mmsg::point_reply (+ cmsg::attach_source) ─► mmsg::send_all (sendmmsg)
+//! RecvBatch::recv (recvmmsg) ─► Datagram { data, name, received: Received { at, local } }
+//! SendBatch::next_reply ─► commit(len, name, local) ─► send (sendmmsg)
 //! ```
 //!
 //! Every `unsafe` block that touches the socket API outside the io_uring
-//! back end is here, each behind a function whose safe signature keeps the
-//! buffers it hands the kernel valid; the one `unsafe fn`,
-//! [`mmsg::send_all`], says what its caller must guarantee. Nothing here
-//! allocates: the callers own every buffer and reuse it.
+//! back end is here, behind safe functions and the two batch types, which
+//! own every buffer they hand the kernel. For callers with buffers of
+//! their own (the io_uring back end's provided buffers, a reflector that
+//! answers in place) there are the parts: [`received_in`] for control
+//! messages as bytes, and [`point_reply`] with the one `unsafe fn`,
+//! [`send_all`], whose contract its doc states. Nothing here allocates
+//! after a batch is created.
 
 #[allow(unsafe_code)]
-pub mod cmsg;
+mod batch;
 #[allow(unsafe_code)]
-pub mod mmsg;
+mod cmsg;
 #[allow(unsafe_code)]
-pub mod sockopt;
+mod mmsg;
+#[allow(unsafe_code)]
+mod sockopt;
 
-pub use cmsg::{
-    attach_source, received, received_in, rx_timestamp, rx_timestamp_in, ControlBuf, Received,
-    SourceBuf, CONTROL_WORDS,
-};
-pub use mmsg::{
-    empty_storage, errno, peer_ip, point_reply, recv_timestamped, send_all, storage_bytes,
-};
+pub use batch::{Datagram, RecvBatch, SendBatch};
+pub use cmsg::{received_in, ControlBuf, Received};
+pub use mmsg::{peer_ip, point_reply, recv_timestamped, send_all};
 pub use sockopt::{enable_pktinfo, enable_rx_timestamps, set_dont_fragment};
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::mmsg::storage_bytes;
 
     fn pair() -> (UdpSocket, UdpSocket) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -27,7 +27,7 @@ pub fn peer_ip(name: &[u8]) -> Option<std::net::IpAddr> {
 
 /// The first `len` bytes of `storage`, as the kernel filled them.
 #[inline]
-pub fn storage_bytes(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> &[u8] {
+pub(crate) fn storage_bytes(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> &[u8] {
     let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
     // SAFETY: sockaddr_storage is plain old data of at least `len`
     // bytes, borrowed for the lifetime of the slice.
@@ -36,12 +36,12 @@ pub fn storage_bytes(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> 
     }
 }
 
-pub fn empty_storage() -> libc::sockaddr_storage {
+pub(crate) fn empty_storage() -> libc::sockaddr_storage {
     // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
     unsafe { std::mem::zeroed() }
 }
 
-pub fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 

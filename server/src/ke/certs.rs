@@ -186,6 +186,32 @@ pub(crate) struct Certificates {
     pub reloads_failed: AtomicU64,
 }
 
+impl crate::ops::health::CertificateState for Certificates {
+    fn usable(&self) -> bool {
+        Certificates::usable(self)
+    }
+
+    fn problem(&self) -> Option<String> {
+        Certificates::problem(self)
+    }
+
+    fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed),
+        )
+    }
+
+    fn expiries(&self) -> Vec<(String, i64)> {
+        self.current().map_or_else(Vec::new, |set| {
+            set.pairs
+                .iter()
+                .map(|p| (p.chain.display().to_string(), p.not_after))
+                .collect()
+        })
+    }
+}
+
 impl Certificates {
     /// Loads `pairs` (the default first). A pair that does not load leaves
     /// NTS-KE down until it does; the error is logged and returned by

@@ -1,27 +1,14 @@
-//! The portable back end: blocking `recvmmsg`/`sendmmsg` in batches.
-#![allow(unsafe_code)]
+//! The portable back end: blocking `recvmmsg`/`sendmmsg` in batches,
+//! through `ntsd-udp`'s batch types (no unsafe code here).
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use super::worker::{Worker, MAX_PACKET};
+use ntsd_udp::{peer_ip, RecvBatch};
+
+use super::worker::{Replies, Worker, MAX_PACKET, SEND_BATCH};
 use crate::ops::counters::NtpEvent;
-use ntsd_udp::{
-    attach_source, empty_storage, errno, peer_ip, point_reply, received, storage_bytes, ControlBuf,
-    SourceBuf, CONTROL_WORDS,
-};
-
-const BATCH: usize = 32;
-
-struct Batch {
-    requests: Box<[[u8; MAX_PACKET]; BATCH]>,
-    replies: Box<[[u8; MAX_PACKET]; BATCH]>,
-    addrs: [libc::sockaddr_storage; BATCH],
-    controls: [ControlBuf; BATCH],
-    /// The source-address control message of each reply (wildcard sockets).
-    sources: [SourceBuf; BATCH],
-}
 
 /// Receive errors in a row (no datagram in between) after which the loop
 /// gives up and returns the error to its supervisor, which restarts it
@@ -40,109 +27,59 @@ pub(super) fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String>
     let fd = socket.as_raw_fd();
     let mut errors = 0u32;
     let mut pause = FIRST_PAUSE;
-    let mut b = Batch {
-        requests: Box::new([[0; MAX_PACKET]; BATCH]),
-        replies: Box::new([[0; MAX_PACKET]; BATCH]),
-        addrs: [empty_storage(); BATCH],
-        controls: [[0; CONTROL_WORDS]; BATCH],
-        sources: [[0; 6]; BATCH],
-    };
-    // SAFETY: iovec and mmsghdr are plain old data; zero is a valid value.
-    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    let mut out_iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    let mut out: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    // A reply per request at most, so one receive batch fills at most one
+    // send batch.
+    let mut requests = RecvBatch::<SEND_BATCH, MAX_PACKET>::new();
+    let mut replies = Replies::new();
     worker.serving();
     while !worker.stopping() {
-        for i in 0..BATCH {
-            iov[i] = libc::iovec {
-                iov_base: b.requests[i].as_mut_ptr().cast(),
-                iov_len: MAX_PACKET,
-            };
-            let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut iov[i];
-            h.msg_iovlen = 1;
-            h.msg_control = b.controls[i].as_mut_ptr().cast();
-            h.msg_controllen = std::mem::size_of::<ControlBuf>();
-            h.msg_flags = 0;
-        }
-        // SAFETY: every mmsghdr points at buffers owned by `b` and `iov`,
-        // which outlive the call; the kernel writes at most the given lengths.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                msgs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = errno();
-            if matches!(e, libc::EAGAIN | libc::EINTR) {
+        let n = match requests.recv(fd) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                worker.count(NtpEvent::ReceiveError);
+                errors += 1;
+                if errors >= MAX_ERRORS_IN_A_ROW {
+                    return Err(format!("recvmmsg failed {errors} times in a row: {e}"));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(MAX_PAUSE);
                 continue;
             }
-            worker.count(NtpEvent::ReceiveError);
-            errors += 1;
-            if errors >= MAX_ERRORS_IN_A_ROW {
-                return Err(format!(
-                    "recvmmsg failed {errors} times in a row: {}",
-                    std::io::Error::from_raw_os_error(e)
-                ));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(MAX_PAUSE);
-            continue;
-        }
+        };
         errors = 0;
         pause = FIRST_PAUSE;
-        let n = n as usize;
         // A pass of one learns nothing about waits and adds none: no clock
         // read for it.
         let handling = (n > 1).then(Instant::now);
-        let mut m = 0;
-        for (i, msg) in msgs.iter().enumerate().take(n) {
-            let len = msg.msg_len as usize;
-            if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        for i in 0..n {
+            let Some(d) = requests.get(i) else {
+                break;
+            };
+            if d.truncated {
                 worker.count(NtpEvent::Received);
                 worker.count(NtpEvent::DropMalformed);
                 continue;
             }
-            let info = received(&msg.msg_hdr);
-            let peer = peer_ip(storage_bytes(&b.addrs[i], msg.msg_hdr.msg_namelen));
-            let wait = worker.send_wait.wait(n - 1 - i, m);
-            let Some(reply_len) = worker.process(
-                peer,
-                info.at,
-                &b.requests[i][..len],
-                &mut b.replies[i],
-                wait,
-            ) else {
-                continue;
-            };
-            let Some(reply) = b.replies[i].get_mut(..reply_len) else {
-                continue;
-            };
-            point_reply(
-                &mut out[m],
-                &mut out_iov[m],
-                reply,
-                &mut b.addrs[i],
-                msg.msg_hdr.msg_namelen,
-            );
-            if let Some(local) = info.local {
-                attach_source(&mut out[m], &mut b.sources[m], local);
+            let wait = worker.send_wait.wait(n - 1 - i, replies.len());
+            let peer = peer_ip(d.name);
+            if let Some(len) =
+                worker.process(peer, d.received.at, d.data, replies.next_reply(), wait)
+            {
+                replies.commit(len, d.name, d.received.local);
             }
-            m += 1;
         }
         if let Some(t) = handling {
             worker.send_wait.learn_handle(n, t.elapsed());
         }
-        // SAFETY: `out[..m]` point at reply buffers and addresses owned by
-        // `b`, untouched until the call returns.
-        unsafe { worker.send(fd, &mut out[..m], false) };
+        worker.send(fd, &mut replies, false);
     }
     Ok(())
 }

@@ -21,6 +21,11 @@ use crate::time::source::SharedSystem;
 /// Largest datagram handled. NTS requests are a few hundred bytes; anything
 /// longer than this arrives truncated and is dropped as malformed.
 pub(super) const MAX_PACKET: usize = 2048;
+/// Replies a worker sends with one `sendmmsg`, at most: this bounds how long
+/// a built reply waits for its batch.
+pub(super) const SEND_BATCH: usize = 32;
+/// A worker's batch of replies.
+pub(super) type Replies = ntsd_udp::SendBatch<SEND_BATCH, MAX_PACKET>;
 /// How often a blocked worker wakes to check for shutdown.
 pub(super) const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -147,24 +152,22 @@ impl Worker {
         }
     }
 
-    /// Sends a batch of replies ([`ntsd_udp::send_all`]), counts the datagrams
-    /// sent and refused, and learns the send time per message
-    /// ([`SendWait`]) from a batch of two or more. Returns how long the
-    /// call took when `timed` or when the batch was timed for learning.
-    ///
-    /// # Safety
-    /// As for [`ntsd_udp::send_all`].
-    #[allow(unsafe_code)]
-    pub(super) unsafe fn send(
+    /// Sends the queued replies on `fd`, counts the datagrams sent and
+    /// refused, and learns the send time per message ([`SendWait`]) from a
+    /// batch of two or more. Returns how long the call took when `timed` or
+    /// when the batch was timed for learning.
+    pub(super) fn send(
         &mut self,
-        fd: i32,
-        msgs: &mut [libc::mmsghdr],
+        fd: std::os::fd::RawFd,
+        batch: &mut Replies,
         timed: bool,
     ) -> Option<std::time::Duration> {
-        let n = msgs.len();
+        let n = batch.len();
+        if n == 0 {
+            return None;
+        }
         let start = (n > 1 || timed).then(std::time::Instant::now);
-        // SAFETY: the caller's guarantee, passed on.
-        let refused = unsafe { ntsd_udp::send_all(fd, msgs) };
+        let refused = batch.send(fd);
         let took = start.map(|t| t.elapsed());
         if let (Some(t), true) = (took, n > 1) {
             self.send_wait.learn_send(n, t);

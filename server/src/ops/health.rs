@@ -22,6 +22,21 @@ use nts_proto::Leap;
 
 use crate::time::source::SharedSystem;
 
+/// What the operator's plane reads of NTS-KE's certificates, for the
+/// probes and the metrics. Implemented by `ke::certs::Certificates`; a
+/// trait so that `ops` reads NTS-KE's state without depending on `ke`
+/// (which writes its counters and health here).
+pub(crate) trait CertificateState: Send + Sync + std::fmt::Debug {
+    /// Whether NTS-KE has a certificate to serve.
+    fn usable(&self) -> bool;
+    /// Why it has none, while it has none.
+    fn problem(&self) -> Option<String>;
+    /// Reloads that took effect, and reloads refused.
+    fn reloads(&self) -> (u64, u64);
+    /// The chain file and notAfter (Unix seconds) of each pair in force.
+    fn expiries(&self) -> Vec<(String, i64)>;
+}
+
 /// What a worker thread is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -137,7 +152,7 @@ pub(crate) struct Health {
     started: AtomicBool,
     system: SharedSystem,
     /// The NTS-KE certificates, whose absence degrades NTS-KE.
-    certs: Option<Arc<crate::ke::certs::Certificates>>,
+    certs: Option<Arc<dyn CertificateState>>,
 }
 
 impl Health {
@@ -145,7 +160,7 @@ impl Health {
         workers: Vec<Arc<WorkerHealth>>,
         ke_listeners: usize,
         system: SharedSystem,
-        certs: Option<Arc<crate::ke::certs::Certificates>>,
+        certs: Option<Arc<dyn CertificateState>>,
     ) -> Self {
         Self {
             workers,

@@ -38,7 +38,7 @@ pub(crate) struct Sources {
     pub upstream: bool,
     pub system: SharedSystem,
     pub health: Arc<Health>,
-    pub certs: Arc<crate::ke::certs::Certificates>,
+    pub certs: Arc<dyn crate::ops::health::CertificateState>,
     /// The NTP back end in use (`io-uring` or `portable`).
     pub backend: &'static str,
 }
@@ -195,20 +195,16 @@ impl NtsdCollector {
                 .filter_map(|&e| Some((vec![e.reason()?.to_owned()], s.ke.get(e) as f64)))
                 .collect(),
             "ntsd_ke_cookies_issued_total" => one(s.ke.cookies() as f64),
-            "ntsd_ke_certificate_reloads_total" => by(&[
-                ("ok", load(&s.certs.reloads_ok)),
-                ("refused", load(&s.certs.reloads_failed)),
-            ]),
+            "ntsd_ke_certificate_reloads_total" => {
+                let (ok, refused) = s.certs.reloads();
+                by(&[("ok", ok as f64), ("refused", refused as f64)])
+            }
             "ntsd_ke_certificate_expiry_timestamp_seconds" => s
                 .certs
-                .current()
-                .map(|set| {
-                    set.pairs
-                        .iter()
-                        .map(|p| (vec![p.chain.display().to_string()], p.not_after as f64))
-                        .collect()
-                })
-                .unwrap_or_default(),
+                .expiries()
+                .into_iter()
+                .map(|(chain, not_after)| (vec![chain], not_after as f64))
+                .collect(),
             "ntsd_ke_up" => one(f64::from(u8::from(s.certs.usable()))),
             "ntsd_keys_current_id" => one(f64::from(s.keys.load().current_id())),
             "ntsd_keys_current_age_seconds" => {

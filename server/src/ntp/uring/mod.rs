@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::RecvMsgOut;
 use io_uring::{cqueue, opcode, types, IoUring};
 
-use super::worker::{Worker, MAX_PACKET, STOP_POLL};
+use super::worker::{Worker, MAX_PACKET, SEND_BATCH, STOP_POLL};
 use crate::ops::counters::NtpEvent;
 use ntsd_udp::{peer_ip, received_in, ControlBuf};
 
@@ -27,9 +27,6 @@ use ntsd_udp::{peer_ip, received_in, ControlBuf};
 /// requires). When all are taken the multishot receive stops with ENOBUFS
 /// and is re-armed once buffers are back; datagrams wait in the socket.
 const RECV_BUFFERS: u16 = 256;
-/// Replies sent with one `sendmmsg` at most; as in the portable back end,
-/// this bounds how long a built reply waits for its batch.
-const SEND_BATCH: usize = 32;
 /// The buffer group of the provided receive buffers.
 const BUF_GROUP: u16 = 0;
 
@@ -324,10 +321,18 @@ fn on_receive(
     let info = received_in(msg.control_data());
     let peer = peer_ip(msg.name_data());
     // The batch is sent when it is full or at the end of the pass.
-    let later = later.min((SEND_BATCH - 1).saturating_sub(batch.len));
-    let wait = worker.send_wait.wait(later, batch.len);
-    if let Some(len) = worker.process(peer, info.at, msg.payload_data(), batch.next_reply(), wait) {
-        batch.commit(len, msg.name_data(), info.local);
+    let queued = batch.len();
+    let later = later.min((SEND_BATCH - 1).saturating_sub(queued));
+    let wait = worker.send_wait.wait(later, queued);
+    let replies = &mut batch.replies;
+    if let Some(len) = worker.process(
+        peer,
+        info.at,
+        msg.payload_data(),
+        replies.next_reply(),
+        wait,
+    ) {
+        replies.commit(len, msg.name_data(), info.local);
     }
 }
 
