@@ -38,18 +38,18 @@ pub(crate) const POLL: Duration = Duration::from_secs(2);
 /// One loaded pair.
 #[derive(Debug)]
 pub(crate) struct Loaded {
-    pub chain: PathBuf,
-    pub key: Arc<CertifiedKey>,
+    pub(crate) chain: PathBuf,
+    pub(crate) key: Arc<CertifiedKey>,
     /// DNS names of the leaf (SAN, lower case; `*.` wildcards kept).
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// The leaf's notAfter, Unix seconds.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
 }
 
 /// The pairs in force, the default first.
 #[derive(Debug)]
 pub(crate) struct CertSet {
-    pub pairs: Vec<Loaded>,
+    pub(crate) pairs: Vec<Loaded>,
 }
 
 impl CertSet {
@@ -182,8 +182,8 @@ pub(crate) struct Certificates {
     seen: std::sync::Mutex<Vec<Option<FileStamp>>>,
     /// When the reason NTS-KE is down was last logged.
     down_logged: std::sync::Mutex<Option<std::time::Instant>>,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
+    pub(crate) reloads_ok: AtomicU64,
+    pub(crate) reloads_failed: AtomicU64,
 }
 
 impl crate::ops::health::CertificateState for Certificates {

@@ -29,23 +29,23 @@ pub(super) const MAX_REQUEST: usize = 16 * 1024;
 
 /// What every KE session needs, shared by the accept loops.
 pub(super) struct KeContext {
-    pub acceptor: TlsAcceptor,
-    pub keys: Arc<RotatingKeys>,
-    pub counters: Arc<KeCounters>,
-    pub ntp_server: Option<String>,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) keys: Arc<RotatingKeys>,
+    pub(crate) counters: Arc<KeCounters>,
+    pub(crate) ntp_server: Option<String>,
     /// Port record value, when one must be sent.
-    pub ntp_port: Option<u16>,
-    pub timeout: Duration,
-    pub connections: Arc<Semaphore>,
-    pub rng: SystemRandom,
+    pub(crate) ntp_port: Option<u16>,
+    pub(crate) timeout: Duration,
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) rng: SystemRandom,
     /// `[nts_ke] allow`/`deny`, else `[access]`: checked before TLS.
-    pub access: crate::policy::access::AccessList,
+    pub(crate) access: crate::policy::access::AccessList,
     /// Open connections per address.
-    pub per_address: limits::AddressSlots,
+    pub(crate) per_address: limits::AddressSlots,
     /// Sessions per address and time, when configured.
-    pub session_rate: Option<limits::SessionRate>,
+    pub(crate) session_rate: Option<limits::SessionRate>,
     /// The certificates: without a usable one, connections are refused.
-    pub certs: Arc<certs::Certificates>,
+    pub(crate) certs: Arc<certs::Certificates>,
 }
 
 impl std::fmt::Debug for KeContext {

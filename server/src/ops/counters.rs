@@ -197,7 +197,7 @@ pub(crate) struct KeCounters {
     sessions: [AtomicU64; AeadAlgorithm::ALL.len()],
     cookies: AtomicU64,
     /// Accept to close of every session that got a connection slot.
-    pub duration: prometheus::Histogram,
+    pub(crate) duration: prometheus::Histogram,
 }
 
 impl Default for KeCounters {
@@ -258,17 +258,17 @@ impl KeCounters {
 /// Key-rotation outcomes.
 #[derive(Debug, Default)]
 pub(crate) struct KeyCounters {
-    pub rotations: AtomicU64,
-    pub forced: AtomicU64,
+    pub(crate) rotations: AtomicU64,
+    pub(crate) forced: AtomicU64,
     /// Ring moves to the epoch of a stepped wall clock.
-    pub step_rotations: AtomicU64,
+    pub(crate) step_rotations: AtomicU64,
     /// Rotations that could not be saved (the old ring stays in force).
-    pub failures: AtomicU64,
+    pub(crate) failures: AtomicU64,
     /// Steps of the wall clock against the monotonic clock (and a key
     /// file found ahead of the clock at start).
-    pub clock_steps: AtomicU64,
+    pub(crate) clock_steps: AtomicU64,
     /// Unix time of the last forced rotation (0: none), for the key's age.
-    pub forced_at: AtomicU64,
+    pub(crate) forced_at: AtomicU64,
 }
 
 impl KeyCounters {

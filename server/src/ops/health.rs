@@ -54,7 +54,7 @@ pub(crate) enum WorkerState {
 /// One worker thread's state, written by the thread, read by the probes.
 #[derive(Debug)]
 pub(crate) struct WorkerHealth {
-    pub name: String,
+    pub(crate) name: String,
     state: AtomicU8,
     restarts: AtomicU64,
 }

@@ -30,8 +30,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 /// What the endpoint serves.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
-    pub registry: prometheus::Registry,
-    pub health: Arc<Health>,
+    pub(crate) registry: prometheus::Registry,
+    pub(crate) health: Arc<Health>,
 }
 
 /// Serves `listener` until `stop` fires.

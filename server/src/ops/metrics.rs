@@ -27,20 +27,20 @@ use crate::time::source::{SharedSystem, TimeCounters};
 #[derive(Debug, Clone)]
 pub(crate) struct Sources {
     /// One block per worker, summed; also shown per worker.
-    pub ntp: Vec<Arc<NtpCounters>>,
-    pub ke: Arc<KeCounters>,
-    pub ke_max_connections: usize,
-    pub ke_open: Arc<tokio::sync::Semaphore>,
-    pub keys: Arc<RotatingKeys>,
-    pub key_events: Arc<KeyCounters>,
-    pub time_events: Arc<TimeCounters>,
+    pub(crate) ntp: Vec<Arc<NtpCounters>>,
+    pub(crate) ke: Arc<KeCounters>,
+    pub(crate) ke_max_connections: usize,
+    pub(crate) ke_open: Arc<tokio::sync::Semaphore>,
+    pub(crate) keys: Arc<RotatingKeys>,
+    pub(crate) key_events: Arc<KeyCounters>,
+    pub(crate) time_events: Arc<TimeCounters>,
     /// Whether `source = "upstream"` (the upstream age is exported then).
-    pub upstream: bool,
-    pub system: SharedSystem,
-    pub health: Arc<Health>,
-    pub certs: Arc<dyn crate::ops::health::CertificateState>,
+    pub(crate) upstream: bool,
+    pub(crate) system: SharedSystem,
+    pub(crate) health: Arc<Health>,
+    pub(crate) certs: Arc<dyn crate::ops::health::CertificateState>,
     /// The NTP back end in use (`io-uring` or `portable`).
-    pub backend: &'static str,
+    pub(crate) backend: &'static str,
 }
 
 const C: MetricType = MetricType::COUNTER;

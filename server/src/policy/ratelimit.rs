@@ -39,14 +39,14 @@ pub(crate) enum Verdict {
 /// The limits, from `[access.rate_limit]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
-    pub interval_ns: u64,
-    pub burst: u32,
+    pub(crate) interval_ns: u64,
+    pub(crate) burst: u32,
     /// 1 in 2^leak over-limit requests is answered; 0: none is.
-    pub leak: u8,
-    pub ipv4_prefix: u8,
-    pub ipv6_prefix: u8,
+    pub(crate) leak: u8,
+    pub(crate) ipv4_prefix: u8,
+    pub(crate) ipv6_prefix: u8,
     /// Slots in the table (rounded up to a power of two).
-    pub table_entries: usize,
+    pub(crate) table_entries: usize,
 }
 
 impl Limits {

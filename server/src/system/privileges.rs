@@ -51,10 +51,10 @@ pub(crate) fn lookup_user(user: &str, group: Option<&str>) -> Result<(u32, u32),
 /// The user `[server]` names, as ntsd will run after dropping root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RunAs {
-    pub uid: u32,
-    pub gid: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     /// Its groups, `gid` first ([`user_groups`]).
-    pub groups: Vec<u32>,
+    pub(crate) groups: Vec<u32>,
 }
 
 impl RunAs {

@@ -41,12 +41,12 @@ pub(crate) type SharedSystem = Arc<ArcSwap<SystemInfo>>;
 #[derive(Debug)]
 pub(crate) struct TimeCounters {
     /// Transitions from synchronised to leap indicator 3.
-    pub unsynchronised: AtomicU64,
-    pub polls_ok: AtomicU64,
-    pub polls_silent: AtomicU64,
-    pub polls_unsynchronised: AtomicU64,
-    pub polls_invalid: AtomicU64,
-    pub polls_offset: AtomicU64,
+    pub(crate) unsynchronised: AtomicU64,
+    pub(crate) polls_ok: AtomicU64,
+    pub(crate) polls_silent: AtomicU64,
+    pub(crate) polls_unsynchronised: AtomicU64,
+    pub(crate) polls_invalid: AtomicU64,
+    pub(crate) polls_offset: AtomicU64,
     /// When the upstream last answered well (`None`: never).
     last_ok: Mutex<Option<Instant>>,
     started: Instant,

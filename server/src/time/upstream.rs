@@ -33,13 +33,13 @@ pub(crate) const MAX_OFFSET: f64 = 0.128;
 /// A good upstream sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Sample {
-    pub stratum: u8,
-    pub leap: Leap,
+    pub(crate) stratum: u8,
+    pub(crate) leap: Leap,
     /// Root delay to report: upstream's plus our measured delay, seconds.
-    pub root_delay: f64,
+    pub(crate) root_delay: f64,
     /// Root dispersion at the sample: upstream's plus measured, seconds.
-    pub root_dispersion: f64,
-    pub reference_time: NtpTimestamp,
+    pub(crate) root_dispersion: f64,
+    pub(crate) reference_time: NtpTimestamp,
 }
 
 /// Why a poll did not yield a sample.
