@@ -40,6 +40,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A whole configuration file, one field per `[section]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -56,6 +57,17 @@ pub struct Config {
     pub access: AccessConfig,
     #[serde(default)]
     pub server: ServerConfig,
+}
+
+/// `[ntp] workers` and `[nts_ke] threads` (`key`) are at most
+/// [`MAX_THREADS`].
+pub(crate) fn check_threads(key: &str, n: usize) -> Result<(), String> {
+    if n > MAX_THREADS {
+        return Err(format!(
+            "{key}: {n} is above the maximum of {MAX_THREADS} (0 means one per core)"
+        ));
+    }
+    Ok(())
 }
 
 /// The checks every rate limit shares: `key` names its table.
@@ -112,16 +124,6 @@ impl Config {
     /// Semantic checks that types alone cannot express. Touches no files:
     /// `check-config` and `run` check those separately.
     pub fn validate(&self) -> Result<(), String> {
-        for (key, n) in [
-            ("[ntp] workers", self.ntp.workers),
-            ("[nts_ke] threads", self.nts_ke.threads),
-        ] {
-            if n > MAX_THREADS {
-                return Err(format!(
-                    "{key}: {n} is above the maximum of {MAX_THREADS} (0 means one per core)"
-                ));
-            }
-        }
         self.ntp.validate()?;
         self.nts_ke.validate()?;
         self.keys.validate()?;

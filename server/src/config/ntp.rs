@@ -44,8 +44,9 @@ impl Default for NtpConfig {
 }
 
 impl NtpConfig {
-    /// At least one address.
+    /// At least one address; a bounded number of workers.
     pub fn validate(&self) -> Result<(), String> {
+        super::check_threads("[ntp] workers", self.workers)?;
         if self.listen.is_empty() {
             return Err("[ntp] listen: at least one address is required".into());
         }

@@ -130,6 +130,7 @@ fn default_ke_timeout() -> HumanDuration {
 impl NtsKeConfig {
     /// Addresses, names, caps and timeouts in range.
     pub fn validate(&self) -> Result<(), String> {
+        super::check_threads("[nts_ke] threads", self.threads)?;
         if self.listen.is_empty() {
             return Err("[nts_ke] listen: at least one address is required".into());
         }
