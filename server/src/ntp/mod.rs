@@ -5,7 +5,7 @@
 //! ```text
 //! bind (sockets) ─► Ntp::start ─► worker threads, each supervised:
 //!   uring::run | portable::run ─► Worker::process ─► nts_proto::Server::handle
-//!                              ─► ntsd_udp::send_all (sendmmsg) / io_uring send
+//!                              ─► ntsd_udp::SendBatch (sendmmsg)
 //! ```
 //!
 //! Two back ends drive the same [`worker::Worker::process`]: `io_uring`
