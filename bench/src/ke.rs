@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nts_client::{client_keys, KeOutcome};
-use nts_proto::ke::ALPN_NTSKE;
-use nts_proto::ke::{client_request, parse_client_response, KeClientError};
+use nts_proto::ke::{client_request, parse_client_response, KeClientError, ALPN_NTSKE};
 use nts_proto::AeadAlgorithm;
 use rustls::pki_types::ServerName;
 

@@ -110,23 +110,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         nofile,
     };
     let ke = Ke::start(&config, listeners.ke, links, hup, stop.clone())?;
-    let sources = Sources {
-        ntp: ntp.counters.clone(),
-        ke: ke.counters.clone(),
-        ke_max_connections: ke.max_connections,
-        ke_open: ke.slots.clone(),
-        keys: keys.ring.clone(),
-        key_events: keys.events.clone(),
-        time_events: time.events.clone(),
-        upstream: config.time.source == TimeSource::Upstream,
-        system: time.system.clone(),
-        health: health.clone(),
-        certs: certs.clone(),
-        backend: match ntp.backend {
-            Backend::IoUring => "io-uring",
-            _ => "portable",
-        },
-    };
+    let sources = metric_sources(&config, &keys, &time, &ntp, &ke, &health, &certs);
     let ops = Ops::start(listeners.metrics, sources, health.clone(), stop)?;
 
     if let Some(run_as) = &run_as {
@@ -137,17 +121,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         ke: ke.local_addrs.clone(),
     };
     health.set_started();
-    tracing::info!(ntp = ?bound.ntp, nts_ke = ?bound.ke, port_record = ?ke.port_record, nts_ke_up = certs.usable(), "ntsd ready");
-    notify::ready(&format!(
-        "serving NTP on {:?}, NTS-KE on {:?}{}; key {}",
-        bound.ntp,
-        bound.ke,
-        match certs.usable() {
-            true => "",
-            false => " (down: no usable certificate)",
-        },
-        keys.ring.load().current_id()
-    ));
+    announce_ready(&bound, &ke, &certs, &keys);
     on_ready(&bound);
 
     let outcome = tokio::select! {
@@ -170,6 +144,50 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     keys.stop().await;
     tracing::info!("stopped");
     outcome
+}
+
+/// What the metrics endpoint reads: every plane's counters and state.
+fn metric_sources(
+    config: &Config,
+    keys: &Keys,
+    time: &Time,
+    ntp: &Ntp,
+    ke: &Ke,
+    health: &Arc<Health>,
+    certs: &Arc<Certificates>,
+) -> Sources {
+    Sources {
+        ntp: ntp.counters.clone(),
+        ke: ke.counters.clone(),
+        ke_max_connections: ke.max_connections,
+        ke_open: ke.slots.clone(),
+        keys: keys.ring.clone(),
+        key_events: keys.events.clone(),
+        time_events: time.events.clone(),
+        upstream: config.time.source == TimeSource::Upstream,
+        system: time.system.clone(),
+        health: health.clone(),
+        certs: certs.clone(),
+        backend: match ntp.backend {
+            Backend::IoUring => "io-uring",
+            _ => "portable",
+        },
+    }
+}
+
+/// `ntsd ready` in the log, and READY=1 with a status line to systemd.
+fn announce_ready(bound: &Bound, ke: &Ke, certs: &Certificates, keys: &Keys) {
+    tracing::info!(ntp = ?bound.ntp, nts_ke = ?bound.ke, port_record = ?ke.port_record, nts_ke_up = certs.usable(), "ntsd ready");
+    notify::ready(&format!(
+        "serving NTP on {:?}, NTS-KE on {:?}{}; key {}",
+        bound.ntp,
+        bound.ke,
+        match certs.usable() {
+            true => "",
+            false => " (down: no usable certificate)",
+        },
+        keys.ring.load().current_id()
+    ));
 }
 
 /// Everything is bound and open: from here on ntsd needs no privilege.

@@ -8,7 +8,7 @@ use keyrotate::RotatingKeys;
 use nts_proto::cookie::{seal_cookie, MAX_COOKIE_LEN};
 use nts_proto::ke::{
     exporter_aead, exporter_context, KeRequest, KeRequestError, KeResponse, RequestParser,
-    EXPORTER_LABEL, PROTOCOL_NTPV4,
+    ALPN_NTSKE, EXPORTER_LABEL, PROTOCOL_NTPV4,
 };
 use nts_proto::{AeadAlgorithm, AeadKey, CookieKeys, SessionKeys};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -19,7 +19,6 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{certs, limits};
 use crate::ops::counters::{KeCounters, KeEvent};
-use nts_proto::ke::ALPN_NTSKE;
 
 /// Cookies handed out per session (RFC 8915, section 4: eight is typical).
 pub(super) const COOKIES_PER_SESSION: usize = 8;

@@ -516,7 +516,6 @@ pub fn in_namespaces(script: &str) -> Command {
 }
 
 /// The wall clock as an NTP timestamp.
-#[allow(dead_code)]
 pub fn now_ntp() -> nts_proto::NtpTimestamp {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
