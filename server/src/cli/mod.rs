@@ -1,7 +1,8 @@
 //! The commands a user types, other than `run`: `check-config`, `demo`,
 //! `query` (an NTS client), `keys list|rotate`, `stats` and `ready` (which
 //! read a running server's metrics endpoint). Each is a function that
-//! returns what to print or an error message; `main.rs` prints it.
+//! `main.rs` calls: it prints what was asked for, or returns the error
+//! message that `main.rs` prints before exiting non-zero.
 
 pub mod check;
 pub mod demo;

@@ -1,8 +1,8 @@
 //! The TOML configuration: the names operators and tests rely on
-//! (ARCHITECTURE.md lists them), unknown keys refused, one file per section,
-//! each with its own `validate`, and [`Config::validate`] running them all.
-//! Imports no plane: the planes read these types, never the other way
-//! round.
+//! (config.toml.example shows each with its default), unknown keys
+//! refused, one file per section, each with its own `validate`, and
+//! [`Config::validate`] running them all. Imports no plane: the planes read
+//! these types, never the other way round.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
