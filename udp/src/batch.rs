@@ -210,9 +210,9 @@ impl<const N: usize, const LEN: usize> SendBatch<N, LEN> {
         else {
             return;
         };
-        *addr = empty_storage();
         // SAFETY: sockaddr_storage is plain old data of NAME_LEN bytes, and
-        // at most NAME_LEN bytes of `name` are copied into it.
+        // at most NAME_LEN bytes of `name` are copied into it (the kernel
+        // reads only those `namelen` bytes back).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 name.as_ptr(),
