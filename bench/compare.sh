@@ -364,6 +364,10 @@ run_test() { # SERVER TEST REP
         ke) args=(keflood "localhost:$KE_PORT" --ca "$CA") ;;
     esac
     if [ "$2" != ke ]; then
+        # ntsd steers each client address to one worker: with several
+        # workers, the load must come from several addresses to reach them
+        # all (every server gets the same sources).
+        [ "$WORKERS" -le 1 ] || args+=(--source-addresses 64)
         [ -z "$SESSIONS" ] || [ "$2" = plain ] || args+=(--sessions "$SESSIONS")
         [ -z "$WINDOW" ] || args+=(--window "$WINDOW")
     else

@@ -56,6 +56,11 @@ pub struct FloodConfig {
     /// busy), so that a round trip does not include the generator's own
     /// wake-up.
     pub spin: bool,
+    /// Source addresses the sockets are spread over, 127.0.0.1 and up (an
+    /// IPv4 loopback target only): a server that steers each client
+    /// address to one worker (ntsd) spreads the load over its workers only
+    /// if the load comes from several addresses. 1: the kernel's choice.
+    pub source_addresses: usize,
 }
 
 impl FloodConfig {
@@ -69,6 +74,7 @@ impl FloodConfig {
             sockets: 16,
             rate: None,
             spin: false,
+            source_addresses: 1,
         }
     }
 }
@@ -153,11 +159,20 @@ pub fn flood(cfg: &FloodConfig, sessions: Vec<Session>) -> Result<FloodReport, F
             d.push(s);
         }
     }
+    if !(1..=254).contains(&cfg.source_addresses) {
+        return bad("--source-addresses must be 1..=254");
+    }
+    let spread = source_spread(cfg);
     let mut plans = Vec::with_capacity(threads);
     for (t, sessions) in dealt.into_iter().enumerate() {
         let window = cfg.window / threads + usize::from(t < cfg.window % threads);
         let sockets = (0..cfg.sockets)
-            .map(|_| source_socket(cfg.target))
+            .map(|j| {
+                let k = t * cfg.sockets + j;
+                let source = (spread > 1)
+                    .then(|| std::net::Ipv4Addr::new(127, 0, 0, 1 + (k % spread) as u8));
+                source_socket(cfg.target, source)
+            })
             .collect::<std::io::Result<Vec<_>>>()?;
         plans.push((sessions, sockets, window));
     }
@@ -186,8 +201,24 @@ pub fn flood(cfg: &FloodConfig, sessions: Vec<Session>) -> Result<FloodReport, F
     Ok(report)
 }
 
-fn source_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
-    let bind: SocketAddr = if target.is_ipv4() {
+/// Source addresses the sockets are spread over: as configured for an
+/// IPv4 loopback target, else one (other hosts' addresses cannot be
+/// chosen freely).
+pub fn source_spread(cfg: &FloodConfig) -> usize {
+    match cfg.target {
+        SocketAddr::V4(a) if a.ip().is_loopback() => cfg.source_addresses,
+        _ => 1,
+    }
+}
+
+/// A socket connected to `target`, bound to `source` when given.
+fn source_socket(
+    target: SocketAddr,
+    source: Option<std::net::Ipv4Addr>,
+) -> std::io::Result<UdpSocket> {
+    let bind: SocketAddr = if let Some(a) = source {
+        (a, 0).into()
+    } else if target.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -414,6 +445,28 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sockets are spread over source addresses only towards an IPv4
+    /// loopback target, and are bound to the address asked for.
+    #[test]
+    fn source_addresses_apply_to_ipv4_loopback_targets() {
+        let mut cfg = FloodConfig::new("127.0.0.1:123".parse().unwrap(), 8, Duration::from_secs(1));
+        cfg.source_addresses = 8;
+        assert_eq!(source_spread(&cfg), 8);
+        cfg.target = "[::1]:123".parse().unwrap();
+        assert_eq!(source_spread(&cfg), 1);
+        cfg.target = "192.0.2.1:123".parse().unwrap();
+        assert_eq!(source_spread(&cfg), 1);
+        let s = source_socket(
+            "127.0.0.1:9".parse().unwrap(),
+            Some(std::net::Ipv4Addr::new(127, 0, 0, 3)),
+        )
+        .unwrap();
+        assert_eq!(
+            s.local_addr().unwrap().ip(),
+            std::net::IpAddr::from([127, 0, 0, 3])
+        );
+    }
 
     #[test]
     fn pacing_gives_credit_as_time_passes_and_caps_the_backlog() {

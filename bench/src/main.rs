@@ -137,6 +137,11 @@ struct FloodArgs {
     /// wake-up, which on a VM can dominate latency at a paced rate.
     #[arg(long)]
     spin: bool,
+    /// Spread the source sockets over N addresses, 127.0.0.1 and up (IPv4
+    /// loopback targets): ntsd steers each client address to one worker,
+    /// so a flood from one address loads one worker.
+    #[arg(long = "source-addresses", value_name = "N", default_value_t = 1)]
+    source_addresses: usize,
     /// Server process whose CPU (with all its descendants) and peak RSS
     /// are reported; may be repeated.
     #[arg(long = "server-pid", value_name = "PID")]
@@ -272,6 +277,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         sockets,
         rate,
         spin,
+        source_addresses,
         server_pid,
     } = a;
     let server_pid = server_pid.as_slice();
@@ -299,6 +305,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         sockets,
         rate,
         spin,
+        source_addresses,
     };
     let gen0 = self_cpu_seconds();
     let probe = ServerProbe::start(server_pid);
@@ -335,6 +342,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
     line.push("mode", mode)
         .push("threads", threads)
         .push("sockets", sockets)
+        .push("source_addresses", ntsd_bench::flood::source_spread(&cfg))
         .push("window", window)
         .push("spin", spin)
         .push("sessions", if plain { 0 } else { sessions.max(threads) });

@@ -655,3 +655,49 @@ fn wildcard_sockets_answer_from_the_address_asked() {
         }
     }
 }
+
+/// Datagrams received so far by each NTP worker, in worker order.
+fn received_per_worker(s: &Ntsd) -> Vec<u64> {
+    let mut per: Vec<(String, u64)> = s
+        .metrics()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ntsd_worker_packets_received_total{"))
+        .collect();
+    per.sort();
+    per.into_iter().map(|(_, v)| v).collect()
+}
+
+/// One worker per client: a client that opens a new source port for every
+/// request, as chrony does, reaches the same worker every time, over IPv4
+/// and IPv6 and on both back ends (the test server runs two workers).
+#[test]
+fn a_client_changing_its_source_port_reaches_one_worker() {
+    for backend in common::backends() {
+        let s = Ntsd::start(backend);
+        let mut sources: Vec<std::net::IpAddr> = vec![[127, 0, 0, 1].into()];
+        if common::ipv6_loopback() {
+            sources.push(std::net::Ipv6Addr::LOCALHOST.into());
+        }
+        for source in sources {
+            let before = received_per_worker(&s);
+            assert_eq!(before.len(), 2, "{backend}: {before:?}");
+            for _ in 0..12 {
+                let sock = std::net::UdpSocket::bind((source, 0)).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let req = nts_proto::NtpHeader::client_request(common::now_ntp()).to_bytes();
+                sock.send_to(&req, (source, s.ntp_port)).unwrap();
+                let mut buf = [0u8; 128];
+                let n = sock.recv(&mut buf).expect("no reply");
+                assert_eq!(n, 48);
+            }
+            let after = received_per_worker(&s);
+            let grew: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            assert_eq!(grew.iter().sum::<u64>(), 12, "{backend} {source}: {grew:?}");
+            assert_eq!(
+                grew.iter().filter(|&&d| d > 0).count(),
+                1,
+                "{backend} {source}: the requests reached more than one worker: {grew:?}"
+            );
+        }
+    }
+}

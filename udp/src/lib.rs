@@ -4,7 +4,8 @@
 //! and `sendmmsg`/`recvmsg` helpers, in the spirit of `quinn-udp`.
 //!
 //! ```text
-//! sockopt: enable_rx_timestamps, enable_pktinfo, set_dont_fragment
+//! sockopt: enable_rx_timestamps, enable_pktinfo, set_dont_fragment,
+//!          steer_by_source (one socket of a SO_REUSEPORT group per source address)
 //! RecvBatch::recv (recvmmsg) ─► Datagram { data, name, received: Received { at, local } }
 //! SendBatch::next_reply ─► commit(len, name, local) ─► send (sendmmsg)
 //! ```
@@ -26,11 +27,13 @@ mod cmsg;
 mod mmsg;
 #[allow(unsafe_code)]
 mod sockopt;
+mod steer;
 
 pub use batch::{Datagram, RecvBatch, SendBatch};
 pub use cmsg::{received_in, ControlBuf, Received};
 pub use mmsg::{peer_ip, point_reply, recv_timestamped, send_all};
 pub use sockopt::{enable_pktinfo, enable_rx_timestamps, set_dont_fragment};
+pub use steer::{steer_by_source, steered_index};
 
 #[cfg(test)]
 mod tests {

@@ -26,14 +26,27 @@ fn set_int(
     name: libc::c_int,
     on: libc::c_int,
 ) -> std::io::Result<()> {
-    // SAFETY: the option value is a c_int that outlives the call.
+    set_opt(socket, level, name, &on)
+}
+
+/// Sets a socket option whose value is `value`, passed by address with
+/// its size, as setsockopt(2) takes it. `T` must be the plain C type the
+/// option expects (the kernel copies it).
+pub(crate) fn set_opt<T>(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is a valid T for the duration of the call, and the
+    // kernel reads at most size_of::<T>() bytes of it.
     let r = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             level,
             name,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {

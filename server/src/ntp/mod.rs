@@ -1,6 +1,8 @@
 //! The NTP data path: one thread per worker, each with its own
-//! `SO_REUSEPORT` socket per listen address, so the kernel spreads clients
-//! over the workers by flow hash and the workers share nothing mutable.
+//! `SO_REUSEPORT` socket per listen address. The kernel hands each
+//! datagram to the worker its source address picks (a BPF program on the
+//! socket group, [`ntsd_udp::steer_by_source`]), so one client always
+//! reaches one worker, and the workers share nothing mutable.
 //!
 //! ```text
 //! bind (sockets) ─► Ntp::start ─► worker threads, each supervised:

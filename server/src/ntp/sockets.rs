@@ -18,6 +18,7 @@ pub(super) fn open_sockets(
     let mut port = SharedEphemeralPort::default();
     let mut per_worker: Vec<Vec<UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     for &configured in listen {
+        let first = per_worker.first().map_or(0, Vec::len);
         for (i, sockets) in per_worker.iter_mut().enumerate() {
             let mut addr = port.resolve(configured);
             if i == 0 && addr.port() == 0 {
@@ -51,6 +52,9 @@ pub(super) fn open_sockets(
             port.learn(configured, udp.local_addr()?);
             sockets.push(udp);
         }
+        if let Some(group) = per_worker.first().and_then(|s| s.get(first)) {
+            steer(group, workers);
+        }
     }
     if per_worker.first().is_some_and(Vec::is_empty) {
         return Err(std::io::Error::other(
@@ -58,6 +62,23 @@ pub(super) fn open_sockets(
         ));
     }
     Ok(per_worker)
+}
+
+/// One worker per client: the `SO_REUSEPORT` group that `group` (its
+/// first socket, worker 0's) opened delivers each client's datagrams to the
+/// worker its source address picks, whatever its source port, so what a
+/// worker keeps per client (the rate limit) sees all of that client's
+/// requests. Without steering (a kernel before 4.5) the kernel's hash of
+/// the ports decides, as before; that is logged, not fatal.
+fn steer(group: &UdpSocket, workers: usize) {
+    if workers < 2 {
+        return;
+    }
+    let ipv6 = group.local_addr().is_ok_and(|a| a.is_ipv6());
+    let n = u32::try_from(workers).unwrap_or(u32::MAX);
+    if let Err(e) = ntsd_udp::steer_by_source(group, ipv6, n) {
+        tracing::warn!(addr = ?group.local_addr().ok(), error = %e, "[ntp] cannot steer each client to one worker (needs Linux 4.5); the kernel spreads a client's requests over the workers by port, so per-client rate limits see only part of a client's traffic");
+    }
 }
 
 fn open_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
