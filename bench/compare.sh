@@ -261,7 +261,7 @@ port $NTP_PORT
 ntsport $KE_PORT
 bindaddress 127.0.0.1
 local stratum 1
-allow 127.0.0.1
+allow 127.0.0.0/8
 ntsserverkey $KEY
 ntsservercert $CHAIN
 ntsntpserver 127.0.0.1
