@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use rustls::pki_types::pem::PemObject;
@@ -151,10 +151,9 @@ pub(crate) fn load_set(pairs: &[CertPair], now: i64) -> Result<CertSet, String> 
     Ok(CertSet { pairs })
 }
 
+/// The wall clock in Unix seconds, as certificate times are compared.
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    i64::try_from(crate::time::clock::unix_secs()).unwrap_or(i64::MAX)
 }
 
 /// Device, inode, modification and change times (s, ns) and size of a
