@@ -34,5 +34,7 @@ pub mod time;
 pub use aead::{AeadAlgorithm, AeadKey};
 pub use cookie::{CookieKeys, MasterKey, SessionKeys, SingleKey};
 pub use packet::{Leap, NtpHeader};
-pub use server::{Action, DropReason, NakReason, Random, ReplyKind, Server, SystemInfo};
+pub use server::{
+    Action, Basic, DropReason, Interleave, NakReason, Random, ReplyKind, Server, SystemInfo,
+};
 pub use time::{NtpShort, NtpTimestamp};

@@ -62,6 +62,58 @@ pub trait Random {
     fn fill(&mut self, dest: &mut [u8]);
 }
 
+/// The saved timestamps of interleaved mode (RFC 9769), kept by the caller.
+///
+/// An interleaved client sets the origin timestamp of its request to the
+/// receive timestamp of the server's previous reply to it. The server finds
+/// the transmit timestamp it saved for that reply (the kernel's, taken when
+/// the reply left) and sends it in this reply, so the client learns the
+/// exact T3 of the previous exchange whatever the server's batching.
+///
+/// As in chrony, the server marks its timestamps so that only a request
+/// that may be interleaved needs a lookup: every reply's receive timestamp
+/// has its lowest bit set, every transmit timestamp has it cleared. A
+/// request whose origin has the bit set, whose receive timestamp differs
+/// from its transmit timestamp and whose version is 4 is in interleaved
+/// form; any other request gets a basic reply without a lookup.
+pub trait Interleave {
+    /// Called once for an authenticated (or plain) request in interleaved
+    /// form, before its reply is written. `origin` is the request's origin
+    /// timestamp; the answer is the transmit timestamp saved under it, if
+    /// there is one, and the pair is used up (RFC 9769: a saved timestamp
+    /// goes out at most once). `receive` is the receive timestamp the reply
+    /// to this request carries: the caller saves that reply's transmit
+    /// timestamp under it once the reply has left.
+    fn exchange(&mut self, origin: NtpTimestamp, receive: NtpTimestamp) -> Option<NtpTimestamp>;
+}
+
+/// No interleaved mode: every reply is basic and no timestamp is marked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Basic;
+
+impl Interleave for Basic {
+    fn exchange(&mut self, _: NtpTimestamp, _: NtpTimestamp) -> Option<NtpTimestamp> {
+        None
+    }
+}
+
+/// Whether the marks of interleaved mode are applied (see [`Interleave`]).
+#[derive(Clone, Copy)]
+struct Marks(bool);
+
+impl Marks {
+    /// A receive timestamp as the reply carries it: lowest bit set.
+    fn receive(self, t: NtpTimestamp) -> NtpTimestamp {
+        NtpTimestamp(if self.0 { t.0 | 1 } else { t.0 })
+    }
+
+    /// A transmit timestamp as the reply carries it: lowest bit clear, so
+    /// it never equals a receive timestamp.
+    fn transmit(self, t: NtpTimestamp) -> NtpTimestamp {
+        NtpTimestamp(if self.0 { t.0 & !1 } else { t.0 })
+    }
+}
+
 /// Why a request was ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -187,7 +239,38 @@ impl<K: CookieKeys> Server<'_, K> {
         reply: &mut [u8],
         rng: &mut impl Random,
     ) -> Action {
-        match self.try_handle(received, transmit, request, reply, rng) {
+        let exchange = Exchange {
+            received,
+            marks: Marks(false),
+        };
+        match self.try_handle(exchange, transmit, &mut Basic, request, reply, rng) {
+            Ok(action) => action,
+            Err(reason) => Action::Ignore(reason),
+        }
+    }
+
+    /// [`Server::handle_timed`] with interleaved mode (RFC 9769): the
+    /// reply's timestamps are marked, and a request in interleaved form
+    /// that `saved` has a transmit timestamp for gets an interleaved reply
+    /// (origin = the request's receive timestamp, transmit = the saved
+    /// one). `transmit` is still called once, for the caller to save as
+    /// this reply's transmit time until the kernel's is known. Basic
+    /// requests, NAKs and everything else are answered as by
+    /// `handle_timed`, and no reply is longer than its request.
+    pub fn handle_interleaved(
+        &self,
+        received: NtpTimestamp,
+        transmit: impl FnOnce() -> NtpTimestamp,
+        saved: &mut impl Interleave,
+        request: &[u8],
+        reply: &mut [u8],
+        rng: &mut impl Random,
+    ) -> Action {
+        let exchange = Exchange {
+            received,
+            marks: Marks(true),
+        };
+        match self.try_handle(exchange, transmit, saved, request, reply, rng) {
             Ok(action) => action,
             Err(reason) => Action::Ignore(reason),
         }
@@ -196,14 +279,21 @@ impl<K: CookieKeys> Server<'_, K> {
     #[inline]
     fn try_handle(
         &self,
-        now: NtpTimestamp,
+        exchange: Exchange,
         transmit: impl FnOnce() -> NtpTimestamp,
+        saved: &mut impl Interleave,
         request: &[u8],
         reply: &mut [u8],
         rng: &mut impl Random,
     ) -> Result<Action, DropReason> {
-        let nts = match self.classify(now, request, reply)? {
-            Classified::Plain(response) => return plain_reply(response, transmit, reply),
+        let marks = exchange.marks;
+        let now = marks.receive(exchange.received);
+        let mut nts = match self.classify(now, request, reply)? {
+            Classified::Plain(mut response, form) => {
+                let previous = interleave(&mut response, form, saved);
+                let transmit = || marks.transmit(previous.unwrap_or(transmit()));
+                return plain_reply(response, transmit, reply);
+            }
             Classified::Nts(nts) => nts,
         };
         let mut cookie_scratch = [0u8; MAX_COOKIE_LEN];
@@ -214,6 +304,9 @@ impl<K: CookieKeys> Server<'_, K> {
         });
         match verified {
             Ok((keys, wanted)) => {
+                // Only an authenticated request may use up a saved pair.
+                let previous = interleave(&mut nts.response, nts.form, saved);
+                let transmit = || marks.transmit(previous.unwrap_or(transmit()));
                 let (key_id, master) = self.keys.sealing_key();
                 let frame = frame_reply(&nts, &keys, wanted, key_id, reply, rng)
                     .map_err(|_| DropReason::BufferTooSmall)?;
@@ -224,7 +317,7 @@ impl<K: CookieKeys> Server<'_, K> {
                     .seal(&keys, reply, transmit)
                     .map_err(|_| DropReason::BufferTooSmall)
             }
-            Err(reason) => nak_reply(&nts, now, transmit(), reason, reply),
+            Err(reason) => nak_reply(&nts, now, marks.transmit(transmit()), reason, reply),
         }
     }
 
@@ -250,8 +343,9 @@ impl<K: CookieKeys> Server<'_, K> {
         }
         let fields = NtsFields::collect(request)?;
         let response = self.response_header(&header, now);
+        let form = InterleavedForm::of(&header);
         if !fields.is_nts() {
-            return Ok(Classified::Plain(response));
+            return Ok(Classified::Plain(response, form));
         }
         if header.version != 4 {
             return Err(DropReason::BadVersion);
@@ -264,6 +358,7 @@ impl<K: CookieKeys> Server<'_, K> {
         }
         Ok(Classified::Nts(NtsRequest {
             response,
+            form,
             unique_id,
             cookie,
             fields,
@@ -291,10 +386,52 @@ impl<K: CookieKeys> Server<'_, K> {
     }
 }
 
+/// The receive time of a request and whether interleaved mode marks the
+/// reply's timestamps.
+#[derive(Clone, Copy)]
+struct Exchange {
+    received: NtpTimestamp,
+    marks: Marks,
+}
+
+/// A request in interleaved form (see [`Interleave`]): its origin and
+/// receive timestamps.
+#[derive(Clone, Copy)]
+pub(crate) struct InterleavedForm {
+    origin: NtpTimestamp,
+    receive: NtpTimestamp,
+}
+
+impl InterleavedForm {
+    fn of(request: &NtpHeader) -> Option<InterleavedForm> {
+        (request.version == 4 && request.origin.0 & 1 == 1 && request.receive != request.transmit)
+            .then_some(InterleavedForm {
+                origin: request.origin,
+                receive: request.receive,
+            })
+    }
+}
+
+/// Asks `saved` for the transmit timestamp of the previous reply to a
+/// request in interleaved form; when there is one, the reply becomes
+/// interleaved: its origin is the request's receive timestamp (RFC 9769,
+/// section 2), which is how the client tells it from a basic reply.
+#[inline]
+fn interleave(
+    response: &mut NtpHeader,
+    form: Option<InterleavedForm>,
+    saved: &mut impl Interleave,
+) -> Option<NtpTimestamp> {
+    let form = form?;
+    let previous = saved.exchange(form.origin, response.receive)?;
+    response.origin = form.receive;
+    Some(previous)
+}
+
 /// What [`Server::classify`] made of a request.
 pub(crate) enum Classified<'r> {
     /// No NTS fields: answer with this header.
-    Plain(NtpHeader),
+    Plain(NtpHeader, Option<InterleavedForm>),
     Nts(NtsRequest<'r>),
 }
 
@@ -302,6 +439,7 @@ pub(crate) enum Classified<'r> {
 pub(crate) struct NtsRequest<'r> {
     /// The reply's header (a NAK takes its poll and origin from it).
     response: NtpHeader,
+    form: Option<InterleavedForm>,
     unique_id: &'r [u8],
     pub(crate) cookie: &'r [u8],
     fields: NtsFields<'r>,

@@ -346,6 +346,32 @@ proptest! {
         handle_checked(&request, rng)?;
     }
 
+    /// With interleaved mode and a store that has a pair for every
+    /// origin, still no panic and no reply longer than its request, in
+    /// any buffer.
+    #[test]
+    fn interleaved_handle_never_panics_nor_amplifies(
+        request in any_request(),
+        n in 0..1600usize,
+        saved in any::<u64>(),
+    ) {
+        struct Always(u64);
+        impl nts_proto::Interleave for Always {
+            fn exchange(&mut self, _: NtpTimestamp, _: NtpTimestamp) -> Option<NtpTimestamp> {
+                Some(NtpTimestamp(self.0))
+            }
+        }
+        let ring = one_key();
+        let sys = system();
+        let server = Server { keys: &ring, system: &sys };
+        let mut reply = vec![0u8; n];
+        let action = server.handle_interleaved(
+            T2, || T2, &mut Always(saved), &request, &mut reply, &mut Counter(0));
+        if let Action::Reply { len, .. } = action {
+            prop_assert!(len <= request.len().min(n));
+        }
+    }
+
     #[test]
     fn handle_respects_small_reply_buffers(request in any_request(), n in 0..1600usize) {
         let ring = one_key();

@@ -563,7 +563,7 @@ fn now_ntp() -> NtpTimestamp {
     common::now_ntp()
 }
 
-/// Receive timestamps are the kernel's (SO_TIMESTAMPNS), not a clock read
+/// Receive timestamps are the kernel's (SO_TIMESTAMPING), not a clock read
 /// while processing: a request that waits in the socket while the server is
 /// stopped keeps its arrival time as T2, while T3 shows the wait.
 #[test]

@@ -12,8 +12,9 @@
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
-use crate::cmsg::{attach_source, received, ControlBuf, Received, SourceBuf, CONTROL_WORDS};
+use crate::cmsg::{attach_control, received, ControlBuf, Received, SourceBuf, CONTROL_WORDS};
 use crate::mmsg::{empty_storage, errno, point_reply, send_all, storage_bytes};
+use crate::timestamping::TxTimestamps;
 
 const NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_storage>();
 
@@ -141,8 +142,11 @@ pub struct SendBatch<const N: usize, const LEN: usize> {
     addrs: Box<[libc::sockaddr_storage; N]>,
     iov: Box<[libc::iovec; N]>,
     msgs: Box<[libc::mmsghdr; N]>,
-    /// The source-address control message of each reply (wildcard sockets).
+    /// The control messages of each reply: its source address (wildcard
+    /// sockets) and the request for a transmit timestamp.
     sources: Box<[SourceBuf; N]>,
+    /// The caller's tag of each reply that asks for a transmit timestamp.
+    stamps: Box<[Option<u64>; N]>,
     len: usize,
 }
 
@@ -170,7 +174,8 @@ impl<const N: usize, const LEN: usize> SendBatch<N, LEN> {
             // Entries are pointed at the batch's own buffers in `commit`.
             iov: Box::new(unsafe { std::mem::zeroed() }),
             msgs: Box::new(unsafe { std::mem::zeroed() }),
-            sources: Box::new([[0; 6]; N]),
+            sources: Box::new([[0; 8]; N]),
+            stamps: Box::new([None; N]),
             len: 0,
         }
     }
@@ -204,6 +209,20 @@ impl<const N: usize, const LEN: usize> SendBatch<N, LEN> {
     /// a wildcard address answers from the address the request came to).
     #[inline]
     pub fn commit(&mut self, len: usize, name: &[u8], local: Option<IpAddr>) {
+        self.queue(len, name, local, None);
+    }
+
+    /// [`SendBatch::commit`] for a reply whose software transmit timestamp
+    /// the kernel reports back: [`SendBatch::send_stamped`] hands `tag` to
+    /// the socket's [`TxTimestamps`], whose `read` returns it with the
+    /// time the reply left.
+    #[inline]
+    pub fn commit_stamped(&mut self, len: usize, name: &[u8], local: Option<IpAddr>, tag: u64) {
+        self.queue(len, name, local, Some(tag));
+    }
+
+    #[inline]
+    fn queue(&mut self, len: usize, name: &[u8], local: Option<IpAddr>, stamp: Option<u64>) {
         let i = self.len.min(N - 1);
         let namelen = name.len().min(NAME_LEN);
         let (Some(addr), Some(reply)) = (self.addrs.get_mut(i), self.replies[i].get_mut(..len))
@@ -227,9 +246,13 @@ impl<const N: usize, const LEN: usize> SendBatch<N, LEN> {
             addr,
             namelen as libc::socklen_t,
         );
-        if let Some(local) = local {
-            attach_source(&mut self.msgs[i], &mut self.sources[i], local);
-        }
+        attach_control(
+            &mut self.msgs[i],
+            &mut self.sources[i],
+            local,
+            stamp.is_some(),
+        );
+        self.stamps[i] = stamp;
         self.len = i + 1;
     }
 
@@ -247,6 +270,27 @@ impl<const N: usize, const LEN: usize> SendBatch<N, LEN> {
         // they have not moved), none of which changes until the call
         // returns.
         unsafe { send_all(fd, msgs) }
+    }
+
+    /// [`SendBatch::send`] for a socket with transmit timestamps: each
+    /// reply committed with a tag is noted in `stamps`, in send order. A
+    /// tag whose timestamp cannot come back (a refused datagram, which
+    /// leaves the kernel's ids unknown; a full list) is passed to `lost`.
+    pub fn send_stamped(
+        &mut self,
+        fd: RawFd,
+        stamps: &mut TxTimestamps,
+        mut lost: impl FnMut(u64),
+    ) -> usize {
+        let n = self.len;
+        let refused = self.send(fd);
+        for stamp in self.stamps.iter().take(n) {
+            stamps.sent(*stamp, &mut lost);
+        }
+        if refused > 0 {
+            stamps.resync(fd, &mut lost);
+        }
+        refused
     }
 }
 

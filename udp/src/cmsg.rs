@@ -5,15 +5,16 @@
 use nts_proto::NtpTimestamp;
 
 /// Room for the control messages of a received datagram, as u64s for
-/// alignment: SCM_TIMESTAMPNS (CMSG_SPACE of a timespec, 32 bytes on
-/// 64-bit Linux) and, on wildcard sockets, IP_PKTINFO (32) or
+/// alignment: SCM_TIMESTAMPING (CMSG_SPACE of three timespecs, 64 bytes
+/// on 64-bit Linux) and, on wildcard sockets, IP_PKTINFO (32) or
 /// IPV6_PKTINFO (40).
-pub(crate) const CONTROL_WORDS: usize = 12;
+pub(crate) const CONTROL_WORDS: usize = 16;
 pub type ControlBuf = [u64; CONTROL_WORDS];
 
-/// Room for the one control message of a reply: the source address
-/// (IP_PKTINFO or IPV6_PKTINFO, at most 40 bytes).
-pub(crate) type SourceBuf = [u64; 6];
+/// Room for the control messages of a reply: the source address
+/// (IP_PKTINFO or IPV6_PKTINFO, at most 40 bytes) and the request for a
+/// transmit timestamp (SO_TIMESTAMPING, 24 bytes).
+pub(crate) type SourceBuf = [u64; 8];
 
 /// What the control messages of a received datagram say.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,16 +27,51 @@ pub struct Received {
     pub local: Option<std::net::IpAddr>,
 }
 
-/// Writes the control message that sends a reply from `local` into
-/// `buf` and points `msg` at it.
-pub(crate) fn attach_source(msg: &mut libc::mmsghdr, buf: &mut SourceBuf, local: std::net::IpAddr) {
-    *buf = [0; 6];
+/// Writes the control messages of a reply into `buf` and points `msg` at
+/// them: the source address `local`, when given, and the request for a
+/// software transmit timestamp when `stamp` is set. Clears the control
+/// pointer when there is neither.
+pub(crate) fn attach_control(
+    msg: &mut libc::mmsghdr,
+    buf: &mut SourceBuf,
+    local: Option<std::net::IpAddr>,
+    stamp: bool,
+) {
     let h = &mut msg.msg_hdr;
-    h.msg_control = buf.as_mut_ptr().cast();
-    h.msg_controllen = std::mem::size_of::<SourceBuf>();
+    h.msg_control = std::ptr::null_mut();
+    h.msg_controllen = 0;
+    if local.is_none() && !stamp {
+        return;
+    }
+    *buf = [0; 8];
+    let mut used = 0;
+    if let Some(local) = local {
+        put_source(h, buf, &mut used, local);
+    }
+    if stamp {
+        let flags: u32 = crate::timestamping::TX_REQUEST;
+        put_cmsg(
+            h,
+            buf,
+            &mut used,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPING,
+            flags,
+        );
+    }
+}
+
+fn put_source(
+    h: &mut libc::msghdr,
+    buf: &mut SourceBuf,
+    used: &mut usize,
+    local: std::net::IpAddr,
+) {
     match local {
         std::net::IpAddr::V4(a) => put_cmsg(
             h,
+            buf,
+            used,
             libc::IPPROTO_IP,
             libc::IP_PKTINFO,
             libc::in_pktinfo {
@@ -48,6 +84,8 @@ pub(crate) fn attach_source(msg: &mut libc::mmsghdr, buf: &mut SourceBuf, local:
         ),
         std::net::IpAddr::V6(a) => put_cmsg(
             h,
+            buf,
+            used,
             libc::IPPROTO_IPV6,
             libc::IPV6_PKTINFO,
             libc::in6_pktinfo {
@@ -60,29 +98,47 @@ pub(crate) fn attach_source(msg: &mut libc::mmsghdr, buf: &mut SourceBuf, local:
     }
 }
 
-/// Writes one control message carrying `value` at the start of
-/// `h.msg_control` (which must hold CMSG_SPACE of it) and sets
-/// `msg_controllen` to exactly that message; clears the control
-/// pointer if it does not fit.
-fn put_cmsg<T>(h: &mut libc::msghdr, level: libc::c_int, ty: libc::c_int, value: T) {
+/// Appends one control message carrying `value` to `buf` at offset
+/// `*used` (a multiple of the header alignment), points `h` at the
+/// messages written so far and advances `*used`. A message that does not
+/// fit is left out (the buffer is sized for every message a reply takes).
+fn put_cmsg<T>(
+    h: &mut libc::msghdr,
+    buf: &mut SourceBuf,
+    used: &mut usize,
+    level: libc::c_int,
+    ty: libc::c_int,
+    value: T,
+) {
     let size = std::mem::size_of::<T>() as u32;
-    // SAFETY: CMSG_FIRSTHDR is null unless msg_controllen holds a
-    // header; the space check keeps the header and `value` within the
-    // buffer the caller pointed at, and the value is written unaligned.
+    // SAFETY: pure arithmetic on sizes.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(size) as usize,
+            libc::CMSG_LEN(size) as usize,
+        )
+    };
+    if *used + space > std::mem::size_of::<SourceBuf>() {
+        return;
+    }
+    // SAFETY: `*used + space` bytes fit in `buf`, which is u64-aligned, and
+    // `*used` is a multiple of CMSG_ALIGN's unit: the header is written
+    // aligned within the buffer, the value unaligned at CMSG_DATA, both
+    // inside the `space` bytes reserved for this message.
     unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(h);
-        let space = libc::CMSG_SPACE(size) as usize;
-        if cmsg.is_null() || h.msg_controllen < space {
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            return;
-        }
+        let cmsg = buf
+            .as_mut_ptr()
+            .cast::<u8>()
+            .add(*used)
+            .cast::<libc::cmsghdr>();
         (*cmsg).cmsg_level = level;
         (*cmsg).cmsg_type = ty;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size) as usize;
+        (*cmsg).cmsg_len = len;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), value);
-        h.msg_controllen = space;
     }
+    *used += space;
+    h.msg_control = buf.as_mut_ptr().cast();
+    h.msg_controllen = *used;
 }
 
 /// The kernel receive timestamp in the control messages of `msg`, if any.
@@ -107,15 +163,18 @@ pub(crate) fn received(msg: &libc::msghdr) -> Received {
             let c = &*cmsg;
             let holds = |n: usize| c.cmsg_len as usize >= libc::CMSG_LEN(n as u32) as usize;
             match (c.cmsg_level, c.cmsg_type) {
+                (libc::SOL_SOCKET, libc::SO_TIMESTAMPING)
+                    if holds(std::mem::size_of::<[libc::timespec; 3]>()) =>
+                {
+                    let ts: [libc::timespec; 3] =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    out.at = crate::timestamping::chosen(&ts);
+                }
                 (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)
                     if holds(std::mem::size_of::<libc::timespec>()) =>
                 {
                     let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    if let (Ok(secs), Ok(nanos)) =
-                        (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec))
-                    {
-                        out.at = Some(NtpTimestamp::from_unix(secs, nanos));
-                    }
+                    out.at = crate::timestamping::timespec(&ts);
                 }
                 (libc::IPPROTO_IP, libc::IP_PKTINFO)
                     if holds(std::mem::size_of::<libc::in_pktinfo>()) =>

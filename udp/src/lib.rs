@@ -4,10 +4,12 @@
 //! and `sendmmsg`/`recvmsg` helpers, in the spirit of `quinn-udp`.
 //!
 //! ```text
-//! sockopt: enable_rx_timestamps, enable_pktinfo, set_dont_fragment,
+//! sockopt: enable_pktinfo, set_dont_fragment,
 //!          steer_by_source (one socket of a SO_REUSEPORT group per source address)
+//! timestamping: enable_rx_timestamps, TxTimestamps (SO_TIMESTAMPING, software)
 //! RecvBatch::recv (recvmmsg) ─► Datagram { data, name, received: Received { at, local } }
 //! SendBatch::next_reply ─► commit(len, name, local) ─► send (sendmmsg)
+//!                       └► commit_stamped(.., tag) ─► send_stamped ─► TxTimestamps::read
 //! ```
 //!
 //! Every `unsafe` block that touches the socket API outside the io_uring
@@ -28,12 +30,15 @@ mod mmsg;
 #[allow(unsafe_code)]
 mod sockopt;
 mod steer;
+#[allow(unsafe_code)]
+mod timestamping;
 
 pub use batch::{Datagram, RecvBatch, SendBatch};
 pub use cmsg::{received_in, ControlBuf, Received};
 pub use mmsg::{peer_ip, point_reply, recv_timestamped, send_all};
-pub use sockopt::{enable_pktinfo, enable_rx_timestamps, set_dont_fragment};
+pub use sockopt::{enable_pktinfo, set_dont_fragment};
 pub use steer::{steer_by_source, steered_index};
+pub use timestamping::{enable_rx_timestamps, TxTimestamps, PENDING as TX_PENDING};
 
 #[cfg(test)]
 mod tests {

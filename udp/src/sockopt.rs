@@ -56,12 +56,6 @@ pub(crate) fn set_opt<T>(
     }
 }
 
-/// Asks the kernel for a software receive timestamp on every datagram
-/// (SO_TIMESTAMPNS, CLOCK_REALTIME, taken when the packet arrives).
-pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> std::io::Result<()> {
-    set_flag(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)
-}
-
 /// Sends every IPv4 reply with Don't Fragment set and IP ID 0
 /// (IP_PMTUDISC_PROBE), never fragmented by the kernel. A reply is
 /// never larger than its request, so it fits the path the request came

@@ -53,7 +53,7 @@ pub(crate) const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
     ("ntsd_ntp_naks_total", C, &["reason"], "NTS NAKs sent, by the reason the request could not be authenticated."),
     ("ntsd_ntp_dropped_total", C, &["reason"], "NTP datagrams dropped without an answer, by reason."),
     ("ntsd_ntp_io_errors_total", C, &["op"], "Socket errors on the NTP path, by operation."),
-    ("ntsd_ntp_kernel_timestamps_total", C, &[], "NTP requests whose receive timestamp came from the kernel (SO_TIMESTAMPNS)."),
+    ("ntsd_ntp_kernel_timestamps_total", C, &[], "NTP requests whose receive timestamp came from the kernel (SO_TIMESTAMPING)."),
     ("ntsd_ntp_daemon_timestamps_total", C, &[], "NTP requests without a kernel receive timestamp, timestamped by ntsd when read."),
     ("ntsd_worker_packets_received_total", C, &["worker"], "Datagrams received by each NTP worker (SO_REUSEPORT balance)."),
     ("ntsd_worker_packets_sent_total", C, &["worker"], "Replies sent by each NTP worker."),
