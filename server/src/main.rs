@@ -6,6 +6,7 @@
 //! ntsd demo                     NTS on loopback with a throwaway CA
 //! ntsd query HOST[:PORT]        NTS-KE + one authenticated exchange
 //! ntsd stats [--config F]       a running server's counters (serverstats)
+//! ntsd clients [--config F]     a running server's clients (chronyc clients)
 //! ```
 
 use ntsd::cli::{demo, query};
@@ -87,6 +88,24 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// A running server's clients, like `chronyc clients`: NTP packets,
+    /// drops, interval, last seen, interleaved and NTS replies, most
+    /// packets first.
+    Clients {
+        /// The metrics endpoint, http://HOST:PORT (the path is /clients).
+        #[arg(long, conflicts_with = "config")]
+        metrics: Option<String>,
+        /// A config file whose `[metrics] listen` names the endpoint
+        /// (default /etc/ntsd/config.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only the N clients with the most packets.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+        /// Numeric addresses, as `chronyc -n`: ntsd always prints numbers.
+        #[arg(short = 'n')]
+        numeric: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +177,12 @@ fn main() -> ExitCode {
         Command::Stats { metrics, config } => {
             ntsd::cli::stats::run(metrics.as_deref(), config.as_deref())
         }
+        Command::Clients {
+            metrics,
+            config,
+            top,
+            numeric: _,
+        } => ntsd::cli::clients::run(metrics.as_deref(), config.as_deref(), top),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

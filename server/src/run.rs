@@ -158,6 +158,7 @@ fn metric_sources(
 ) -> Sources {
     Sources {
         ntp: ntp.counters.clone(),
+        clients: ntp.clients.clone(),
         ke: ke.counters.clone(),
         ke_max_connections: ke.max_connections,
         ke_open: ke.slots.clone(),

@@ -158,12 +158,18 @@ pub(crate) fn render(m: &BTreeMap<String, f64>) -> String {
     let mut line = |name: &str, value: String| lines.push((name.to_owned(), value));
     let n = |v: f64| format!("{}", v as u64);
     // chrony's `serverstats` lines first, under chrony's names.
-    let counts: [(&str, f64); 9] = [
+    let interleaved = get("ntsd_ntp_interleaved_responses_total");
+    let kernel_tx = get("ntsd_ntp_kernel_tx_timestamps_total");
+    let counts: [(&str, f64); 15] = [
         (
             "NTP packets received",
             sum(m, "ntsd_worker_packets_received_total"),
         ),
         ("NTP packets dropped", sum(m, "ntsd_ntp_dropped_total")),
+        (
+            "Client log records dropped",
+            get("ntsd_ntp_client_log_records_dropped_total"),
+        ),
         (
             "NTS-KE connections accepted",
             get("ntsd_ke_connections_total"),
@@ -185,14 +191,22 @@ pub(crate) fn render(m: &BTreeMap<String, f64>) -> String {
             "Authenticated NTP packets",
             get("ntsd_ntp_responses_total{kind=\"nts\"}"),
         ),
-        (
-            "NTP kernel RX timestamps",
-            get("ntsd_ntp_kernel_timestamps_total"),
-        ),
+        ("Interleaved NTP packets", interleaved),
+        ("NTP timestamps held", get("ntsd_ntp_timestamps_held")),
+        ("NTP timestamp span", get("ntsd_ntp_timestamp_span_seconds")),
         (
             "NTP daemon RX timestamps",
             get("ntsd_ntp_daemon_timestamps_total"),
         ),
+        (
+            "NTP daemon TX timestamps",
+            (interleaved - kernel_tx).max(0.0),
+        ),
+        (
+            "NTP kernel RX timestamps",
+            get("ntsd_ntp_kernel_timestamps_total"),
+        ),
+        ("NTP kernel TX timestamps", kernel_tx),
         (
             "Plain NTP responses",
             get("ntsd_ntp_responses_total{kind=\"plain\"}"),
@@ -205,6 +219,10 @@ pub(crate) fn render(m: &BTreeMap<String, f64>) -> String {
     for (name, v) in counts {
         line(name, n(v));
     }
+    line(
+        "  TX timestamps lost",
+        n(get("ntsd_ntp_tx_timestamps_lost_total")),
+    );
     for (reason, v) in by_label(m, "ntsd_ntp_naks_total", "reason") {
         line(&format!("  NAK, {reason}"), n(v));
     }
@@ -250,14 +268,22 @@ pub(crate) fn render(m: &BTreeMap<String, f64>) -> String {
 /// or `--config FILE`; success only for 200, else the body says why.
 pub fn probe(metrics: Option<&str>, config: Option<&Path>, live: bool) -> Result<String, String> {
     let path = if live { "/healthz" } else { "/readyz" };
-    let candidates = match (metrics, config) {
+    fetch_any(&authorities(metrics, config)?, path)
+}
+
+/// The `HOST:PORT`s to try for the endpoint: that of `--metrics URL`, else
+/// those `--config FILE` names (default `/etc/ntsd/config.toml`).
+pub(crate) fn authorities(
+    metrics: Option<&str>,
+    config: Option<&Path>,
+) -> Result<Vec<String>, String> {
+    Ok(match (metrics, config) {
         (Some(url), _) => vec![parse_url(url)?.0],
         (None, config) => endpoints_from_config(config.unwrap_or(Path::new(DEFAULT_CONFIG)))?
             .iter()
             .map(SocketAddr::to_string)
             .collect(),
-    };
-    fetch_any(&candidates, path)
+    })
 }
 
 /// The config `ntsd ready` and `ntsd stats` read without `--config`.
@@ -338,5 +364,14 @@ mod tests {
         assert_eq!(line("Current key age "), "1h02m05s");
         assert!(t.contains("NTS-KE connections accepted"));
         assert!(t.contains("NTP kernel RX timestamps"));
+        for name in [
+            "Client log records dropped",
+            "Interleaved NTP packets",
+            "NTP timestamps held",
+            "NTP timestamp span",
+            "NTP kernel TX timestamps",
+        ] {
+            assert!(t.contains(name), "{name} missing:\n{t}");
+        }
     }
 }

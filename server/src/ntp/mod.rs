@@ -19,6 +19,7 @@
 //! allocates nothing, takes no lock and makes no syscall beyond the I/O.
 
 mod exclusive;
+mod interleave;
 mod portable;
 mod rng;
 mod sockets;
@@ -34,11 +35,13 @@ use std::thread::JoinHandle;
 use keyrotate::RotatingKeys;
 
 use crate::config::{Backend, Config};
+use crate::ops::clients::ClientLog;
 use crate::ops::counters::NtpCounters;
 use crate::ops::health::{self, WorkerHealth, WorkerState};
 use crate::policy::access::AccessList;
 use crate::policy::ratelimit::RateLimiter;
 use crate::time::source::SharedSystem;
+use interleave::SavedTimestamps;
 use rng::WorkerRng;
 use transmit::{SealDelay, SendWait};
 use worker::{Worker, STOP_POLL};
@@ -47,6 +50,8 @@ use worker::{Worker, STOP_POLL};
 #[derive(Debug)]
 pub(crate) struct Ntp {
     pub(crate) counters: Vec<Arc<NtpCounters>>,
+    /// One client log per worker thread.
+    pub(crate) clients: Vec<Arc<ClientLog>>,
     /// One per thread (portable runs a thread per socket).
     pub(crate) health: Vec<Arc<WorkerHealth>>,
     pub(crate) backend: Backend,
@@ -87,6 +92,15 @@ impl Sockets {
 /// io_uring back end (Linux 6.0 or later, io_uring not blocked).
 pub fn io_uring_probe() -> std::io::Result<()> {
     uring::probe()
+}
+
+/// Bytes one client costs in `[ntp] client_log_limit`: a client log
+/// record and a saved timestamp.
+pub(crate) const CLIENT_SLOT_BYTES: usize = ClientLog::RECORD_BYTES + SavedTimestamps::ENTRY_BYTES;
+
+/// Clients each of `threads` worker threads keeps, out of `limit` bytes.
+fn clients_per_thread(limit: usize, threads: usize) -> usize {
+    limit / threads.max(1) / CLIENT_SLOT_BYTES
 }
 
 /// Number of workers for `configured` (0 = one per available core).
@@ -136,6 +150,18 @@ impl Ntp {
         let mut counters = Vec::new();
         let mut healths = Vec::new();
         let mut threads = Vec::new();
+        let mut clients = Vec::new();
+        let thread_count = match backend {
+            Backend::IoUring => n,
+            _ => sockets.iter().map(Vec::len).sum(),
+        };
+        let slots = clients_per_thread(cfg.client_log_limit, thread_count);
+        if cfg.interleaved && slots == 0 {
+            tracing::warn!(
+                client_log_limit = cfg.client_log_limit,
+                "[ntp] interleaved = true, but client_log_limit leaves no room for saved timestamps: every reply is basic"
+            );
+        }
         for (i, worker_sockets) in sockets.into_iter().enumerate() {
             let c = Arc::new(NtpCounters::default());
             counters.push(c.clone());
@@ -144,11 +170,9 @@ impl Ntp {
                 healths.push(health.clone());
                 let mut rng =
                     WorkerRng::new().map_err(|_| "system random number generator failed")?;
-                let limiter = limits.map(|(l, _)| {
-                    let mut seed = [0u8; 8];
-                    nts_proto::Random::fill(&mut rng, &mut seed);
-                    RateLimiter::new(l, u64::from_le_bytes(seed))
-                });
+                let limiter = limits.map(|(l, _)| RateLimiter::new(l, rng.next_u64()));
+                let log = Arc::new(ClientLog::new(slots, [rng.next_u64(), rng.next_u64()]));
+                clients.push(log.clone());
                 Ok(Worker {
                     keys: keys.clone(),
                     system: system.clone(),
@@ -161,6 +185,8 @@ impl Ntp {
                     access: acl.clone(),
                     limiter,
                     kod: limits.is_some_and(|(_, kod)| kod),
+                    saved: (cfg.interleaved && slots > 0).then(|| SavedTimestamps::new(slots)),
+                    clients: log,
                 })
             };
             match backend {
@@ -191,9 +217,17 @@ impl Ntp {
         {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        tracing::info!(workers = n, ?backend, addrs = ?local_addrs, "NTP workers started");
+        tracing::info!(
+            workers = n,
+            ?backend,
+            addrs = ?local_addrs,
+            interleaved = cfg.interleaved && slots > 0,
+            clients_per_thread = slots,
+            "NTP workers started"
+        );
         Ok(Ntp {
             counters,
+            clients,
             health: healths,
             backend,
             threads,

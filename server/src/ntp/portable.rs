@@ -31,6 +31,7 @@ pub(super) fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String>
     // send batch.
     let mut requests = RecvBatch::<SEND_BATCH, MAX_PACKET>::new();
     let mut replies = Replies::new();
+    let mut stamps = worker.tx_timestamps(socket);
     worker.serving();
     while !worker.stopping() {
         let n = match requests.recv(fd) {
@@ -56,6 +57,9 @@ pub(super) fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String>
         };
         errors = 0;
         pause = FIRST_PAUSE;
+        if let Some(stamps) = stamps.as_mut() {
+            worker.read_stamps(fd, stamps);
+        }
         // A pass of one learns nothing about waits and adds none: no clock
         // read for it.
         let handling = (n > 1).then(Instant::now);
@@ -70,16 +74,22 @@ pub(super) fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String>
             }
             let wait = worker.send_wait.wait(n - 1 - i, replies.len());
             let peer = peer_ip(d.name);
-            if let Some(len) =
-                worker.process(peer, d.received.at, d.data, replies.next_reply(), wait)
-            {
-                replies.commit(len, d.name, d.received.local);
+            let stamped = stamps.is_some();
+            if let Some(built) = worker.process(
+                peer,
+                d.received.at,
+                d.data,
+                replies.next_reply(),
+                wait,
+                stamped,
+            ) {
+                built.queue(&mut replies, d.name, d.received.local);
             }
         }
         if let Some(t) = handling {
             worker.send_wait.learn_handle(n, t.elapsed());
         }
-        worker.send(fd, &mut replies, false);
+        worker.send(fd, &mut replies, false, stamps.as_mut());
     }
     Ok(())
 }

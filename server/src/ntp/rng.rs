@@ -42,6 +42,13 @@ impl WorkerRng {
         Ok((cipher, counter))
     }
 
+    /// Eight random bytes as a number (for hash keys and seeds).
+    pub(super) fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        nts_proto::Random::fill(self, &mut b);
+        u64::from_le_bytes(b)
+    }
+
     fn rekey(&mut self) {
         // If getrandom fails we keep the current key: the stream stays
         // unpredictable, and the failure is retried at the next rekey.

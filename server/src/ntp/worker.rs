@@ -9,8 +9,10 @@ use std::sync::Arc;
 use keyrotate::RotatingKeys;
 use nts_proto::{Action, NtpTimestamp, ReplyKind, Server};
 
+use super::interleave::{SavedTimestamps, Update};
 use super::rng::WorkerRng;
 use super::transmit::{SealDelay, SendWait};
+use crate::ops::clients::ClientLog;
 use crate::ops::counters::{NtpCounters, NtpEvent};
 use crate::ops::health::{WorkerHealth, WorkerState};
 use crate::policy::access::AccessList;
@@ -46,6 +48,32 @@ pub(super) struct Worker {
     pub(super) limiter: Option<RateLimiter>,
     /// Answer plain requests over the limit with a RATE kiss-o'-death.
     pub(super) kod: bool,
+    /// Interleaved mode's saved timestamps, when `[ntp] interleaved` is on.
+    pub(super) saved: Option<SavedTimestamps>,
+    /// This thread's client log (its only writer).
+    pub(super) clients: Arc<ClientLog>,
+}
+
+/// A reply built into the send batch's buffer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Built {
+    pub(super) len: usize,
+    /// Ask the kernel for this reply's transmit timestamp, and report it
+    /// under this tag (the reply's receive timestamp) to
+    /// [`Worker::transmitted`].
+    pub(super) stamp: Option<u64>,
+}
+
+impl Built {
+    /// Queues the reply to `name`, from `local`, asking the kernel for its
+    /// transmit timestamp when it is to be saved.
+    #[inline]
+    pub(super) fn queue(self, replies: &mut Replies, name: &[u8], local: Option<std::net::IpAddr>) {
+        match self.stamp {
+            Some(tag) => replies.commit_stamped(self.len, name, local, tag),
+            None => replies.commit(self.len, name, local),
+        }
+    }
 }
 
 impl Worker {
@@ -58,6 +86,11 @@ impl Worker {
     ///
     /// `peer` is checked against the access list and the rate limit first,
     /// before any cryptographic work: a refused request costs a lookup.
+    ///
+    /// With interleaved mode on, a reply to a request in interleaved form
+    /// has its transmit timestamp saved: the daemon's, replaced by the
+    /// kernel's when `stamped` (the socket reports transmit timestamps)
+    /// and the kernel's comes back.
     #[inline]
     pub(super) fn process(
         &mut self,
@@ -66,7 +99,8 @@ impl Worker {
         request: &[u8],
         reply: &mut [u8],
         wait: u64,
-    ) -> Option<usize> {
+        stamped: bool,
+    ) -> Option<Built> {
         self.counters.add(NtpEvent::Received);
         let received = match received {
             Some(t) => {
@@ -78,14 +112,23 @@ impl Worker {
                 now_ntp()
             }
         };
+        let mut logged = None;
         if let Some(ip) = peer {
             if !self.access.permits(ip) {
                 self.counters.add(NtpEvent::DropAccessDenied);
                 return None;
             }
+            logged = self.clients.hit(ip, received.0);
             if let Some(limiter) = self.limiter.as_mut() {
                 if limiter.check(ip, received.as_nanos()) == Verdict::OverLimit {
-                    return self.over_limit(received, request, reply);
+                    let len = self.over_limit(received, request, reply);
+                    if let (None, Some(i)) = (len, logged) {
+                        self.clients.dropped_one(i);
+                    }
+                    return Some(Built {
+                        len: len?,
+                        stamp: None,
+                    });
                 }
             }
         }
@@ -102,7 +145,13 @@ impl Worker {
             read_at = now_ntp();
             NtpTimestamp(read_at.0.wrapping_add(ahead))
         };
-        let action = server.handle_timed(received, transmit, request, reply, &mut self.rng);
+        let action = match self.saved.as_mut() {
+            Some(saved) => {
+                saved.begin();
+                server.handle_interleaved(received, transmit, saved, request, reply, &mut self.rng)
+            }
+            None => server.handle_timed(received, transmit, request, reply, &mut self.rng),
+        };
         if let Action::Reply {
             kind: ReplyKind::Nts,
             ..
@@ -113,10 +162,56 @@ impl Worker {
         }
         self.counters.add(NtpEvent::of(&action));
         match action {
-            Action::Reply { len, .. } => Some(len),
+            Action::Reply {
+                len,
+                kind: kind @ (ReplyKind::Plain | ReplyKind::Nts),
+            } => {
+                let (stamp, interleaved) =
+                    self.save(NtpTimestamp(read_at.0.wrapping_add(ahead)), stamped);
+                if let Some(i) = logged {
+                    self.clients.note(i, kind == ReplyKind::Nts, interleaved);
+                }
+                Some(Built { len, stamp })
+            }
+            Action::Reply { len, .. } => Some(Built { len, stamp: None }),
             Action::Ignore(reason) => {
                 tracing::trace!(?reason, "request ignored");
                 None
+            }
+        }
+    }
+
+    /// After a reply to a request in interleaved form: counts an
+    /// interleaved reply and saves this reply's transmit timestamp
+    /// (`transmit`, the daemon's) under its receive timestamp. Returns the
+    /// tag to ask the kernel's timestamp under, when `stamped`, and whether
+    /// the reply was interleaved.
+    #[inline]
+    fn save(&mut self, transmit: NtpTimestamp, stamped: bool) -> (Option<u64>, bool) {
+        let Some(saved) = self.saved.as_mut() else {
+            return (None, false);
+        };
+        let last = saved.last;
+        let Some(receive) = last.save else {
+            return (None, false);
+        };
+        if last.interleaved {
+            self.counters.add(NtpEvent::ReplyInterleaved);
+            if last.kernel {
+                self.counters.add(NtpEvent::KernelTxTimestamp);
+            }
+        }
+        let kept = saved.save(receive, transmit, stamped);
+        self.counters.set_saved(saved.held(), saved.span_seconds());
+        ((kept && stamped).then_some(receive.0), last.interleaved)
+    }
+
+    /// The kernel's transmit timestamp of the reply tagged `tag` (`None`:
+    /// it will not come back).
+    pub(super) fn transmitted(&mut self, tag: u64, at: Option<NtpTimestamp>) {
+        if let Some(saved) = self.saved.as_mut() {
+            if saved.update(tag, at) == Update::Lost {
+                self.counters.add(NtpEvent::TxTimestampLost);
             }
         }
     }
@@ -155,19 +250,29 @@ impl Worker {
     /// Sends the queued replies on `fd`, counts the datagrams sent and
     /// refused, and learns the send time per message ([`SendWait`]) from a
     /// batch of two or more. Returns how long the call took when `timed` or
-    /// when the batch was timed for learning.
+    /// when the batch was timed for learning. With `stamps` (the socket's
+    /// transmit timestamps), the stamped replies are noted and the
+    /// timestamps already taken are read.
     pub(super) fn send(
         &mut self,
         fd: std::os::fd::RawFd,
         batch: &mut Replies,
         timed: bool,
+        stamps: Option<&mut ntsd_udp::TxTimestamps>,
     ) -> Option<std::time::Duration> {
         let n = batch.len();
         if n == 0 {
             return None;
         }
         let start = (n > 1 || timed).then(std::time::Instant::now);
-        let refused = batch.send(fd);
+        let refused = match stamps {
+            Some(stamps) => {
+                let refused = batch.send_stamped(fd, stamps, |tag| self.transmitted(tag, None));
+                self.read_stamps(fd, stamps);
+                refused
+            }
+            None => batch.send(fd),
+        };
         let took = start.map(|t| t.elapsed());
         if let (Some(t), true) = (took, n > 1) {
             self.send_wait.learn_send(n, t);
@@ -175,6 +280,40 @@ impl Worker {
         self.count_n(NtpEvent::SendError, refused as u64);
         self.count_n(NtpEvent::Sent, n.saturating_sub(refused) as u64);
         took
+    }
+
+    /// Reads the transmit timestamps the kernel has taken on `fd`, if any
+    /// are awaited: after each send, and before each pass, so that a
+    /// client's next request finds its pair.
+    #[inline]
+    pub(super) fn read_stamps(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        stamps: &mut ntsd_udp::TxTimestamps,
+    ) {
+        if stamps.pending() > 0 {
+            stamps.read(fd, |tag, at| self.transmitted(tag, at));
+        }
+    }
+
+    /// The socket's transmit timestamps, when interleaved mode is on and
+    /// the kernel reports them; `None` (and a warning, once) where it does
+    /// not: saved pairs then carry the daemon's transmit timestamp.
+    pub(super) fn tx_timestamps(
+        &self,
+        socket: &std::net::UdpSocket,
+    ) -> Option<ntsd_udp::TxTimestamps> {
+        self.saved.as_ref()?;
+        match ntsd_udp::TxTimestamps::enable(socket) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(error = %e, "no kernel transmit timestamps: interleaved replies carry the daemon's transmit timestamp");
+                });
+                None
+            }
+        }
     }
 
     /// The back end is set up and receiving (for `/healthz`).
@@ -219,6 +358,8 @@ impl Worker {
             access: Arc::new(AccessList::new(&[], &[])),
             limiter: None,
             kod: false,
+            saved: Some(SavedTimestamps::new(64)),
+            clients: Arc::new(ClientLog::new(64, [1, 2])),
         };
         (worker, counters)
     }

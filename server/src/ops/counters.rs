@@ -38,9 +38,16 @@ pub(crate) enum NtpEvent {
     DropRateLimited,
     /// Over the rate limit, answered with a RATE kiss-o'-death.
     ReplyKod,
+    /// A reply in interleaved mode (it carried a saved transmit timestamp).
+    ReplyInterleaved,
+    /// An interleaved reply whose saved transmit timestamp was the kernel's.
+    KernelTxTimestamp,
+    /// A transmit timestamp asked of the kernel that did not come back (its
+    /// pair is never sent; the client's next reply is basic).
+    TxTimestampLost,
 }
 
-pub(crate) const NTP_EVENTS: usize = 20;
+pub(crate) const NTP_EVENTS: usize = 23;
 
 impl NtpEvent {
     #[cfg(test)]
@@ -65,6 +72,9 @@ impl NtpEvent {
         NtpEvent::DropAccessDenied,
         NtpEvent::DropRateLimited,
         NtpEvent::ReplyKod,
+        NtpEvent::ReplyInterleaved,
+        NtpEvent::KernelTxTimestamp,
+        NtpEvent::TxTimestampLost,
     ];
 
     /// The event that an [`Action`] from `handle` counts as.
@@ -94,9 +104,25 @@ impl NtpEvent {
 #[repr(align(128))]
 pub(crate) struct NtpCounters {
     counts: [AtomicU64; NTP_EVENTS],
+    /// Interleaved mode's saved timestamps: how many are held, and the
+    /// seconds from the oldest to the newest (gauges).
+    held: AtomicU64,
+    span: AtomicU64,
 }
 
 impl NtpCounters {
+    /// Sets the saved-timestamp gauges.
+    #[inline]
+    pub(crate) fn set_saved(&self, held: usize, span_seconds: u64) {
+        self.held.store(held as u64, Relaxed);
+        self.span.store(span_seconds, Relaxed);
+    }
+
+    /// Saved timestamps held, and their span in seconds.
+    pub(crate) fn saved(&self) -> (u64, u64) {
+        (self.held.load(Relaxed), self.span.load(Relaxed))
+    }
+
     #[inline]
     pub(crate) fn add(&self, event: NtpEvent) {
         self.add_n(event, 1);

@@ -1,6 +1,8 @@
-//! The HTTP endpoint on `[metrics] listen`: `/metrics`, `/healthz` and
-//! `/readyz` (hyper, HTTP/1.1), on the background runtime, never on an NTP
-//! worker. Anything else is 404.
+//! The HTTP endpoint on `[metrics] listen`: `/metrics`, `/healthz`,
+//! `/readyz` and `/clients` (hyper, HTTP/1.1), on the background runtime,
+//! never on an NTP worker. Anything else is 404. `/clients` lists client
+//! addresses, which are personal data: it is a path of its own, never part
+//! of a scrape.
 //!
 //! A scraper cannot pile connections up: at most [`MAX_CONNECTIONS`] are
 //! served at once (more are closed at once), a request's headers must
@@ -32,6 +34,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 pub(crate) struct Endpoint {
     pub(crate) registry: prometheus::Registry,
     pub(crate) health: Arc<Health>,
+    /// The NTP workers' client logs.
+    pub(crate) clients: Vec<Arc<crate::ops::clients::ClientLog>>,
 }
 
 /// Serves `listener` until `stop` fires.
@@ -83,10 +87,13 @@ pub(crate) async fn serve(
 
 fn respond(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/readyz/nts-ke") {
+    if !matches!(
+        path,
+        "/metrics" | "/healthz" | "/readyz" | "/readyz/nts-ke" | "/clients"
+    ) {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz or /readyz/nts-ke\n".into(),
+            "not found: try /metrics, /healthz, /readyz, /readyz/nts-ke or /clients\n".into(),
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -109,10 +116,40 @@ fn respond(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>
             );
             r
         }
+        "/clients" => match top(req.uri().query()) {
+            Ok(top) => {
+                let now = crate::time::clock::now_ntp().0;
+                text(
+                    StatusCode::OK,
+                    crate::ops::clients::report(&endpoint.clients, now, top),
+                )
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
         "/healthz" => probe(endpoint.health.liveness(), "ok", &endpoint.health),
         "/readyz" => probe(endpoint.health.readiness(), "ready", &endpoint.health),
         _ => probe(endpoint.health.ke_readiness(), "ready", &endpoint.health),
     }
+}
+
+/// The `top=N` of a `/clients` query (every client without it).
+fn top(query: Option<&str>) -> Result<usize, String> {
+    let mut top = usize::MAX;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("top", n)) => {
+                top = n
+                    .parse()
+                    .map_err(|_| format!("top={n}: not a number of clients\n"))?;
+            }
+            _ => return Err(format!("{pair}: unknown parameter; /clients takes top=N\n")),
+        }
+    }
+    Ok(top)
 }
 
 /// 200 with `ok` when nothing is wrong (and a `degraded:` line for each

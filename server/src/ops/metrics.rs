@@ -19,6 +19,7 @@ use nts_proto::AeadAlgorithm;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::ops::clients::ClientLog;
 use crate::ops::counters::{KeCounters, KeEvent, KeyCounters, NtpCounters, NtpEvent};
 use crate::ops::health::Health;
 use crate::time::source::{SharedSystem, TimeCounters};
@@ -28,6 +29,8 @@ use crate::time::source::{SharedSystem, TimeCounters};
 pub(crate) struct Sources {
     /// One block per worker, summed; also shown per worker.
     pub(crate) ntp: Vec<Arc<NtpCounters>>,
+    /// One client log per worker.
+    pub(crate) clients: Vec<Arc<ClientLog>>,
     pub(crate) ke: Arc<KeCounters>,
     pub(crate) ke_max_connections: usize,
     pub(crate) ke_open: Arc<tokio::sync::Semaphore>,
@@ -55,6 +58,12 @@ pub(crate) const FAMILIES: &[(&str, MetricType, &[&str], &str)] = &[
     ("ntsd_ntp_io_errors_total", C, &["op"], "Socket errors on the NTP path, by operation."),
     ("ntsd_ntp_kernel_timestamps_total", C, &[], "NTP requests whose receive timestamp came from the kernel (SO_TIMESTAMPING)."),
     ("ntsd_ntp_daemon_timestamps_total", C, &[], "NTP requests without a kernel receive timestamp, timestamped by ntsd when read."),
+    ("ntsd_ntp_interleaved_responses_total", C, &[], "Replies in interleaved mode (RFC 9769): each carried the saved transmit timestamp of the previous reply to its client."),
+    ("ntsd_ntp_kernel_tx_timestamps_total", C, &[], "Interleaved replies whose saved transmit timestamp was the kernel's (SO_TIMESTAMPING)."),
+    ("ntsd_ntp_tx_timestamps_lost_total", C, &[], "Transmit timestamps asked of the kernel that never came back; the client's next reply is basic."),
+    ("ntsd_ntp_timestamps_held", G, &[], "Transmit timestamps saved for interleaved mode, all workers together."),
+    ("ntsd_ntp_timestamp_span_seconds", G, &[], "Seconds from the oldest to the newest saved timestamp (the widest worker): how long a client may wait between requests and still get an interleaved reply."),
+    ("ntsd_ntp_client_log_records_dropped_total", C, &[], "Client log records replaced to make room for another client ([ntp] client_log_limit is full)."),
     ("ntsd_worker_packets_received_total", C, &["worker"], "Datagrams received by each NTP worker (SO_REUSEPORT balance)."),
     ("ntsd_worker_packets_sent_total", C, &["worker"], "Replies sent by each NTP worker."),
     ("ntsd_ntp_workers", G, &[], "NTP worker threads configured."),
@@ -174,6 +183,18 @@ impl NtsdCollector {
             ]),
             "ntsd_ntp_kernel_timestamps_total" => one(self.ntp(KernelTimestamp)),
             "ntsd_ntp_daemon_timestamps_total" => one(self.ntp(NoKernelTimestamp)),
+            "ntsd_ntp_interleaved_responses_total" => one(self.ntp(ReplyInterleaved)),
+            "ntsd_ntp_kernel_tx_timestamps_total" => one(self.ntp(KernelTxTimestamp)),
+            "ntsd_ntp_tx_timestamps_lost_total" => one(self.ntp(TxTimestampLost)),
+            "ntsd_ntp_timestamps_held" => {
+                one(s.ntp.iter().map(|c| c.saved().0).sum::<u64>() as f64)
+            }
+            "ntsd_ntp_timestamp_span_seconds" => {
+                one(s.ntp.iter().map(|c| c.saved().1).max().unwrap_or(0) as f64)
+            }
+            "ntsd_ntp_client_log_records_dropped_total" => {
+                one(s.clients.iter().map(|c| c.dropped()).sum::<u64>() as f64)
+            }
             "ntsd_worker_packets_received_total" => per_worker(Received),
             "ntsd_worker_packets_sent_total" => per_worker(Sent),
             "ntsd_ntp_workers" => one(s.ntp.len() as f64),

@@ -1,4 +1,5 @@
 //! The operator's plane: counters the other planes write ([`counters`]),
+//! the client log the NTP workers write ([`clients`]),
 //! the Prometheus registry that reads them at scrape time ([`metrics`]),
 //! the HTTP endpoint with the health probes ([`http`], [`health`]), worker
 //! supervision, and systemd notification ([`notify`]).
@@ -7,11 +8,13 @@
 //! planes ─► counters (per worker, per plane; no shared atomics per packet)
 //! GET /metrics ─► metrics::NtsdCollector sums them ─► text format
 //! GET /healthz, /readyz, /readyz/nts-ke ─► health::Health
+//! GET /clients ─► clients::report (the NTP workers' client logs)
 //! ```
 //!
 //! The other planes use only `counters` and `health` from here; this plane
 //! reads theirs through [`metrics::Sources`], never the other way round.
 
+pub(crate) mod clients;
 pub(crate) mod counters;
 pub(crate) mod health;
 pub(crate) mod http;
@@ -52,13 +55,18 @@ impl Ops {
         health: Arc<Health>,
         stop: watch::Receiver<bool>,
     ) -> Result<Ops, String> {
+        let clients = sources.clients.clone();
         let registry = metrics::registry(sources)?;
         let Some(listener) = listener else {
             return Ok(Ops { task: None });
         };
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
         tracing::info!(addr = ?listener.local_addr().ok(), "metrics endpoint listening");
-        let endpoint = Arc::new(http::Endpoint { registry, health });
+        let endpoint = Arc::new(http::Endpoint {
+            registry,
+            health,
+            clients,
+        });
         Ok(Ops {
             task: Some(tokio::spawn(http::serve(listener, endpoint, stop))),
         })

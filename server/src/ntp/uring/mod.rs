@@ -169,8 +169,9 @@ pub(super) fn run(worker: &mut Worker, sockets: &[UdpSocket]) -> Result<(), Stri
     let entries = (fds.len() + 1).next_power_of_two() as u32;
     let mut rx =
         Rx::new(entries, RECV_BUFFERS).map_err(|e| format!("cannot set up io_uring: {e}"))?;
+    let mut stamps: Vec<_> = sockets.iter().map(|s| worker.tx_timestamps(s)).collect();
     worker.serving();
-    let result = serve(worker, &mut rx, &template, &fds);
+    let result = serve(worker, &mut rx, &template, &fds, &mut stamps);
     drop(rx);
     result
 }
@@ -180,6 +181,7 @@ fn serve(
     Rx { ring, buffers }: &mut Rx,
     template: &libc::msghdr,
     fds: &[i32],
+    stamps: &mut [Option<ntsd_udp::TxTimestamps>],
 ) -> Result<(), String> {
     // Armed receives (one per socket until the worker stops).
     let mut in_flight = 0usize;
@@ -224,6 +226,11 @@ fn serve(
                     || e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) => return Err(format!("io_uring_enter failed: {e}")),
         }
+        for (&fd, stamps) in fds.iter().zip(stamps.iter_mut()) {
+            if let Some(stamps) = stamps {
+                worker.read_stamps(fd, stamps);
+            }
+        }
         let mut recycled = false;
         let completions = ring.completion();
         let pass = completions.len();
@@ -246,8 +253,9 @@ fn serve(
                         buffers.get(bid),
                         cqe.result(),
                         template,
-                        fd,
+                        (fd, index),
                         &mut batch,
+                        stamps,
                         pass - 1 - k,
                     );
                 }
@@ -279,7 +287,7 @@ fn serve(
                 .learn_handle(pass, t.elapsed().saturating_sub(sending));
         }
         batch.sending = None;
-        batch.flush(worker);
+        batch.flush(worker, stamps);
         if recycled {
             buffers.publish();
         }
@@ -295,8 +303,9 @@ fn on_receive(
     buf: &[u8],
     result: i32,
     template: &libc::msghdr,
-    fd: i32,
+    (fd, socket): (i32, usize),
     batch: &mut SendBatch,
+    stamps: &mut [Option<ntsd_udp::TxTimestamps>],
     later: usize,
 ) {
     if result < 0 {
@@ -317,7 +326,8 @@ fn on_receive(
         worker.count(NtpEvent::ReceiveError);
         return;
     }
-    batch.reserve(worker, fd);
+    batch.reserve(worker, fd, socket, stamps);
+    let stamped = stamps.get(socket).is_some_and(Option::is_some);
     let info = received_in(msg.control_data());
     let peer = peer_ip(msg.name_data());
     // The batch is sent when it is full or at the end of the pass.
@@ -325,14 +335,15 @@ fn on_receive(
     let later = later.min((SEND_BATCH - 1).saturating_sub(queued));
     let wait = worker.send_wait.wait(later, queued);
     let replies = &mut batch.replies;
-    if let Some(len) = worker.process(
+    if let Some(built) = worker.process(
         peer,
         info.at,
         msg.payload_data(),
         replies.next_reply(),
         wait,
+        stamped,
     ) {
-        replies.commit(len, msg.name_data(), info.local);
+        built.queue(replies, msg.name_data(), info.local);
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use ntsd_udp::TxTimestamps;
+
 use super::super::worker::{Replies, Worker};
 
 /// Replies built in one pass over the completions, sent with one
@@ -13,8 +15,10 @@ use super::super::worker::{Replies, Worker};
 #[derive(Debug)]
 pub(super) struct SendBatch {
     pub(super) replies: Replies,
-    /// The socket of the replies in the batch (one socket per batch).
+    /// The socket of the replies in the batch (one socket per batch), and
+    /// its index among the worker's sockets.
     fd: i32,
+    socket: usize,
     /// Time spent sending since the pass began, when the pass is timed.
     pub(super) sending: Option<Duration>,
 }
@@ -24,6 +28,7 @@ impl SendBatch {
         SendBatch {
             replies: Replies::new(),
             fd: -1,
+            socket: 0,
             sending: None,
         }
     }
@@ -33,20 +38,29 @@ impl SendBatch {
         self.replies.len()
     }
 
-    /// Makes room for a reply on `fd`, sending what is queued for another
-    /// socket or a full batch first.
-    pub(super) fn reserve(&mut self, worker: &mut Worker, fd: i32) {
+    /// Makes room for a reply on `fd`, the worker's socket `socket`,
+    /// sending what is queued for another socket or a full batch first.
+    pub(super) fn reserve(
+        &mut self,
+        worker: &mut Worker,
+        fd: i32,
+        socket: usize,
+        stamps: &mut [Option<TxTimestamps>],
+    ) {
         if self.replies.is_full() || (!self.replies.is_empty() && self.fd != fd) {
-            self.flush(worker);
+            self.flush(worker, stamps);
         }
         self.fd = fd;
+        self.socket = socket;
     }
 
     /// Sends every queued reply; a datagram the kernel refuses (e.g. an
-    /// unreachable peer) is counted and skipped.
-    pub(super) fn flush(&mut self, worker: &mut Worker) {
+    /// unreachable peer) is counted and skipped. `stamps` are the transmit
+    /// timestamps of each of the worker's sockets.
+    pub(super) fn flush(&mut self, worker: &mut Worker, stamps: &mut [Option<TxTimestamps>]) {
         let timed = self.sending.is_some();
-        let took = worker.send(self.fd, &mut self.replies, timed);
+        let stamps = stamps.get_mut(self.socket).and_then(Option::as_mut);
+        let took = worker.send(self.fd, &mut self.replies, timed, stamps);
         if let (Some(total), Some(t)) = (self.sending.as_mut(), took) {
             *total += t;
         }
