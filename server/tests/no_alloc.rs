@@ -15,9 +15,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[path = "../../proto/tests/common/mod.rs"]
 mod fixtures;
 
-use fixtures::{cookie, one_key_with, session, Counter, KEY_ID, MASTER, T1, T2};
+use fixtures::{
+    cookie, first_byte, header, one_key_with, push_authenticator, push_field, session, Counter,
+    KEY_ID, MASTER, T1, T2,
+};
 use nts_proto::client::NtsClient;
-use nts_proto::{Action, AeadAlgorithm, NtpHeader, ReplyKind, Server, SystemInfo};
+use nts_proto::ef::field_type;
+use nts_proto::{
+    Action, AeadAlgorithm, Interleave, NtpHeader, NtpTimestamp, ReplyKind, Server, SystemInfo,
+};
 
 struct Counting;
 
@@ -52,8 +58,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The count is global: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn handle_allocates_nothing() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ring = one_key_with(KEY_ID, MASTER);
     let other = one_key_with(KEY_ID + 1, [0x24; 32]);
     let sys = SystemInfo::unsynchronized();
@@ -86,6 +96,7 @@ fn handle_allocates_nothing() {
     let mut reply = [0u8; 2048];
     let mut rng = Counter::default();
     let mut kinds = Vec::with_capacity(requests.len());
+    ALLOCATIONS.store(0, Ordering::Relaxed);
     COUNTING.store(true, Ordering::Relaxed);
     for (request, _) in &requests {
         let action = server.handle(T2, request, &mut reply, &mut rng);
@@ -109,4 +120,88 @@ fn handle_allocates_nothing() {
     assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0, "handle allocated");
     let expected: Vec<&str> = requests.iter().map(|(_, k)| *k).collect();
     assert_eq!(kinds, expected, "every request answered as expected");
+}
+
+/// A store of one saved pair, as fixed as the workers' table.
+struct OnePair(Option<NtpTimestamp>);
+
+impl Interleave for OnePair {
+    fn exchange(&mut self, _: NtpTimestamp, _: NtpTimestamp) -> Option<NtpTimestamp> {
+        self.0.take()
+    }
+}
+
+/// The interleaved path allocates nothing either: plain and NTS requests
+/// in interleaved form, each answered with a saved transmit timestamp.
+#[test]
+fn interleaved_replies_allocate_nothing() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ring = one_key_with(KEY_ID, MASTER);
+    let sys = SystemInfo::unsynchronized();
+    let server = Server {
+        keys: &ring,
+        system: &sys,
+    };
+    let interleaved_form = || {
+        let mut h = header(first_byte(4, 3), T1);
+        h[24..32].copy_from_slice(&0xe9a0_0000_0000_0001u64.to_be_bytes());
+        h[32..40].copy_from_slice(&0xe9a0_0000_0000_1000u64.to_be_bytes());
+        h
+    };
+    let plain = interleaved_form();
+    let keys = session(AeadAlgorithm::AesSivCmac256);
+    let mut nts = interleaved_form();
+    push_field(&mut nts, field_type::UNIQUE_IDENTIFIER, &[0xa0; 32]);
+    push_field(&mut nts, field_type::COOKIE, &cookie(&ring, &keys, 1));
+    push_authenticator(&mut nts, &keys.c2s, &[0xc0; 16], &[]);
+
+    let mut reply = [0u8; 2048];
+    let mut rng = Counter::default();
+    let mut kinds = Vec::with_capacity(2);
+    // Session ciphers are expanded on their first use, once per key (as
+    // the client's were above when it built its requests).
+    for request in [&plain, &nts] {
+        let _ =
+            server.handle_interleaved(T2, || T2, &mut OnePair(None), request, &mut reply, &mut rng);
+    }
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    for request in [&plain, &nts] {
+        let mut saved = OnePair(Some(NtpTimestamp(0xe9a0_0000_0000_2000)));
+        let action =
+            server.handle_interleaved(T2, || T2, &mut saved, request, &mut reply, &mut rng);
+        kinds.push((action, saved.0.is_none()));
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed),
+        0,
+        "handle_interleaved allocated"
+    );
+    assert!(
+        matches!(
+            kinds[0],
+            (
+                Action::Reply {
+                    kind: ReplyKind::Plain,
+                    ..
+                },
+                true
+            )
+        ),
+        "{kinds:?}"
+    );
+    assert!(
+        matches!(
+            kinds[1],
+            (
+                Action::Reply {
+                    kind: ReplyKind::Nts,
+                    ..
+                },
+                true
+            )
+        ),
+        "{kinds:?}"
+    );
 }

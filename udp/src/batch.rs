@@ -312,6 +312,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         crate::enable_rx_timestamps(&server).unwrap();
+        crate::timestamping::wait_for_rx_timestamps(&server);
         let to = server.local_addr().unwrap();
         let clients: Vec<UdpSocket> = (0..3)
             .map(|_| {

@@ -62,6 +62,7 @@ mod tests {
     fn a_timestamped_receive_has_the_kernels_time() {
         let (a, b) = pair();
         enable_rx_timestamps(&b).unwrap();
+        crate::timestamping::wait_for_rx_timestamps(&b);
         a.send_to(b"hello", b.local_addr().unwrap()).unwrap();
         let mut buf = [0u8; 64];
         let (n, at) = recv_timestamped(b.as_raw_fd(), &mut buf).unwrap();

@@ -59,6 +59,29 @@ pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> std::io::Result<()> {
     set_opt(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, &RX_FLAGS)
 }
 
+/// Test sockets: waits (up to a second) until `socket`, whose receive
+/// timestamps are on, gets a kernel timestamp. The kernel turns software
+/// receive timestamps on for the whole host lazily (a deferred static key)
+/// when the first socket asks, and a datagram that arrives before carries
+/// none (SO_TIMESTAMPNS used to fill in the time of the read instead).
+#[cfg(test)]
+pub(crate) fn wait_for_rx_timestamps(socket: &std::net::UdpSocket) {
+    let me = socket.local_addr().unwrap();
+    let before = socket.read_timeout().unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    for _ in 0..100 {
+        socket.send_to(b"warm", me).unwrap();
+        let mut buf = [0u8; 8];
+        if let Ok((_, Some(_))) = crate::recv_timestamped(socket.as_raw_fd(), &mut buf) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    socket.set_read_timeout(before).unwrap();
+}
+
 /// Datagrams a socket has asked transmit timestamps for and not yet got:
 /// at most this many are remembered; an older one is given up as lost.
 pub const PENDING: usize = 256;
@@ -104,13 +127,15 @@ impl TxTimestamps {
             Ok(every) => every,
             Err(e) => return Err(std::io::Error::new(e.kind(), e.to_string())),
         };
+        // OPT_ID was just turned off (receive flags only) and is turned on
+        // again: the kernel restarts its counter at 0.
         set_opt(
             socket,
             libc::SOL_SOCKET,
             libc::SO_TIMESTAMPING,
             &(RX_FLAGS | TX_FLAGS),
         )?;
-        Ok(TxTimestamps {
+        let mut stamps = TxTimestamps {
             counts_every_datagram,
             next_id: 0,
             pending: Box::new([(0, 0); PENDING]),
@@ -120,7 +145,11 @@ impl TxTimestamps {
             // SAFETY: mmsghdr is plain old data; zero is valid. Each is
             // pointed at its control buffer before every read.
             msgs: Box::new(unsafe { std::mem::zeroed() }),
-        })
+        };
+        // Timestamps of an earlier user of the socket (a worker restarted
+        // by its supervisor) carry ids of the old count: never ours.
+        while stamps.read_batch(socket.as_raw_fd()) > 0 {}
+        Ok(stamps)
     }
 
     /// Timestamps asked for and not yet read or given up.
