@@ -2,7 +2,7 @@
 //!
 //! Paced requests (NTS or plain), one at a time. Each reply is verified as
 //! in `flood`, and its kernel receive timestamp T4 is taken
-//! (`SO_TIMESTAMPNS`). For a server on this machine, over loopback, T4 is
+//! (`SO_TIMESTAMPING`). For a server on this machine, over loopback, T4 is
 //! taken inside the server's own send call, on the clock the server read
 //! its transmit timestamp T3 from: T4 - T3 is the time from that read to
 //! the reply reaching the network stack (for NTS: the seal, after any

@@ -72,15 +72,15 @@ fn ago(s: u64) -> String {
 /// The table.
 pub(crate) fn render(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<39} {:>10} {:>7} {:>3} {:>5} {:>10} {:>10}\n",
-        "Address", "NTP", "Drop", "Int", "Last", "Interleav", "NTS"
+        "{:<39} {:>10} {:>7} {:>3} {:>5} {:>11} {:>10}\n",
+        "Address", "NTP", "Drop", "Int", "Last", "Interleaved", "NTS"
     );
-    out.push_str(&"=".repeat(91));
+    out.push_str(&"=".repeat(92));
     out.push('\n');
     for r in rows {
         let interval = r.interval.map_or_else(|| "-".to_owned(), |i| i.to_string());
         out.push_str(&format!(
-            "{:<39} {:>10} {:>7} {:>3} {:>5} {:>10} {:>10}\n",
+            "{:<39} {:>10} {:>7} {:>3} {:>5} {:>11} {:>10}\n",
             r.addr,
             r.ntp,
             r.drop,

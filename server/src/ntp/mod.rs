@@ -271,3 +271,17 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .spawn(f)
         .map_err(|e| format!("cannot start NTP worker thread: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README and config.toml.example give these figures.
+    #[test]
+    fn a_client_slot_costs_89_bytes() {
+        assert_eq!(CLIENT_SLOT_BYTES, 89);
+        let default = crate::config::NtpConfig::default().client_log_limit;
+        assert_eq!(clients_per_thread(default, 1), 47_127);
+        assert_eq!(clients_per_thread(100 << 20, 1), 1_178_175);
+    }
+}
