@@ -61,6 +61,10 @@ pub struct FloodConfig {
     /// address to one worker (ntsd) spreads the load over its workers only
     /// if the load comes from several addresses. 1: the kernel's choice.
     pub source_addresses: usize,
+    /// Every request in interleaved form (RFC 9769), naming the receive
+    /// timestamp of an earlier reply: a server with interleaved mode saves
+    /// every reply's transmit timestamp and answers each request with one.
+    pub xleave: bool,
 }
 
 impl FloodConfig {
@@ -75,6 +79,7 @@ impl FloodConfig {
             rate: None,
             spin: false,
             source_addresses: 1,
+            xleave: false,
         }
     }
 }
@@ -98,6 +103,8 @@ pub struct FloodReport {
     pub naks: u64,
     /// Replies that failed verification or matched no request.
     pub invalid: u64,
+    /// Valid replies in interleaved mode (with `xleave`).
+    pub interleaved: u64,
     /// Requests without a reply within [`LOSS_TIMEOUT`].
     pub lost: u64,
     /// Replies to requests already counted lost (not verified).
@@ -123,6 +130,7 @@ impl FloodReport {
     fn merge(&mut self, o: &FloodReport) {
         self.sent += o.sent;
         self.valid += o.valid;
+        self.interleaved += o.interleaved;
         self.naks += o.naks;
         self.invalid += o.invalid;
         self.lost += o.lost;
@@ -183,7 +191,7 @@ pub fn flood(cfg: &FloodConfig, sessions: Vec<Session>) -> Result<FloodReport, F
             .into_iter()
             .map(|(sessions, sockets, window)| {
                 scope.spawn(move || {
-                    Worker::new(sessions, sockets, window, per_thread_rate, cfg.spin)
+                    Worker::new(sessions, sockets, window, per_thread_rate, cfg)
                         .run(start, cfg.duration)
                 })
             })
@@ -287,7 +295,7 @@ impl Worker {
         sockets: Vec<UdpSocket>,
         window: usize,
         rate: Option<f64>,
-        spin: bool,
+        cfg: &FloodConfig,
     ) -> Self {
         let fds = sockets
             .iter()
@@ -308,8 +316,8 @@ impl Worker {
                 interval: 1.0 / r,
                 next_due: 0.0,
             }),
-            spin,
-            table: Table::new(sessions, window),
+            spin: cfg.spin,
+            table: Table::new(sessions, window, cfg.xleave),
         }
     }
 

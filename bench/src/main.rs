@@ -142,6 +142,12 @@ struct FloodArgs {
     /// so a flood from one address loads one worker.
     #[arg(long = "source-addresses", value_name = "N", default_value_t = 1)]
     source_addresses: usize,
+    /// Every request in interleaved form (RFC 9769, chrony's xleave): its
+    /// origin names the receive timestamp of an earlier reply, so a server
+    /// with interleaved mode saves each reply's transmit timestamp and
+    /// answers with one. Interleaved replies are counted (interleaved=).
+    #[arg(long)]
+    xleave: bool,
     /// Server process whose CPU (with all its descendants) and peak RSS
     /// are reported; may be repeated.
     #[arg(long = "server-pid", value_name = "PID")]
@@ -278,6 +284,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         rate,
         spin,
         source_addresses,
+        xleave,
         server_pid,
     } = a;
     let server_pid = server_pid.as_slice();
@@ -306,6 +313,7 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         rate,
         spin,
         source_addresses,
+        xleave,
     };
     let gen0 = self_cpu_seconds();
     let probe = ServerProbe::start(server_pid);
@@ -345,13 +353,15 @@ fn run_flood(a: FloodArgs) -> Result<(), String> {
         .push("source_addresses", ntsd_bench::flood::source_spread(&cfg))
         .push("window", window)
         .push("spin", spin)
-        .push("sessions", if plain { 0 } else { sessions.max(threads) });
+        .push("sessions", if plain { 0 } else { sessions.max(threads) })
+        .push("xleave", xleave);
     if let Some(rate) = rate {
         line.num("target_rate", rate, 0);
     }
     line.num("seconds", duration.as_secs_f64(), 3)
         .push("sent", r.sent)
         .push("valid", r.valid)
+        .push("interleaved", r.interleaved)
         .num("rate", r.rate(), 0)
         .push("lost", r.lost)
         .push("late", r.late)

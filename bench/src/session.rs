@@ -11,7 +11,7 @@
 use nts_proto::aead::{Cipher, TAG_LEN};
 use nts_proto::client::{self, ClientError, NONCE_LEN, UNIQUE_ID_LEN};
 use nts_proto::ef::{field_len, Authenticator};
-use nts_proto::packet::HEADER_LEN;
+use nts_proto::packet::{NtpHeader, HEADER_LEN};
 use nts_proto::{NtpTimestamp, SessionKeys};
 
 use crate::sys::DATAGRAM_MAX;
@@ -159,18 +159,23 @@ impl Session {
         random: &[u8; UNIQUE_ID_LEN + NONCE_LEN],
         out: &mut [u8],
     ) -> Result<usize, ClientError> {
+        let header = NtpHeader::client_request(transmit);
+        self.build_request_with(&header, random, out)
+    }
+
+    /// [`Session::build_request`] with a header of the caller's (an
+    /// interleaved client's origin and receive timestamps).
+    pub fn build_request_with(
+        &mut self,
+        header: &NtpHeader,
+        random: &[u8; UNIQUE_ID_LEN + NONCE_LEN],
+        out: &mut [u8],
+    ) -> Result<usize, ClientError> {
         // Cookies left once this one is spent.
         let left = self.pool.count.saturating_sub(1);
         let cookie = self.pool.pop().ok_or(ClientError::NoCookies)?;
         let placeholders = POOL_TARGET.saturating_sub(left + 1);
-        client::write_request(
-            self.c2s.as_ref(),
-            transmit,
-            random,
-            cookie,
-            placeholders,
-            out,
-        )
+        client::write_request_with(self.c2s.as_ref(), header, random, cookie, placeholders, out)
     }
 
     /// As `NtsClient::verify_reply`: checks the reply to the request with

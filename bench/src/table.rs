@@ -2,6 +2,12 @@
 //! its request bytes built ahead, matched to replies through the transmit
 //! timestamp (random, with the slot index in its low 16 bits), verified,
 //! and freed on a reply or after [`LOSS_TIMEOUT`].
+//!
+//! With `xleave`, every request is in interleaved form (RFC 9769): its
+//! origin is the receive timestamp of an earlier reply not named before,
+//! and its receive field is the transmit timestamp with [`XLEAVE_MARK`]
+//! flipped (slot bits kept), which an interleaved reply carries back as
+//! its origin.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -14,6 +20,10 @@ use nts_proto::NtpTimestamp;
 use crate::flood::{FloodReport, LOSS_TIMEOUT, SLOT_MASK};
 use crate::random::{RandomError, RandomPool};
 use crate::session::Session;
+
+/// Flipped in a request's transmit timestamp to make its receive field:
+/// different from the transmit, with the same slot bits.
+const XLEAVE_MARK: u64 = 1 << 62;
 
 /// Plain NTPv4: a 48-byte server reply whose origin is our transmit.
 pub(crate) fn verify_plain(reply: &[u8], transmit: NtpTimestamp) -> Result<(), ClientError> {
@@ -37,6 +47,8 @@ pub(crate) struct Slot {
     pub(crate) session: u32,
     pub(crate) len: u32,
     pub(crate) transmit: u64,
+    /// The receive field of an interleaved-form request (0: none).
+    pub(crate) receive: u64,
     /// Transmit of the last request of this slot counted lost (0: none).
     pub(crate) expired: u64,
     pub(crate) sent_at: Instant,
@@ -55,6 +67,11 @@ pub(crate) struct Table {
     pub(crate) sessions: Vec<Session>,
     pub(crate) next_session: usize,
     pub(crate) report: FloodReport,
+    /// Requests in interleaved form.
+    pub(crate) xleave: bool,
+    /// Receive timestamps of replies that no request has named yet, oldest
+    /// first (at most one per slot).
+    pub(crate) fresh: VecDeque<u64>,
 }
 
 /// The next session with a cookie, in turn.
@@ -71,7 +88,7 @@ fn pick_session(sessions: &[Session], next: &mut usize) -> Option<usize> {
 }
 
 impl Table {
-    pub(crate) fn new(sessions: Vec<Session>, window: usize) -> Self {
+    pub(crate) fn new(sessions: Vec<Session>, window: usize, xleave: bool) -> Self {
         let stride = sessions
             .iter()
             .map(Session::max_request_len)
@@ -85,6 +102,7 @@ impl Table {
                 session: 0,
                 len: 0,
                 transmit: 0,
+                receive: 0,
                 expired: 0,
                 sent_at: now,
                 unique_id: [0; UNIQUE_ID_LEN],
@@ -101,6 +119,8 @@ impl Table {
             sessions,
             next_session: 0,
             report: FloodReport::default(),
+            xleave,
+            fresh: VecDeque::with_capacity(if xleave { window } else { 0 }),
         }
     }
 
@@ -126,8 +146,15 @@ impl Table {
             // Random, with the slot index in the low bits; the top bit set
             // keeps it non-zero (and a plausible era-0 timestamp).
             let transmit = (random.u64()? & !SLOT_MASK) | (1 << 63) | u64::from(idx);
+            let mut header = NtpHeader::client_request(NtpTimestamp(transmit));
+            if self.xleave {
+                // Odd, as the server's receive timestamps are: a request in
+                // interleaved form even before a reply came back.
+                header.origin = NtpTimestamp(self.fresh.pop_front().unwrap_or(1));
+                header.receive = NtpTimestamp(transmit ^ XLEAVE_MARK);
+            }
             if self.sessions.is_empty() {
-                let h = NtpHeader::client_request(NtpTimestamp(transmit)).to_bytes();
+                let h = header.to_bytes();
                 let Some(dst) = buf.get_mut(..HEADER_LEN) else {
                     break;
                 };
@@ -141,7 +168,7 @@ impl Table {
                 let built = self
                     .sessions
                     .get_mut(s)
-                    .map(|session| session.build_request(NtpTimestamp(transmit), &random, buf));
+                    .map(|session| session.build_request_with(&header, &random, buf));
                 let Some(Ok(len)) = built else {
                     // Cannot happen with buffers sized for the session; the
                     // cookie is spent, so this ends.
@@ -154,6 +181,7 @@ impl Table {
                 slot.unique_id.copy_from_slice(uid);
             }
             slot.transmit = transmit;
+            slot.receive = header.receive.0;
             slot.state = State::Ready;
             self.free.pop();
             self.ready.push_back(idx);
@@ -175,11 +203,14 @@ impl Table {
             self.report.invalid += 1;
             return;
         };
+        // An interleaved reply names the request's receive field instead.
+        let interleaved = self.xleave && slot.receive == origin && origin != 0;
         if slot.state != State::InFlight
-            || slot.transmit != origin
+            || (slot.transmit != origin && !interleaved)
             || usize::from(slot.socket) != socket
         {
-            if slot.expired == origin && origin != 0 {
+            let expired = if self.xleave { origin ^ XLEAVE_MARK } else { 0 };
+            if origin != 0 && (slot.expired == origin || slot.expired == expired) {
                 self.report.late += 1;
                 slot.expired = 0;
             } else {
@@ -199,6 +230,11 @@ impl Table {
         match verdict {
             Ok(()) => {
                 self.report.valid += 1;
+                self.report.interleaved += u64::from(interleaved);
+                if self.xleave && self.fresh.len() < self.fresh.capacity() {
+                    let receive = reply.get(32..40).and_then(|b| <[u8; 8]>::try_from(b).ok());
+                    self.fresh.extend(receive.map(u64::from_be_bytes));
+                }
                 let us = now.saturating_duration_since(slot.sent_at).as_micros();
                 self.report
                     .latency
@@ -245,5 +281,45 @@ mod tests {
         assert!(verify_plain(&long, t).is_err());
         reply[0] = 0x23;
         assert!(verify_plain(&reply, t).is_err());
+    }
+
+    /// With `xleave`, requests are in interleaved form: the first names
+    /// no reply yet (origin 1), later ones the receive timestamp of a
+    /// reply not named before; a reply whose origin is the request's
+    /// receive field counts as interleaved.
+    #[test]
+    fn xleave_requests_name_earlier_replies_and_match_interleaved_ones() {
+        let mut t = Table::new(Vec::new(), 2, true);
+        let mut random = RandomPool::new();
+        t.fill(&mut random).unwrap();
+        let header =
+            |t: &Table, idx: u32| NtpHeader::decode(&mut Reader::new(t.request(idx))).unwrap();
+        let first = header(&t, 0);
+        assert_eq!(first.origin, NtpTimestamp(1));
+        assert_ne!(first.receive, first.transmit);
+        assert_eq!(first.receive.0 & SLOT_MASK, 0);
+        // A basic reply to slot 0 (its receive timestamp 0x...1001).
+        t.ready.clear();
+        t.slots[0].state = State::InFlight;
+        t.in_flight = 1;
+        let mut reply = first;
+        reply.mode = Mode::Server;
+        reply.origin = first.transmit;
+        reply.receive = NtpTimestamp(0xe9a0_0000_0000_1001);
+        t.on_reply(Some(&reply.to_bytes()), 0, Instant::now());
+        assert_eq!((t.report.valid, t.report.interleaved), (1, 0));
+        assert_eq!(t.fresh, [0xe9a0_0000_0000_1001]);
+        // The next request names it; its interleaved reply matches.
+        t.fill(&mut random).unwrap();
+        let second = header(&t, 0);
+        assert_eq!(second.origin, NtpTimestamp(0xe9a0_0000_0000_1001));
+        t.slots[0].state = State::InFlight;
+        t.in_flight = 1;
+        reply.origin = second.receive;
+        t.on_reply(Some(&reply.to_bytes()), 0, Instant::now());
+        assert_eq!(
+            (t.report.valid, t.report.interleaved, t.report.invalid),
+            (2, 1, 0)
+        );
     }
 }

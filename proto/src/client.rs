@@ -155,11 +155,25 @@ pub fn write_request(
     placeholders: usize,
     out: &mut [u8],
 ) -> Result<usize, ClientError> {
+    let header = NtpHeader::client_request(transmit);
+    write_request_with(c2s, &header, random, cookie, placeholders, out)
+}
+
+/// [`write_request`] with a header of the caller's: an interleaved client
+/// (RFC 9769) sets its origin and receive timestamps.
+pub fn write_request_with(
+    c2s: CipherRef<'_>,
+    header: &NtpHeader,
+    random: &[u8; UNIQUE_ID_LEN + NONCE_LEN],
+    cookie: &[u8],
+    placeholders: usize,
+    out: &mut [u8],
+) -> Result<usize, ClientError> {
     let (uid, nonce) = random.split_at(UNIQUE_ID_LEN);
     let nonce_len = c2s.algorithm().nonce_len();
     let nonce = nonce.get(..nonce_len).ok_or(ClientError::BufferTooSmall)?;
     let mut w = Writer::new(out);
-    NtpHeader::client_request(transmit).encode(&mut w)?;
+    header.encode(&mut w)?;
     write_field(&mut w, field_type::UNIQUE_IDENTIFIER, uid)?;
     write_field(&mut w, field_type::COOKIE, cookie)?;
     for _ in 0..placeholders {
