@@ -157,6 +157,13 @@ impl TxTimestamps {
         self.len
     }
 
+    /// The tag of the oldest timestamp still awaited: tags given in
+    /// growing order (the worker's receive timestamps) at or after it are
+    /// awaited, or were lost.
+    pub fn oldest_pending(&self) -> Option<u64> {
+        self.front().map(|&(_, tag)| tag)
+    }
+
     /// Notes the datagrams of one `sendmmsg` batch, in order: `Some(tag)`
     /// for one sent with a timestamp request, `None` for one without.
     /// `lost` is called with each tag given up to make room.

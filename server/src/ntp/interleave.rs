@@ -39,8 +39,11 @@ const MAX_TX_DELAY: u64 = 1 << 32;
 enum State {
     /// Waiting for the kernel's transmit timestamp.
     Pending,
-    /// Holds the transmit timestamp to send.
-    Valid,
+    /// Holds the transmit timestamp to send: the kernel's.
+    Kernel,
+    /// Holds the transmit timestamp to send: the daemon's (a socket
+    /// without kernel transmit timestamps).
+    Daemon,
     /// Sent once, its timestamp lost, or its key saved twice: never sent.
     Spent,
 }
@@ -79,12 +82,13 @@ pub(super) enum Update {
 #[derive(Debug)]
 pub(super) struct SavedTimestamps {
     entries: Box<[Entry]>,
-    /// Whether each entry's transmit timestamp is the kernel's.
-    kernel: Box<[bool]>,
     /// Index of the oldest entry; entries are `first..first + len`, mod
     /// capacity, oldest first.
     first: usize,
     len: usize,
+    /// The oldest entry's receive key (kept here: every search starts
+    /// from it, and its entry is the one least likely in the cache).
+    oldest: u64,
     pub(super) last: Exchange,
 }
 
@@ -99,15 +103,15 @@ impl SavedTimestamps {
         };
         SavedTimestamps {
             entries: vec![empty; capacity].into_boxed_slice(),
-            kernel: vec![false; capacity].into_boxed_slice(),
             first: 0,
             len: 0,
+            oldest: 0,
             last: Exchange::default(),
         }
     }
 
     /// Bytes one entry costs.
-    pub(super) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>() + 1;
+    pub(super) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 
     /// Entries held.
     pub(super) fn held(&self) -> usize {
@@ -136,30 +140,62 @@ impl SavedTimestamps {
         (i < self.len).then(|| &self.entries[self.slot(i)])
     }
 
+    /// The receive key of the entry at position `i`, as an offset from the
+    /// oldest entry's: offsets grow with the positions, across an era too.
+    fn offset(&self, i: usize, oldest: u64) -> u64 {
+        self.entries[self.slot(i)].receive.wrapping_sub(oldest)
+    }
+
     /// The position of `receive` among the entries, or where it would go.
+    ///
+    /// Receive timestamps grow at the rate requests arrive, so where a key
+    /// lies between two entries predicts its position: an interpolation
+    /// step, alternating with halving so that uneven arrivals still take
+    /// at most twice the halving's steps. A table of tens of thousands of
+    /// entries is larger than the caches, and each step is a cache miss.
     fn find(&self, receive: u64) -> Result<usize, usize> {
-        let Some(oldest) = self.at(0).map(|e| e.receive) else {
+        if self.len == 0 {
             return Err(0);
-        };
-        // Offsets from the oldest grow with the entries, across an era too.
+        }
+        let oldest = self.oldest;
         let key = receive.wrapping_sub(oldest);
-        let (mut lo, mut hi) = (0, self.len);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let k = self.entries[self.slot(mid)].receive.wrapping_sub(oldest);
+        let (mut lo, mut hi) = (0, self.len - 1);
+        let (mut k_lo, mut k_hi) = (0, self.offset(hi, oldest));
+        if key > k_hi {
+            return Err(self.len);
+        }
+        let mut interpolate = true;
+        loop {
+            if key == k_lo {
+                return Ok(lo);
+            }
+            if key == k_hi {
+                return Ok(hi);
+            }
+            if hi - lo <= 1 {
+                return Err(hi);
+            }
+            // k_lo < key < k_hi here.
+            let mid = if interpolate {
+                let span = u128::from(k_hi - k_lo).max(1);
+                let guess = u128::from(key - k_lo) * (hi - lo) as u128 / span;
+                lo + (guess as usize).clamp(1, hi - lo - 1)
+            } else {
+                lo + (hi - lo) / 2
+            };
+            interpolate = !interpolate;
+            let k = self.offset(mid, oldest);
             match k.cmp(&key) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return Ok(mid),
+                std::cmp::Ordering::Less => (lo, k_lo) = (mid, k),
+                std::cmp::Ordering::Greater => (hi, k_hi) = (mid, k),
             }
         }
-        Err(lo)
     }
 
     /// Whether `receive` is before the oldest entry.
     fn before_oldest(&self, receive: u64) -> bool {
-        self.at(0)
-            .is_some_and(|e| (receive.wrapping_sub(e.receive) as i64) < 0)
+        self.len > 0 && (receive.wrapping_sub(self.oldest) as i64) < 0
     }
 
     /// Saves `transmit` under `receive`, `Pending` until the kernel's
@@ -177,7 +213,7 @@ impl SavedTimestamps {
         let state = if pending {
             State::Pending
         } else {
-            State::Valid
+            State::Daemon
         };
         let entry = Entry {
             receive,
@@ -222,8 +258,8 @@ impl SavedTimestamps {
         }
         let s = self.slot(self.len);
         self.entries[s] = entry;
-        self.kernel[s] = false;
         self.len += 1;
+        self.oldest = self.entries[self.first].receive;
         true
     }
 
@@ -239,13 +275,12 @@ impl SavedTimestamps {
         while j > i {
             let (to, from) = (self.slot(j), self.slot(j - 1));
             self.entries[to] = self.entries[from];
-            self.kernel[to] = self.kernel[from];
             j -= 1;
         }
         let s = self.slot(i);
         self.entries[s] = entry;
-        self.kernel[s] = false;
         self.len += 1;
+        self.oldest = self.entries[self.first].receive;
     }
 
     /// The kernel's transmit timestamp of the reply saved under `receive`
@@ -263,8 +298,7 @@ impl SavedTimestamps {
             Some(t) if t.0.wrapping_sub(receive) <= MAX_TX_DELAY => {
                 // The mark of interleaved mode: transmit timestamps are even.
                 e.transmit = t.0 & !1;
-                e.state = State::Valid;
-                self.kernel[s] = true;
+                e.state = State::Kernel;
                 Update::Kernel
             }
             _ => {
@@ -282,13 +316,15 @@ impl Interleave for SavedTimestamps {
         let i = self.find(origin.0).ok()?;
         let s = self.slot(i);
         let e = &mut self.entries[s];
-        if e.state != State::Valid {
-            return None;
-        }
+        let kernel = match e.state {
+            State::Kernel => true,
+            State::Daemon => false,
+            State::Pending | State::Spent => return None,
+        };
         // RFC 9769: a saved transmit timestamp goes out once.
         e.state = State::Spent;
         self.last.interleaved = true;
-        self.last.kernel = self.kernel[s];
+        self.last.kernel = kernel;
         Some(NtpTimestamp(e.transmit))
     }
 }
@@ -354,6 +390,7 @@ mod tests {
         }
         assert_eq!(t.held(), 4);
         assert_eq!(t.entries.len(), 4);
+        assert_eq!(SavedTimestamps::ENTRY_BYTES, 24);
         for n in 0..6 {
             assert_eq!(t.exchange(rx(n), rx(20)), None, "evicted {n}");
         }
@@ -383,6 +420,45 @@ mod tests {
         assert!(t.save(back, ts(back.0 + 1), false));
         assert_eq!(t.held(), 1, "a step back empties the table");
         assert!(t.exchange(back, rx(9)).is_some());
+    }
+
+    /// The interpolating search finds every key and every gap as a plain
+    /// scan does, for evenly and unevenly spaced keys, across a wrapped
+    /// ring and an NTP era.
+    #[test]
+    fn find_agrees_with_a_scan() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (start, spread) in [(1u64, 1_000u64), (u64::MAX - 50_000, 1_000), (7, 1 << 40)] {
+            let mut t = SavedTimestamps::new(300);
+            let mut k = start | 1;
+            for _ in 0..500 {
+                // Bursts and pauses: gaps from 2 to `spread`, sometimes 1000x more.
+                let gap = 2 + next() % spread * if next() % 10 == 0 { 1000 } else { 1 };
+                k = k.wrapping_add(gap & !1);
+                t.save(ts(k), ts(k.wrapping_add(9)), false);
+            }
+            let keys: Vec<u64> = (0..t.held()).map(|i| t.at(i).unwrap().receive).collect();
+            let oldest = keys[0];
+            for (i, &key) in keys.iter().enumerate() {
+                assert_eq!(t.find(key), Ok(i));
+                let between = key.wrapping_add(1);
+                let want = keys
+                    .iter()
+                    .filter(|&&x| x.wrapping_sub(oldest) < between.wrapping_sub(oldest))
+                    .count();
+                assert_eq!(t.find(between), Err(want), "gap after {i}");
+            }
+            assert_eq!(
+                t.find(keys[keys.len() - 1].wrapping_add(2)),
+                Err(keys.len())
+            );
+        }
     }
 
     #[test]

@@ -57,9 +57,6 @@ pub(super) fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String>
         };
         errors = 0;
         pause = FIRST_PAUSE;
-        if let Some(stamps) = stamps.as_mut() {
-            worker.read_stamps(fd, stamps);
-        }
         // A pass of one learns nothing about waits and adds none: no clock
         // read for it.
         let handling = (n > 1).then(Instant::now);
@@ -74,14 +71,13 @@ pub(super) fn run(worker: &mut Worker, socket: &UdpSocket) -> Result<(), String>
             }
             let wait = worker.send_wait.wait(n - 1 - i, replies.len());
             let peer = peer_ip(d.name);
-            let stamped = stamps.is_some();
             if let Some(built) = worker.process(
                 peer,
                 d.received.at,
                 d.data,
                 replies.next_reply(),
                 wait,
-                stamped,
+                stamps.as_mut().map(|s| (fd, s)),
             ) {
                 built.queue(&mut replies, d.name, d.received.local);
             }

@@ -28,6 +28,11 @@ pub(super) const MAX_PACKET: usize = 2048;
 pub(super) const SEND_BATCH: usize = 32;
 /// A worker's batch of replies.
 pub(super) type Replies = ntsd_udp::SendBatch<SEND_BATCH, MAX_PACKET>;
+/// Transmit timestamps left in a socket's error queue before it is read
+/// after a send: reads are batched, and made at once only for a request
+/// whose pair is still waiting (see [`Worker::process`]). The queue shares
+/// `SO_RCVBUF` with the requests, so this stays small.
+const READ_STAMPS_AT: usize = 64;
 /// How often a blocked worker wakes to check for shutdown.
 pub(super) const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -64,6 +69,26 @@ pub(super) struct Built {
     pub(super) stamp: Option<u64>,
 }
 
+/// Whether `request` may name a saved pair still waiting for the kernel's
+/// transmit timestamp: an NTPv4 request whose origin is a (marked) receive
+/// timestamp no older than the oldest reply whose timestamp is awaited.
+/// The look is cheap; the protocol core decides whether the request is in
+/// interleaved form, and the table whether the pair exists.
+#[inline]
+fn awaits_stamp(request: &[u8], stamps: &ntsd_udp::TxTimestamps) -> bool {
+    let (Some(oldest), Some(first), Some(origin)) = (
+        stamps.oldest_pending(),
+        request.first(),
+        request
+            .get(24..32)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok()),
+    ) else {
+        return false;
+    };
+    let origin = u64::from_be_bytes(origin);
+    (first >> 3) & 7 == 4 && origin & 1 == 1 && (origin.wrapping_sub(oldest) as i64) >= 0
+}
+
 impl Built {
     /// Queues the reply to `name`, from `local`, asking the kernel for its
     /// transmit timestamp when it is to be saved.
@@ -89,9 +114,11 @@ impl Worker {
     ///
     /// With interleaved mode on, a reply to a request in interleaved form
     /// has its transmit timestamp saved: the daemon's, replaced by the
-    /// kernel's when `stamped` (the socket reports transmit timestamps)
-    /// and the kernel's comes back.
+    /// kernel's when the socket reports transmit timestamps (`stamps`) and
+    /// the kernel's comes back. A request whose pair is still waiting for
+    /// the kernel's timestamp has the socket's error queue read first.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn process(
         &mut self,
         peer: Option<std::net::IpAddr>,
@@ -99,7 +126,7 @@ impl Worker {
         request: &[u8],
         reply: &mut [u8],
         wait: u64,
-        stamped: bool,
+        stamps: Option<(std::os::fd::RawFd, &mut ntsd_udp::TxTimestamps)>,
     ) -> Option<Built> {
         self.counters.add(NtpEvent::Received);
         let received = match received {
@@ -130,6 +157,12 @@ impl Worker {
                         stamp: None,
                     });
                 }
+            }
+        }
+        let stamped = stamps.is_some();
+        if let Some((fd, stamps)) = stamps {
+            if awaits_stamp(request, stamps) {
+                self.read_stamps(fd, stamps);
             }
         }
         let ring = self.keys.load();
@@ -251,8 +284,8 @@ impl Worker {
     /// refused, and learns the send time per message ([`SendWait`]) from a
     /// batch of two or more. Returns how long the call took when `timed` or
     /// when the batch was timed for learning. With `stamps` (the socket's
-    /// transmit timestamps), the stamped replies are noted and the
-    /// timestamps already taken are read.
+    /// transmit timestamps), the stamped replies are noted, and the error
+    /// queue is read once [`READ_STAMPS_AT`] timestamps wait in it.
     pub(super) fn send(
         &mut self,
         fd: std::os::fd::RawFd,
@@ -268,7 +301,9 @@ impl Worker {
         let refused = match stamps {
             Some(stamps) => {
                 let refused = batch.send_stamped(fd, stamps, |tag| self.transmitted(tag, None));
-                self.read_stamps(fd, stamps);
+                if stamps.pending() >= READ_STAMPS_AT {
+                    self.read_stamps(fd, stamps);
+                }
                 refused
             }
             None => batch.send(fd),
@@ -283,14 +318,9 @@ impl Worker {
     }
 
     /// Reads the transmit timestamps the kernel has taken on `fd`, if any
-    /// are awaited: after each send, and before each pass, so that a
-    /// client's next request finds its pair.
+    /// are awaited.
     #[inline]
-    pub(super) fn read_stamps(
-        &mut self,
-        fd: std::os::fd::RawFd,
-        stamps: &mut ntsd_udp::TxTimestamps,
-    ) {
+    fn read_stamps(&mut self, fd: std::os::fd::RawFd, stamps: &mut ntsd_udp::TxTimestamps) {
         if stamps.pending() > 0 {
             stamps.read(fd, |tag, at| self.transmitted(tag, at));
         }

@@ -226,11 +226,6 @@ fn serve(
                     || e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) => return Err(format!("io_uring_enter failed: {e}")),
         }
-        for (&fd, stamps) in fds.iter().zip(stamps.iter_mut()) {
-            if let Some(stamps) = stamps {
-                worker.read_stamps(fd, stamps);
-            }
-        }
         let mut recycled = false;
         let completions = ring.completion();
         let pass = completions.len();
@@ -327,7 +322,6 @@ fn on_receive(
         return;
     }
     batch.reserve(worker, fd, socket, stamps);
-    let stamped = stamps.get(socket).is_some_and(Option::is_some);
     let info = received_in(msg.control_data());
     let peer = peer_ip(msg.name_data());
     // The batch is sent when it is full or at the end of the pass.
@@ -341,7 +335,10 @@ fn on_receive(
         msg.payload_data(),
         replies.next_reply(),
         wait,
-        stamped,
+        stamps
+            .get_mut(socket)
+            .and_then(Option::as_mut)
+            .map(|s| (fd, s)),
     ) {
         built.queue(replies, msg.name_data(), info.local);
     }
