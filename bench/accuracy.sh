@@ -12,6 +12,9 @@
 #                              the paired offset IQRs (per run, ntsd / chrony)
 #   BACKEND=io-uring|portable  ntsd's NTP back end (default io-uring)
 #   PLAIN=1                    both clients use plain NTPv4 instead of NTS
+#   XLEAVE=1                   both clients ask for interleaved mode (chrony's
+#                              xleave, RFC 9769); the table gives the share
+#                              of samples each server answered interleaved
 #   SERVER_CORE=N              pin both servers to core N (default: unpinned)
 #   CLIENT_CORE=N              pin both clients to core N (default: unpinned)
 #   NTSD=path/to/ntsd          measure another build of ntsd (before and after)
@@ -87,7 +90,7 @@ sleep 1
 client() { # NAME NTP_PORT KE_PORT
     mkdir -m 700 "$WORK/$1"
     cat >"$WORK/$1/chrony.conf" <<CONF
-server localhost port $2 $(nts_opts "$3") minpoll -4 maxpoll -4 iburst
+server localhost port $2 $(nts_opts "$3") $(xleave_opt) minpoll -4 maxpoll -4 iburst
 ntstrustedcerts $PKI/ca.pem
 logdir $WORK/$1
 log measurements
@@ -100,6 +103,7 @@ CONF
     pids+=($!)
 }
 nts_opts() { [ -n "${PLAIN:-}" ] || echo "nts ntsport $1"; }
+xleave_opt() { [ -z "${XLEAVE:-}" ] || echo xleave; }
 # A paced flood at LOAD requests/s against one server for the whole run.
 load() { # NAME NTP_PORT KE_PORT
     local target=(localhost:"$3" --ca "$PKI/ca.pem")
@@ -144,7 +148,10 @@ def load(path):
         rows = [l.split() for l in open(path) if l[:1].isdigit()]
     except OSError:
         rows = []
-    return [float(r[11]) * 1e6 for r in rows], [float(r[12]) * 1e6 for r in rows]
+    # MTxRx: the mode (4B basic, 4I interleaved), then the sources of the
+    # transmit and receive timestamps.
+    return ([float(r[11]) * 1e6 for r in rows], [float(r[12]) * 1e6 for r in rows],
+            [r[17].endswith("I") for r in rows if len(r) > 17])
 def sign_test(k, m):
     """Two-sided sign test: chance of a split at least this uneven among k + m
     untied pairs if neither server were more likely to be lower."""
@@ -158,20 +165,21 @@ paths = sys.argv[1:]
 runs = len(paths) // 2
 names = ["ntsd", "chronyd 4.3 (NTS server)"]
 many = runs > 1
-print(("| run " if many else "") + "| server | samples | offset median (µs) | offset IQR (µs) | offset p5..p95 (µs) | delay median (µs) | delay IQR (µs) |")
-print(("|---" if many else "") + "|---|---|---|---|---|---|---|")
+print(("| run " if many else "") + "| server | samples | interleaved | offset median (µs) | offset IQR (µs) | offset p5..p95 (µs) | delay median (µs) | delay IQR (µs) |")
+print(("|---" if many else "") + "|---|---|---|---|---|---|---|---|")
 iqr = {n: [] for n in names}
 for run in range(runs):
     for name, path in zip(names, paths[2 * run:2 * run + 2]):
-        off, dl = load(path)
+        off, dl, xl = load(path)
         lead = f"| {run + 1} " if many else ""
+        share = f"{100 * sum(xl) / len(xl):.0f} %" if xl else "-"
         if len(off) < 2:
-            print(lead + f"| {name} | {len(off)} | no measurements | | | | |")
+            print(lead + f"| {name} | {len(off)} | {share} | no measurements | | | | |")
             iqr[name].append(None)
             continue
         spread = q(off, .75) - q(off, .25)
         iqr[name].append(spread)
-        print(lead + f"| {name} | {len(off)} | {statistics.median(off):+.2f} | {spread:.2f} | {q(off,.05):+.2f} .. {q(off,.95):+.2f} | {statistics.median(dl):.2f} | {q(dl,.75)-q(dl,.25):.2f} |")
+        print(lead + f"| {name} | {len(off)} | {share} | {statistics.median(off):+.2f} | {spread:.2f} | {q(off,.05):+.2f} .. {q(off,.95):+.2f} | {statistics.median(dl):.2f} | {q(dl,.75)-q(dl,.25):.2f} |")
 if many:
     pairs = [(a, b) for a, b in zip(*iqr.values()) if a is not None and b is not None and b > 0]
     if pairs:
