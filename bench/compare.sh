@@ -19,7 +19,7 @@
 # Usage: bench/compare.sh [--server-cores LIST] [--gen-cores LIST] [--workers N]
 #          [--reps N] [--seconds S] [--gen-threads N] [--servers LIST]
 #          [--sessions N] [--window W] [--ke-concurrency C] [--chart FILE]
-#          [--quick] [--no-build]
+#          [--xleave] [--spin] [--quick] [--no-build]
 # Needs root for chronyd (leave chrony out of --servers otherwise). KEEP=1
 # keeps the work directory (configs, logs, RESULT lines).
 set -euo pipefail
@@ -48,16 +48,22 @@ Usage: bench/compare.sh [options]
   --window W            requests in flight                              [generator default]
   --ke-concurrency C    concurrent handshakes of keflood                [generator default]
   --chart FILE          SVG chart of CPU per reply (gnuplot)            [bench/results/compare.svg]
+  --xleave              NTS and plain floods in interleaved form (RFC 9769): a
+                        server with interleaved mode answers every request
+                        interleaved, with the kernel's transmit timestamp
+  --spin                the generator polls without sleeping, so its wake-ups
+                        are not charged to the server (steadier CPU per reply)
   --quick               1 repetition of 2 s (smoke test)
   --no-build            use the binaries in target/release as they are
-Environment: KEEP=1 keeps the work directory; CHRONYD, NTP_DAEMON, NTSD_BENCH
-override the binaries.
+Environment: KEEP=1 keeps the work directory; NTSD, CHRONYD, NTP_DAEMON,
+NTSD_BENCH override the binaries (NTSD=another build's ntsd, with --no-build, for
+paired before/after rounds).
 EOF
 }
 
 SERVER_CORES=0 GEN_CORES=1 WORKERS='' GEN_THREADS='' REPS='' SECS='' SESSIONS='' WINDOW='' KE_CONC=''
 SERVERS=ntsd-uring,ntsd-portable,chrony,ntpd-rs,echo
-QUICK='' BUILD=1 CHART=bench/results/compare.svg
+QUICK='' BUILD=1 CHART=bench/results/compare.svg XLEAVE='' SPIN=
 need_arg() { if [ "$#" -lt 2 ] || [ -z "$2" ]; then echo "compare.sh: $1 needs a value" >&2; exit 2; fi; }
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -73,6 +79,8 @@ while [ "$#" -gt 0 ]; do
         --ke-concurrency) need_arg "$@"; KE_CONC=$2; shift 2 ;;
         --chart) need_arg "$@"; CHART=$2; shift 2 ;;
         --quick) QUICK=1; shift ;;
+        --xleave) XLEAVE=1; shift ;;
+        --spin) SPIN=1; shift ;;
         --no-build) BUILD=; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -370,6 +378,8 @@ run_test() { # SERVER TEST REP
         [ "$WORKERS" -le 1 ] || args+=(--source-addresses 64)
         [ -z "$SESSIONS" ] || [ "$2" = plain ] || args+=(--sessions "$SESSIONS")
         [ -z "$WINDOW" ] || args+=(--window "$WINDOW")
+        [ -z "$XLEAVE" ] || args+=(--xleave)
+        [ -z "$SPIN" ] || args+=(--spin)
     else
         [ -z "$KE_CONC" ] || args+=(--concurrency "$KE_CONC")
     fi
