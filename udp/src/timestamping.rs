@@ -87,9 +87,9 @@ pub(crate) fn wait_for_rx_timestamps(socket: &std::net::UdpSocket) {
 pub const PENDING: usize = 256;
 /// Error-queue messages read with one `recvmmsg`.
 const READ_BATCH: usize = 32;
-/// Room for an error-queue message's control data: SCM_TIMESTAMPING (64)
-/// and IP_RECVERR / IPV6_RECVERR (a sock_extended_err and the offender's
-/// address, 48).
+/// Room for an error-queue message's control data: SCM_TIMESTAMPING (64
+/// bytes) and IP_RECVERR / IPV6_RECVERR (a sock_extended_err and the
+/// offender's address: 48 bytes, 64 for IPv6).
 const ERR_CONTROL_WORDS: usize = 16;
 
 /// The transmit timestamps one socket waits for, matched to the caller's
