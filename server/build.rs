@@ -1,6 +1,6 @@
-//! Records the commit ntsd is built from for `ntsd_build_info`:
-//! `NTSD_COMMIT` from the environment (a container build without `.git`),
-//! else `git rev-parse`, else nothing (the metric says `unknown`).
+//! Records the commit ntsd is built from for `ntsd_build_info` and
+//! `ntsd --version`: `NTSD_COMMIT` from the environment (a container build
+//! without `.git`), else `git rev-parse`, else nothing (`unknown`).
 
 use std::process::Command;
 
@@ -28,7 +28,12 @@ fn main() {
         let c = String::from_utf8(out.stdout).ok()?.trim().to_owned();
         (out.status.success() && !c.is_empty()).then_some(c)
     });
-    if let Some(c) = commit {
+    if let Some(c) = &commit {
         println!("cargo:rustc-env=NTSD_COMMIT={c}");
     }
+    println!(
+        "cargo:rustc-env=NTSD_VERSION={} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        commit.as_deref().unwrap_or("unknown")
+    );
 }

@@ -1,8 +1,8 @@
 //! ntsd: a stateless, high-throughput NTS (RFC 8915) server.
 //!
 //! ```text
-//! ntsd run --config FILE        serve until SIGTERM/SIGINT
-//! ntsd check-config --config F  validate a configuration
+//! ntsd run [--config FILE]      serve until SIGTERM/SIGINT (default /etc/ntsd/config.toml)
+//! ntsd check-config [--config F] validate a configuration
 //! ntsd demo                     NTS on loopback with a throwaway CA
 //! ntsd query HOST[:PORT]        NTS-KE + one authenticated exchange
 //! ntsd stats [--config F]       a running server's counters (serverstats)
@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "ntsd",
-    version,
+    version = env!("NTSD_VERSION"),
     about = "Stateless high-throughput Network Time Security server"
 )]
 struct Cli {
@@ -33,12 +33,14 @@ struct Cli {
 enum Command {
     /// Serve NTP and NTS-KE until SIGTERM or SIGINT.
     Run {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = ntsd::cli::stats::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a configuration file; exit non-zero with the reason if invalid.
     CheckConfig {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = ntsd::cli::stats::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Inspect or rotate the master keys that seal cookies.
@@ -112,12 +114,14 @@ enum Command {
 enum KeysAction {
     /// Key ids, start times and roles (never the key bytes).
     List {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = ntsd::cli::stats::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Make the running server seal with a new key now (SIGUSR1 to the pid in dump_dir).
     Rotate {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = ntsd::cli::stats::DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }

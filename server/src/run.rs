@@ -115,6 +115,9 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
 
     if let Some(run_as) = &run_as {
         drop_privileges(&config, run_as)?;
+    } else if rustix::process::geteuid().is_root() {
+        // chrony drops root by default; ntsd drops it only when told to.
+        tracing::warn!("ntsd runs as root: no [server] user is set, so it keeps every privilege after binding; set [server] user (the packaged systemd unit runs it unprivileged already)");
     }
     let bound = Bound {
         ntp: ntp_addrs,

@@ -100,3 +100,54 @@ fn ready_falls_back_to_ipv4_loopback_without_ipv6() {
     assert!(ok && out.contains("NTP packets received"), "{out}");
     assert!(s.terminate().success());
 }
+
+/// `ntsd --version` names the release and the commit it was built from.
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let rest = text
+        .strip_prefix(&format!("ntsd {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text}"));
+    let from_git = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.git")
+        .exists();
+    if from_git && std::env::var_os("NTSD_COMMIT").is_none() {
+        assert_eq!(rest.len(), 12, "{text}");
+        assert!(rest.chars().all(|c| c.is_ascii_hexdigit()), "{text}");
+    }
+}
+
+/// Every command that reads the configuration defaults to the packaged
+/// `/etc/ntsd/config.toml`, and says which file it could not read.
+#[test]
+fn commands_default_to_the_packaged_config() {
+    let packaged = std::path::Path::new("/etc/ntsd/config.toml").exists();
+    if !require(
+        "a host without /etc/ntsd/config.toml (the default under test)",
+        !packaged,
+    ) {
+        return;
+    }
+    for args in [
+        &["check-config"][..],
+        &["keys", "list"],
+        &["stats"],
+        &["clients"],
+        &["ready"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains("/etc/ntsd/config.toml"), "{args:?}: {err}");
+    }
+    let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("[default: /etc/ntsd/config.toml]")
+            && help.contains("The configuration file"),
+        "{help}"
+    );
+}

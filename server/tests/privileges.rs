@@ -48,6 +48,11 @@ fn runs_as_the_configured_user_without_capabilities() {
     let cfg = write_config(dir.path(), "ntsd.toml", "auto", &tail);
     let s = Ntsd::spawn(dir.path().to_owned(), &cfg);
     let pid = s.pid();
+    assert!(
+        !s.log_text().contains("ntsd runs as root"),
+        "{}",
+        s.log_text()
+    );
     let uids = task_fields(pid, "Uid:");
     assert!(uids.len() > 3, "{uids:?}");
     assert!(
@@ -120,6 +125,18 @@ fn a_user_that_does_not_exist_stops_the_start() {
         .err()
         .expect("must fail");
     assert!(log.contains("no user \"no-such-user-ntsd\""), "{log}");
+}
+
+/// Started as root with no `[server] user`, ntsd keeps root and says so;
+/// with a user, it says nothing of the kind.
+#[test]
+fn root_without_a_user_is_warned() {
+    if !require("root", common::is_root()) {
+        return;
+    }
+    let s = Ntsd::start("portable");
+    assert!(s.wait_log("ntsd runs as root"), "{}", s.log_text());
+    assert!(s.terminate().success());
 }
 
 /// The migration guide's certbot advice, as written: the ntsd user in a
