@@ -28,8 +28,10 @@ pub fn split_host_port(target: &str, default_port: u16) -> Result<(String, u16),
         };
         return Ok((host.to_owned(), port));
     }
-    if target.parse::<std::net::Ipv6Addr>().is_ok() {
-        return Ok((target.to_owned(), default_port));
+    if target.matches(':').count() > 1 {
+        // An IPv6 address without brackets: "::1:1123" is both the address
+        // ::1:1123 and ::1 with port 1123, so brackets are required.
+        return Err(ipv6_brackets(target));
     }
     match target.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() => Ok((h.to_owned(), p.parse().map_err(|_| bad())?)),
@@ -37,6 +39,20 @@ pub fn split_host_port(target: &str, default_port: u16) -> Result<(String, u16),
         None if target.is_empty() => Err(bad()),
         None => Ok((target.to_owned(), default_port)),
     }
+}
+
+/// The error for an IPv6 address written without brackets, with the
+/// spelling that was probably meant.
+pub fn ipv6_brackets(target: &str) -> String {
+    let guess = match target.rsplit_once(':') {
+        Some((a, p)) if a.parse::<std::net::Ipv6Addr>().is_ok() && p.parse::<u16>().is_ok() => {
+            format!(" (\"[{a}]:{p}\" for {a} port {p})")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{target:?}: an IPv6 address needs brackets, as \"[{target}]\" or with a port \"[ADDRESS]:PORT\"{guess}"
+    )
 }
 
 /// The first address of `host:port`.
@@ -149,7 +165,10 @@ mod tests {
         );
         assert_eq!(split_host_port("[::1]:99", 4460), Ok(("::1".into(), 99)));
         assert_eq!(split_host_port("[::1]", 4460), Ok(("::1".into(), 4460)));
-        assert_eq!(split_host_port("::1", 4460), Ok(("::1".into(), 4460)));
+        let e = split_host_port("::1", 4460).unwrap_err();
+        assert!(e.contains("needs brackets") && e.contains("[::1]"), "{e}");
+        let e = split_host_port("::1:1123", 123).unwrap_err();
+        assert!(e.contains("\"[::1]:1123\" for ::1 port 1123"), "{e}");
         assert!(split_host_port("a:b", 4460).is_err());
         assert!(split_host_port("", 4460).is_err());
     }

@@ -198,3 +198,39 @@ fn ownership_and_readability_for_the_server_user() {
     let (ok, out) = check(&cfg);
     assert!(ok, "{out}");
 }
+
+/// An IPv6 address with a port, written without brackets, is refused
+/// wherever an address goes, with the spelling that was meant.
+#[test]
+fn ipv6_addresses_with_a_port_need_brackets() {
+    let dir = pki_dir();
+    let cfg = write_config(dir.path(), "ntsd.toml", "auto", "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for (from, to, want) in [
+        (
+            "[ntp]\nlisten = [\"127.0.0.1:0\"",
+            "[ntp]\nlisten = [\"::1:123\"",
+            "\"[::1]:123\" for ::1 port 123",
+        ),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:0\"",
+            "[metrics]\nlisten = \"::1:9460\"",
+            "\"[::1]:9460\" for ::1 port 9460",
+        ),
+        (
+            "source = \"local\"\nstratum = 1\nrefid = \"TEST\"",
+            "source = \"upstream\"\nupstream = \"::1:1123\"",
+            "\"[::1]:1123\" for ::1 port 1123",
+        ),
+    ] {
+        assert!(text.contains(from), "{text}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text.replacen(from, to, 1)).unwrap();
+        let (ok, out) = check(&bad);
+        assert!(!ok, "{to}: {out}");
+        assert!(
+            out.contains("needs brackets") && out.contains(want),
+            "{to}: {out}"
+        );
+    }
+}

@@ -8,5 +8,6 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Prometheus endpoint; none when unset.
+    #[serde(deserialize_with = "super::addr::one")]
     pub listen: Option<SocketAddr>,
 }

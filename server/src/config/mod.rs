@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod access;
+mod addr;
 mod duration;
 mod keys;
 mod metrics;

@@ -18,6 +18,7 @@ pub enum Backend {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NtpConfig {
+    #[serde(deserialize_with = "super::addr::list")]
     pub listen: Vec<SocketAddr>,
     /// Worker threads; 0 means one per available core.
     pub workers: usize,

@@ -14,7 +14,7 @@ use super::{check_rate, Cidr};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NtsKeConfig {
-    #[serde(default = "default_ke_listen")]
+    #[serde(default = "default_ke_listen", deserialize_with = "super::addr::list")]
     pub listen: Vec<SocketAddr>,
     /// The default certificate (clients without SNI, or with a name no
     /// other certificate covers).
