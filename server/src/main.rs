@@ -10,7 +10,7 @@
 //! ```
 
 use ntsd::cli::{demo, query};
-use ntsd::{config, run};
+use ntsd::run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,9 +152,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => {
             init_logging();
-            config::Config::load(&config)
-                .map_err(|e| e.to_string())
-                .and_then(|c| run::run(c, |_| {}))
+            run::run_file(&config, |_| {})
         }
         Command::CheckConfig { config } => ntsd::cli::check::run(&config),
         Command::Keys { action } => match action {

@@ -21,7 +21,7 @@ use crate::ops::health::{CertificateState, Health};
 use crate::ops::metrics::Sources;
 use crate::ops::{self, notify, Ops};
 use crate::system::privileges::{self, RunAs};
-use crate::system::signals::Signals;
+use crate::system::signals::{config_changes, ConfigFile, Signals};
 use crate::time::Time;
 
 /// Addresses the running server actually bound (ephemeral ports resolved).
@@ -31,9 +31,30 @@ pub struct Bound {
     pub ke: Vec<SocketAddr>,
 }
 
+/// `ntsd run`: loads the configuration file at `path` and runs the server
+/// as [`run`] does; a SIGHUP after the file was edited logs that a restart
+/// is needed to apply it.
+pub fn run_file(path: &std::path::Path, on_ready: impl FnOnce(&Bound)) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = ConfigFile {
+        path: path.to_owned(),
+        bytes,
+    };
+    start(config, Some(file), on_ready)
+}
+
 /// Runs the server until SIGTERM or SIGINT, or a fatal worker error.
 /// `on_ready` is called once everything is bound and started.
 pub fn run(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> {
+    start(config, None, on_ready)
+}
+
+fn start(
+    config: Config,
+    file: Option<ConfigFile>,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), String> {
     let ke_threads = match config.nts_ke.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -44,7 +65,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> 
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    runtime.block_on(serve(config, on_ready))
+    runtime.block_on(serve(config, file, on_ready))
 }
 
 /// Everything ntsd listens on, bound before any plane starts: a port in
@@ -65,7 +86,11 @@ impl Listeners {
     }
 }
 
-async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), String> {
+async fn serve(
+    config: Config,
+    file: Option<ConfigFile>,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), String> {
     let Signals {
         mut term,
         mut int,
@@ -84,6 +109,7 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
     // A certificate problem takes NTS-KE down, never the server.
     let certs = Certificates::load(config.nts_ke.certificates());
     let (stop_tx, stop) = watch::channel(false);
+    let config_watch = file.map(|f| tokio::spawn(config_changes(f, stop.clone())));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel();
 
     let keys = Keys::start(&config, owner, usr1, stop.clone())?;
@@ -145,6 +171,9 @@ async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Stri
         .map_err(|e| e.to_string())?;
     time.stop().await;
     keys.stop().await;
+    if let Some(task) = config_watch {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     outcome
 }

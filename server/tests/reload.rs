@@ -340,3 +340,30 @@ fn an_expired_certificate_at_start_takes_only_nts_ke_down_until_renewed() {
         common::Outcome::Authenticated
     );
 }
+
+/// SIGHUP reloads certificates only: after an edit of the configuration
+/// file it says that a restart is needed, and without one it says nothing.
+#[test]
+fn sighup_after_a_config_edit_says_a_restart_is_needed() {
+    let s = Ntsd::start("portable");
+    let cfg = s.dir.join("ntsd.toml");
+    let reloads = "ntsd_ke_certificate_reloads_total{result=\"ok\"}";
+    unsafe_free_kill(s.pid(), "HUP");
+    assert_eq!(s.wait_metric(reloads, 1), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !s.log_text().contains("restart ntsd to apply"),
+        "{}",
+        s.log_text()
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n# an edit\n");
+    std::fs::write(&cfg, text).unwrap();
+    unsafe_free_kill(s.pid(), "HUP");
+    assert!(
+        s.wait_log("restart ntsd to apply the new configuration"),
+        "{}",
+        s.log_text()
+    );
+    assert!(s.terminate().success());
+}

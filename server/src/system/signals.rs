@@ -64,6 +64,37 @@ pub(crate) struct Signals {
     pub(crate) usr1: tokio::signal::unix::Signal,
 }
 
+/// The configuration file as `ntsd run` read it at start.
+#[derive(Debug, Clone)]
+pub(crate) struct ConfigFile {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// On each SIGHUP (which reloads the certificates), says so when the
+/// configuration file no longer holds what ntsd started with: ntsd reads
+/// it only at start, and an edit followed by SIGHUP must not pass for
+/// applied. Runs until `stop` fires.
+pub(crate) async fn config_changes(
+    file: ConfigFile,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot handle signals: {e}"))?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        // A small file, read once per SIGHUP.
+        let now = std::fs::read(&file.path);
+        if now.as_deref().ok() != Some(file.bytes.as_slice()) {
+            tracing::warn!(path = %file.path.display(), "the configuration file changed since ntsd started: SIGHUP reloads only the certificates; restart ntsd to apply the new configuration");
+        }
+    }
+}
+
 impl Signals {
     pub(crate) fn register() -> Result<Self, String> {
         use tokio::signal::unix::{signal, SignalKind};
