@@ -212,6 +212,28 @@ fn every_family_has_help_and_a_type() {
     }
 }
 
+/// `process_cpu_seconds_total` has sub-second resolution (the prometheus
+/// crate's own counts whole seconds) and grows with the work done.
+#[test]
+fn process_cpu_is_counted_below_the_second() {
+    let s = Ntsd::start("portable");
+    let cpu = |s: &Ntsd| {
+        s.metrics_f64()
+            .into_iter()
+            .find(|(k, _)| k == "process_cpu_seconds_total")
+            .map(|(_, v)| v)
+            .expect("process_cpu_seconds_total")
+    };
+    let before = cpu(&s);
+    assert!(before > 0.0 && before.fract() != 0.0, "{before}");
+    for _ in 0..3 {
+        key_exchange(&s);
+    }
+    let after = cpu(&s);
+    assert!(after > before, "{before} -> {after}");
+    assert!(s.terminate().success());
+}
+
 #[test]
 fn only_the_three_paths_exist_and_the_probes_answer() {
     let s = Ntsd::start("auto");

@@ -342,11 +342,41 @@ pub(crate) fn registry(sources: Sources) -> Result<prometheus::Registry, String>
         .map_err(err)?;
     r.register(Box::new(NtsdCollector::new(sources).map_err(err)?))
         .map_err(err)?;
-    r.register(Box::new(
+    r.register(Box::new(ProcessFamilies(
         prometheus::process_collector::ProcessCollector::for_self(),
-    ))
+    )))
     .map_err(err)?;
     Ok(r)
+}
+
+/// The `process_*` families of the `prometheus` crate, with
+/// `process_cpu_seconds_total` to the nanosecond: the crate's counts
+/// whole seconds (rust-prometheus #451), which a CPU panel draws as steps
+/// of a whole core. Written here rather than replacing the crate's
+/// collector, whose other families are kept as they are.
+struct ProcessFamilies(prometheus::process_collector::ProcessCollector);
+
+impl Collector for ProcessFamilies {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.0.collect();
+        // User and system time of every thread (CLOCK_PROCESS_CPUTIME_ID).
+        let cpu = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        let total = cpu.tv_sec as f64 + cpu.tv_nsec as f64 / 1e9;
+        for family in &mut families {
+            if family.name() == "process_cpu_seconds_total" {
+                for m in family.mut_metric() {
+                    let mut c = Counter::default();
+                    c.set_value(total);
+                    m.set_counter(c);
+                }
+            }
+        }
+        families
+    }
 }
 
 /// The text exposition of everything in `registry`.
