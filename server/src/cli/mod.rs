@@ -4,6 +4,7 @@
 //! `main.rs` calls: it prints what was asked for, or returns the error
 //! message that `main.rs` prints before exiting non-zero.
 
+pub mod args;
 pub mod check;
 pub mod clients;
 pub mod demo;
