@@ -243,10 +243,7 @@ impl<K: CookieKeys> Server<'_, K> {
             received,
             marks: Marks(false),
         };
-        match self.try_handle(exchange, transmit, &mut Basic, request, reply, rng) {
-            Ok(action) => action,
-            Err(reason) => Action::Ignore(reason),
-        }
+        self.answer(exchange, transmit, &mut Basic, request, reply, rng)
     }
 
     /// [`Server::handle_timed`] with interleaved mode (RFC 9769): the
@@ -270,6 +267,20 @@ impl<K: CookieKeys> Server<'_, K> {
             received,
             marks: Marks(true),
         };
+        self.answer(exchange, transmit, saved, request, reply, rng)
+    }
+
+    /// The action for one request: a reply, or why it is ignored.
+    #[inline]
+    fn answer(
+        &self,
+        exchange: Exchange,
+        transmit: impl FnOnce() -> NtpTimestamp,
+        saved: &mut impl Interleave,
+        request: &[u8],
+        reply: &mut [u8],
+        rng: &mut impl Random,
+    ) -> Action {
         match self.try_handle(exchange, transmit, saved, request, reply, rng) {
             Ok(action) => action,
             Err(reason) => Action::Ignore(reason),

@@ -146,61 +146,84 @@ pub(crate) fn rx_timestamp(msg: &libc::msghdr) -> Option<NtpTimestamp> {
     received(msg).at
 }
 
-/// The receive timestamp and destination address in `msg`'s control
-/// messages.
-pub(crate) fn received(msg: &libc::msghdr) -> Received {
-    let mut out = Received::default();
+/// Calls `f(level, type, message)` for each control message of `msg`,
+/// with a [`Cmsg`] to read its payload: the one walk over control messages
+/// the crate has (receives and the error queue both use it).
+pub(crate) fn each_cmsg(msg: &libc::msghdr, mut f: impl FnMut(libc::c_int, libc::c_int, Cmsg<'_>)) {
     if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() {
-        return out;
+        return;
     }
-    // SAFETY: msg_control/msg_controllen describe a buffer we own and the
-    // kernel filled; the CMSG macros stay within msg_controllen, and each
-    // payload is read unaligned from the data of a header whose length
-    // was checked to hold it.
+    // SAFETY: msg_control/msg_controllen describe a buffer the caller owns
+    // and the kernel filled; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
+    // msg_controllen, and each header handed on lives as long as `msg`.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(msg);
         while !cmsg.is_null() {
             let c = &*cmsg;
-            let holds = |n: usize| c.cmsg_len as usize >= libc::CMSG_LEN(n as u32) as usize;
-            match (c.cmsg_level, c.cmsg_type) {
-                (libc::SOL_SOCKET, libc::SO_TIMESTAMPING)
-                    if holds(std::mem::size_of::<[libc::timespec; 3]>()) =>
-                {
-                    let ts: [libc::timespec; 3] =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    out.at = crate::timestamping::chosen(&ts);
-                }
-                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)
-                    if holds(std::mem::size_of::<libc::timespec>()) =>
-                {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    out.at = crate::timestamping::timespec(&ts);
-                }
-                (libc::IPPROTO_IP, libc::IP_PKTINFO)
-                    if holds(std::mem::size_of::<libc::in_pktinfo>()) =>
-                {
-                    let info: libc::in_pktinfo =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    let a = std::net::Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes());
-                    if !a.is_broadcast() && !a.is_multicast() && !a.is_unspecified() {
-                        out.local = Some(a.into());
-                    }
-                }
-                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
-                    if holds(std::mem::size_of::<libc::in6_pktinfo>()) =>
-                {
-                    let info: libc::in6_pktinfo =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    let a = std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr);
-                    if !a.is_multicast() && !a.is_unspecified() {
-                        out.local = Some(a.into());
-                    }
-                }
-                _ => {}
-            }
+            f(c.cmsg_level, c.cmsg_type, Cmsg(c));
             cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
     }
+}
+
+/// One control message, from [`each_cmsg`].
+#[derive(Clone, Copy)]
+pub(crate) struct Cmsg<'a>(&'a libc::cmsghdr);
+
+impl Cmsg<'_> {
+    /// The payload as a `T` (a C struct the kernel writes for this
+    /// message type), when the header's length holds one.
+    pub(crate) fn read<T: Copy>(self) -> Option<T> {
+        let size = std::mem::size_of::<T>() as u32;
+        // SAFETY: pure arithmetic on sizes.
+        let needed = unsafe { libc::CMSG_LEN(size) } as usize;
+        // cmsg_len is a usize with glibc and a u32 with musl.
+        #[allow(clippy::unnecessary_cast)]
+        let len = self.0.cmsg_len as usize;
+        if len < needed {
+            return None;
+        }
+        // SAFETY: the header's length covers `size` bytes of payload
+        // within the control buffer it came from (checked above, and the
+        // walk in `each_cmsg` stays within msg_controllen); the payload is
+        // read unaligned, and `T` is plain old data.
+        Some(unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(self.0).cast::<T>()) })
+    }
+}
+
+/// The receive timestamp and destination address in `msg`'s control
+/// messages.
+pub(crate) fn received(msg: &libc::msghdr) -> Received {
+    let mut out = Received::default();
+    each_cmsg(msg, |level, ty, c| match (level, ty) {
+        (libc::SOL_SOCKET, libc::SO_TIMESTAMPING) => {
+            if let Some(ts) = c.read::<[libc::timespec; 3]>() {
+                out.at = crate::timestamping::chosen(&ts);
+            }
+        }
+        (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+            if let Some(ts) = c.read::<libc::timespec>() {
+                out.at = crate::timestamping::timespec(&ts);
+            }
+        }
+        (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+            if let Some(info) = c.read::<libc::in_pktinfo>() {
+                let a = std::net::Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes());
+                if !a.is_broadcast() && !a.is_multicast() && !a.is_unspecified() {
+                    out.local = Some(a.into());
+                }
+            }
+        }
+        (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+            if let Some(info) = c.read::<libc::in6_pktinfo>() {
+                let a = std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                if !a.is_multicast() && !a.is_unspecified() {
+                    out.local = Some(a.into());
+                }
+            }
+        }
+        _ => {}
+    });
     out
 }
 

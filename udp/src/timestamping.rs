@@ -304,43 +304,23 @@ impl AsRawFd for Fd {
 
 /// The OPT_ID counter and software timestamp of an error-queue message.
 fn error_queue_stamp(msg: &libc::msghdr) -> Option<(u32, NtpTimestamp)> {
-    if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() {
-        return None;
-    }
     let (mut id, mut at) = (None, None);
-    // SAFETY: msg_control/msg_controllen describe a buffer we own that the
-    // kernel filled; the CMSG macros stay within msg_controllen, and each
-    // payload is read unaligned from a header whose length holds it.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
-        while !cmsg.is_null() {
-            let c = &*cmsg;
-            let holds = |n: usize| c.cmsg_len as usize >= libc::CMSG_LEN(n as u32) as usize;
-            match (c.cmsg_level, c.cmsg_type) {
-                (libc::SOL_SOCKET, libc::SO_TIMESTAMPING)
-                    if holds(std::mem::size_of::<[libc::timespec; 3]>()) =>
-                {
-                    let ts: [libc::timespec; 3] =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    at = chosen(&ts);
-                }
-                (libc::SOL_IP, libc::IP_RECVERR) | (libc::SOL_IPV6, libc::IPV6_RECVERR)
-                    if holds(std::mem::size_of::<libc::sock_extended_err>()) =>
-                {
-                    let e: libc::sock_extended_err =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    if e.ee_errno == libc::ENOMSG as u32
-                        && e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING
-                        && e.ee_info == 0
-                    {
-                        id = Some(e.ee_data);
-                    }
-                }
-                _ => {}
-            }
-            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+    crate::cmsg::each_cmsg(msg, |level, ty, c| match (level, ty) {
+        (libc::SOL_SOCKET, libc::SO_TIMESTAMPING) => {
+            at = c.read::<[libc::timespec; 3]>().and_then(|ts| chosen(&ts));
         }
-    }
+        (libc::SOL_IP, libc::IP_RECVERR) | (libc::SOL_IPV6, libc::IPV6_RECVERR) => {
+            if let Some(e) = c.read::<libc::sock_extended_err>() {
+                if e.ee_errno == libc::ENOMSG as u32
+                    && e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING
+                    && e.ee_info == 0
+                {
+                    id = Some(e.ee_data);
+                }
+            }
+        }
+        _ => {}
+    });
     Some((id?, at?))
 }
 
