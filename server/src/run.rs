@@ -143,7 +143,7 @@ async fn serve(
         drop_privileges(&config, run_as)?;
     } else if rustix::process::geteuid().is_root() {
         // chrony drops root by default; ntsd drops it only when told to.
-        tracing::warn!("ntsd runs as root: no [server] user is set, so it keeps every privilege after binding; set [server] user (the packaged systemd unit runs it unprivileged already)");
+        tracing::warn!("ntsd runs as root: no [server] user is set, so it keeps every privilege after binding; set [server] user, or start it unprivileged (deploy/systemd/ntsd.service does, with DynamicUser=)");
     }
     let bound = Bound {
         ntp: ntp_addrs,
