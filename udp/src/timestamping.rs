@@ -343,30 +343,13 @@ fn probe_counting() -> std::io::Result<bool> {
         libc::SO_TIMESTAMPING,
         &(RX_FLAGS | TX_FLAGS),
     )?;
-    let std::net::SocketAddr::V4(to) = b.local_addr()? else {
-        return Err(std::io::Error::other("the probe's socket is not IPv4"));
-    };
+    // Connected: the batch's replies need no address of their own.
+    a.connect(b.local_addr()?)?;
     let mut batch = crate::SendBatch::<2, 8>::new();
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: to.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(to.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in is plain old data; its bytes are read for as
-    // long as `addr` lives.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&addr as *const libc::sockaddr_in).cast::<u8>(),
-            std::mem::size_of::<libc::sockaddr_in>(),
-        )
-    };
     batch.next_reply()[0] = 1;
-    batch.commit(1, bytes, None);
+    batch.commit(1, &[], None);
     batch.next_reply()[0] = 2;
-    batch.commit_stamped(1, bytes, None, 0);
+    batch.commit_stamped(1, &[], None, 0);
     if batch.send(a.as_raw_fd()) != 0 {
         return Err(std::io::Error::other("the probe's datagrams were refused"));
     }
