@@ -120,9 +120,10 @@ impl SavedTimestamps {
 
     /// Seconds between the oldest and the newest entry.
     pub(super) fn span_seconds(&self) -> u64 {
-        match (self.at(0), self.len.checked_sub(1).and_then(|i| self.at(i))) {
-            (Some(old), Some(new)) => new.receive.wrapping_sub(old.receive) >> 32,
-            _ => 0,
+        // The oldest key is kept in `oldest`: its entry is likely cold.
+        match self.len.checked_sub(1).and_then(|i| self.at(i)) {
+            Some(new) => new.receive.wrapping_sub(self.oldest) >> 32,
+            None => 0,
         }
     }
 
